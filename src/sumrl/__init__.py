@@ -1,0 +1,3 @@
+"""sumrl: reinforcement learning for long-document summarization."""
+
+__version__ = "0.1.0"

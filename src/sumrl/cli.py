@@ -1,0 +1,71 @@
+"""The ``sumrl`` command line.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the parser it adds
+sets ``func`` (called with the parsed namespace). User errors (:class:`SumrlError`) print a
+single ``error: ...`` line and exit with status 2 -- never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from sumrl import __version__
+from sumrl.errors import SumrlError
+
+# Order = order in `sumrl --help`. Modules are imported only to register their parsers;
+# heavy imports (torch, transformers) happen inside the command functions.
+COMMAND_MODULES = [
+    "sumrl.data.cli",
+    "sumrl.generation.cli",
+    "sumrl.evaluation.cli",
+    "sumrl.training.cli",
+    "sumrl.rewards.cli",
+    "sumrl.rl.cli",
+    "sumrl.report.cli",
+    "sumrl.human.cli",
+    "sumrl.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sumrl",
+        description="Fine-tune language models with reinforcement learning to summarize long documents.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sumrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # command not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        rv = args.func(args)
+    except SumrlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rv or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

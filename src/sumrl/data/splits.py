@@ -1,0 +1,65 @@
+"""Train/val/test splits for data that does not come with its own.
+
+Rule (docs/data.md): a row that has a ``split`` field keeps it (``validation``/``valid``/``dev``
+are read as ``val``). Any other row goes to a split decided by hashing its id with the seed:
+``sha256(f"{seed}:{id}")`` read as a number in [0, 1) -> train below 0.8, val below 0.9, test
+above. The hash depends only on the id and the seed, never on the row's position, so reordering,
+adding or removing rows never moves an existing example to another split (no train/test leak
+when a file grows), and the split is the same on every machine and Python version (unlike hash()).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from sumrl.data.schema import Example
+from sumrl.errors import DataError
+
+SPLITS = ("train", "val", "test")
+FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+_ALIASES = {"validation": "val", "valid": "val", "dev": "val", "eval": "val", "training": "train", "testing": "test"}
+
+
+def normalize_split(name: str) -> str:
+    """Canonical split name: lower-case, ``validation``/``valid``/``dev`` -> ``val``."""
+    key = name.strip().lower()
+    return _ALIASES.get(key, key)
+
+
+def hash_split(example_id: str, seed: int = 0) -> str:
+    """The split of an id under the hash rule (80/10/10)."""
+    digest = hashlib.sha256(f"{seed}:{example_id}".encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < FRACTIONS["train"]:
+        return "train"
+    if u < FRACTIONS["train"] + FRACTIONS["val"]:
+        return "val"
+    return "test"
+
+
+def split_of(example: Example, seed: int = 0) -> str:
+    """The row's own ``split`` field if it has one, else the hash rule."""
+    own = example.meta.get("split")
+    if isinstance(own, str) and own.strip():
+        return normalize_split(own)
+    return hash_split(example.id, seed)
+
+
+def select_split(examples: list[Example], split: str | None, seed: int = 0, *, source: str | None = None) -> list[Example]:
+    """Examples of one split (order kept); ``None`` or ``"all"`` returns everything.
+
+    Every returned example has ``meta["split"]`` set, so later steps can report it. Asking for a
+    split that ends up empty is an error (usually a typo, or a file whose ``split`` column uses
+    other names), naming the splits that do exist.
+    """
+    for ex in examples:
+        ex.meta["split"] = split_of(ex, seed)
+    if split is None or normalize_split(split) == "all":
+        return list(examples)
+    want = normalize_split(split)
+    chosen = [ex for ex in examples if ex.meta["split"] == want]
+    if not chosen:
+        have = sorted({ex.meta["split"] for ex in examples})
+        raise DataError(f"no examples in split '{split}' (this data has: {', '.join(have)}; or use --split all)",
+                        file=source)
+    return chosen

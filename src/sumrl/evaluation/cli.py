@@ -1,0 +1,130 @@
+"""`sumrl eval`: evaluate a model (or existing predictions) with every summary metric + 95% CIs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from sumrl.config import DataOptions, GenerationOptions, add_dataclass_args, config_from_args, opt
+from sumrl.errors import ConfigError, DataError
+
+
+@dataclass
+class EvalConfig(DataOptions, GenerationOptions):
+    model: typing.Optional[str] = opt(None, "model to evaluate ('default', a packaged name, a model/adapter folder, "
+                                            "a .gguf file, a hub id); or use --predictions")
+    predictions: typing.Optional[str] = opt(None, "score an existing predictions.jsonl (from sumrl eval or summarize) "
+                                                  "instead of generating")
+    out: str = opt("runs/eval", "output folder: predictions.jsonl, metrics.json, config.json")
+    system: typing.Optional[str] = opt(None, "system name shown in tables and reports (default: from the model)")
+    cleanup: bool = opt(False, "apply the seed paper's post-processing (drop a leading 'Sure, here is...' line, "
+                               "keep text before the first newline) before scoring")
+    semantic: bool = opt(True, "compute embedding similarity to reference and source (all-MiniLM-L6-v2)")
+    n_bootstrap: int = opt(1000, "bootstrap resamples for the 95% confidence intervals")
+
+    def validate(self) -> None:
+        if not self.model and not self.predictions:
+            raise ConfigError("give --model to generate or --predictions to score an existing file")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate summaries: ROUGE, length-adjusted ROUGE, BLEU, similarity, "
+                                    "length, copying, repetition, faithfulness (95%% CIs)",
+                       description="Generate summaries for a dataset split with --model (or read --predictions) "
+                                   "and score them. Writes predictions.jsonl, metrics.json and config.json.")
+    add_dataclass_args(p, EvalConfig)
+    p.set_defaults(func=run)
+
+
+def load_prediction_rows(path: str) -> list[dict]:
+    import json
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "predictions.jsonl"
+    if not p.exists():
+        raise DataError("predictions file not found", file=str(p))
+    rows = []
+    with open(p, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                r = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError("not valid UTF-8", file=str(p), line=i) from None
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON ({e.msg})", file=str(p), line=i) from None
+            if not isinstance(r, dict):
+                raise DataError("expected a JSON object", file=str(p), line=i)
+            for k in ("id", "prediction"):
+                if k not in r:
+                    raise DataError("missing field", file=str(p), line=i, field=k)
+            refs = r.get("references", r.get("summary"))
+            if isinstance(refs, str):
+                refs = [refs]
+            if not refs or not all(isinstance(x, str) for x in refs):
+                raise DataError("needs reference summaries (a string or a list of strings)", file=str(p), line=i,
+                                field="references")
+            r["references"] = refs
+            r.setdefault("document", "")
+            rows.append(r)
+    if not rows:
+        raise DataError("empty file", file=str(p))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(EvalConfig, args)
+    metrics, out = evaluate(cfg)
+    from rich.console import Console
+
+    from sumrl.evaluation.harness import format_table
+
+    Console().print(format_table({metrics["system"]: metrics["metrics"]}, title=f"sumrl eval (n={metrics['n']})"))
+    print(f"outputs: {out}")
+    return 0
+
+
+def evaluate(cfg: EvalConfig, *, model_and_tokenizer: tuple | None = None, progress: bool = True) -> tuple[dict, Path]:
+    """Run one evaluation; returns (metrics.json content, output folder)."""
+    from sumrl.evaluation.harness import aggregate_metrics, generate_predictions, score_rows, write_run
+    from sumrl.utils.io import read_json
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if cfg.predictions:
+        rows = load_prediction_rows(cfg.predictions)
+        if cfg.limit:
+            rows = rows[: cfg.limit]
+        system = cfg.system or rows[0].get("system") or Path(cfg.predictions).stem
+    else:
+        from sumrl.data import FieldMap, load_data
+
+        examples = load_data(cfg.data, cfg.split, fields=FieldMap(id=cfg.id_field, document=cfg.document_field,
+                                                                  summary=cfg.summary_field, query=cfg.query_field),
+                             skip_invalid=cfg.skip_invalid, limit=cfg.limit, seed=cfg.seed)
+        system = cfg.system or Path(str(cfg.model)).name or str(cfg.model)
+        rows = generate_predictions(cfg.model, examples, cfg, system=system,
+                                    partial_path=out / "predictions.partial.jsonl",
+                                    model_and_tokenizer=model_and_tokenizer, progress=progress)
+    t_gen = time.perf_counter() - t0
+    if cfg.cleanup and not cfg.system:
+        system = f"{system}-cleaned"
+    score_rows(rows, cleanup=cfg.cleanup, semantic=cfg.semantic)
+    metrics = aggregate_metrics(rows, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    t_all = time.perf_counter() - t0
+    strategies: dict[str, int] = {}
+    for r in rows:
+        strategies[r.get("strategy", "none")] = strategies.get(r.get("strategy", "none"), 0) + 1
+    write_run(out, rows, metrics, dataclasses.asdict(cfg), system,
+              extra={"strategies": strategies, "seconds": {"generate": round(t_gen, 2), "total": round(t_all, 2)}})
+    partial = out / "predictions.partial.jsonl"
+    if partial.exists():
+        partial.unlink()
+    return read_json(out / "metrics.json"), out

@@ -1,0 +1,73 @@
+"""Run the rating app under waitress (a production WSGI server: threaded, bounded requests).
+
+:class:`RatingServer` binds at construction (so port 0 picks a free port and ``url`` is known
+at once), serves in the foreground (`sumrl human serve`) or in a background thread (tests), and
+stops cleanly: the event loop runs in short slices and checks a stop flag between them, because
+waitress's own ``run()`` only returns once every keep-alive connection has gone away.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from pathlib import Path
+
+from sumrl.human.app import MAX_BODY_BYTES, create_app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RatingServer:
+    def __init__(self, db_path: str | Path, host: str = "127.0.0.1", port: int = 8765, threads: int = 8):
+        from waitress import wasyncore
+        from waitress.server import create_server
+
+        self._wasyncore = wasyncore
+        self._map: dict = {}
+        self.app = create_app(db_path)
+        self.server = create_server(
+            self.app, map=self._map, host=host, port=port, threads=threads,
+            # Bounded at the server too, before Flask ever sees the body.
+            max_request_body_size=MAX_BODY_BYTES * 4, max_request_header_size=64 * 1024,
+            channel_timeout=60, ident="sumrl-human")
+        self.host = host
+        self.port = int(self.server.effective_port)
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.port}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._wasyncore.loop(timeout=0.1, map=self._map, count=1)
+        finally:
+            for ch in list(self._map.values()):
+                try:
+                    ch.close()
+                except OSError:
+                    pass
+            self.server.task_dispatcher.shutdown()
+
+    def start(self) -> "RatingServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="sumrl-human-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> "RatingServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

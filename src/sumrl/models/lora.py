@@ -1,0 +1,51 @@
+"""LoRA through peft, plus the switches RL needs on a shared base model."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+def default_target_modules(model: Any) -> list[str]:
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    wanted = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    found = [n for n in wanted if n in names]
+    return found or ["c_attn", "c_proj"]
+
+
+def add_lora(model: Any, r: int = 16, alpha: int = 32, dropout: float = 0.0,
+             target_modules: list[str] | None = None, adapter_name: str = "default") -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
+                     target_modules=target_modules or default_target_modules(model))
+    return get_peft_model(model, cfg, adapter_name=adapter_name)
+
+
+@contextmanager
+def adapters_disabled(model: Any) -> Iterator[None]:
+    """Run the *reference* policy on the same weights: LoRA adapters off (no second model copy)."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
+
+
+def disable_dropout(model: Any) -> None:
+    """RL needs deterministic log-probs: dropout makes the old/new policy ratio noisy even with
+    identical weights (N+ implementation detail)."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for attr in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(model.config, attr):
+            setattr(model.config, attr, 0.0)
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return train, total

@@ -1,0 +1,193 @@
+"""Reading the folders a report is built from: eval run folders and training run folders.
+
+An *eval run folder* is what ``sumrl eval`` writes (docs/architecture.md): ``metrics.json``,
+``predictions.jsonl`` and, usually, ``config.json``. A *training run folder* is what ``sumrl sft``
+or an RL trainer writes: a ``metrics.jsonl`` log (``sumrl.utils.logging``) and a config file.
+Every problem a user can fix (missing file, malformed JSON, duplicate system name) is raised as a
+one-line :class:`SumrlError` that names the folder or file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sumrl.errors import DataError, SumrlError
+
+__all__ = ["EvalRun", "TrainRun", "load_eval_run", "load_eval_runs", "load_train_run", "RL_KEYS", "SFT_KEYS"]
+
+# Keys whose presence marks a metrics.jsonl as an RL or an SFT log (see sumrl.utils.logging).
+RL_KEYS = ("objective/reward", "objective/kl", "completions/mean_length", "objective/scores")
+SFT_KEYS = ("val/loss", "train/loss")
+
+
+@dataclass
+class EvalRun:
+    """One evaluated system: its aggregate metrics, per-example rows and effective config."""
+
+    path: Path
+    system: str
+    n: int
+    metrics: dict[str, dict[str, float]]
+    rows: list[dict]
+    config: dict[str, Any] | None
+    by_id: dict[str, dict] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_id = {str(r["id"]): r for r in self.rows}
+
+
+@dataclass
+class TrainRun:
+    """One training run folder: its ``metrics.jsonl`` rows and config (if any)."""
+
+    path: Path
+    name: str
+    rows: list[dict]
+    config: dict[str, Any] | None
+    config_file: str | None
+
+    @property
+    def kind(self) -> str:
+        """``"rl"`` if any RL objective was logged, ``"sft"`` if a loss was, else ``"unknown"``."""
+        keys = {k for r in self.rows for k in r}
+        if keys.intersection(RL_KEYS):
+            return "rl"
+        if keys.intersection(SFT_KEYS):
+            return "sft"
+        return "unknown"
+
+    def series(self, key: str) -> tuple[list[float], list[float]]:
+        """(steps, values) of the rows that logged ``key`` with a finite number.
+
+        Logs are sparse (validation runs every few steps only), so rows without the key are
+        skipped rather than plotted as gaps.
+        """
+        xs, ys = [], []
+        for i, r in enumerate(self.rows):
+            v = r.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                continue
+            step = r.get("step", i)
+            xs.append(float(step) if isinstance(step, (int, float)) else float(i))
+            ys.append(float(v))
+        return xs, ys
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError("not valid UTF-8", file=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
+
+
+def _read_jsonl_file(path: Path) -> list[dict]:
+    rows = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                r = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError("not valid UTF-8", file=str(path), line=i) from None
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON ({e.msg})", file=str(path), line=i) from None
+            if not isinstance(r, dict):
+                raise DataError("expected a JSON object", file=str(path), line=i)
+            rows.append((i, r))
+    return rows  # type: ignore[return-value]
+
+
+def _metric_value(v: Any) -> float:
+    """A per-example metric as a float; anything unusable (None, text) becomes NaN so that the
+    paired test drops that pair instead of crashing on one odd row."""
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    return math.nan
+
+
+def load_eval_run(path: str | Path) -> EvalRun:
+    """Load one ``sumrl eval`` run folder (SumrlError naming the folder if it is not one)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise SumrlError(f"{p}: not a run folder (no such directory)")
+    missing = [n for n in ("metrics.json", "predictions.jsonl") if not (p / n).is_file()]
+    if missing:
+        raise SumrlError(f"{p}: not an eval run folder (missing {' and '.join(missing)}; "
+                         "run `sumrl eval --out` to make one)")
+    mj = _read_json_file(p / "metrics.json")
+    if not isinstance(mj, dict) or not isinstance(mj.get("metrics"), dict):
+        raise DataError("expected {\"system\", \"n\", \"metrics\": {...}}", file=str(p / "metrics.json"),
+                        field="metrics")
+    metrics: dict[str, dict[str, float]] = {}
+    for name, v in mj["metrics"].items():
+        if not isinstance(v, dict) or "mean" not in v:
+            raise DataError("expected {\"mean\", \"ci_low\", \"ci_high\"}", file=str(p / "metrics.json"),
+                            field=f"metrics.{name}")
+        metrics[name] = {k: _metric_value(v.get(k)) for k in ("mean", "ci_low", "ci_high")}
+    rows = []
+    seen: set[str] = set()
+    for line, r in _read_jsonl_file(p / "predictions.jsonl"):  # type: ignore[misc]
+        for k in ("id", "prediction"):
+            if k not in r:
+                raise DataError("missing field", file=str(p / "predictions.jsonl"), line=line, field=k)
+        rid = str(r["id"])
+        if rid in seen:  # pairing is by id: a duplicate would silently pair the wrong rows
+            raise DataError(f"duplicate id {rid!r}", file=str(p / "predictions.jsonl"), line=line, field="id")
+        seen.add(rid)
+        refs = r.get("references")
+        if isinstance(refs, str):
+            refs = [refs]
+        r["references"] = [x for x in (refs or []) if isinstance(x, str)]
+        r["document"] = r.get("document") or ""
+        r["prediction"] = r["prediction"] if isinstance(r["prediction"], str) else ""
+        m = r.get("metrics")
+        r["metrics"] = {k: _metric_value(v) for k, v in m.items()} if isinstance(m, dict) else {}
+        rows.append(r)
+    if not rows:
+        raise DataError("no predictions", file=str(p / "predictions.jsonl"))
+    system = mj.get("system") or rows[0].get("system") or p.name
+    config = _read_json_file(p / "config.json") if (p / "config.json").is_file() else None
+    return EvalRun(path=p, system=str(system), n=int(mj.get("n") or len(rows)), metrics=metrics, rows=rows,
+                   config=config)
+
+
+def load_eval_runs(paths: list[str | Path]) -> list[EvalRun]:
+    if not paths:
+        raise SumrlError("give at least one eval run folder")
+    runs = [load_eval_run(p) for p in paths]
+    by_name: dict[str, Path] = {}
+    for r in runs:
+        if r.system in by_name:
+            # Systems are addressed by name (--baseline/--rl, the paired tests): two folders with
+            # one name would make every later choice ambiguous.
+            raise SumrlError(f"{r.path}: system name {r.system!r} is also used by {by_name[r.system]}; "
+                             "re-run one of them with `sumrl eval --system NAME`")
+        by_name[r.system] = r.path
+    return runs
+
+
+def load_train_run(path: str | Path) -> TrainRun:
+    """Load a training run folder (or a metrics.jsonl file directly)."""
+    p = Path(path)
+    log = p if p.is_file() else p / "metrics.jsonl"
+    folder = log.parent
+    if not log.is_file():
+        raise SumrlError(f"{p}: not a training run folder (no metrics.jsonl)")
+    rows = [r for _, r in _read_jsonl_file(log)]  # type: ignore[misc]
+    config, config_file = None, None
+    # sumrl sft writes sft_config.json; other trainers config.json or <name>_config.json.
+    candidates = [folder / "config.json"] + sorted(folder.glob("*_config.json"))
+    for c in candidates:
+        if c.is_file():
+            config, config_file = _read_json_file(c), c.name
+            break
+    return TrainRun(path=folder, name=folder.name or str(folder), rows=rows, config=config, config_file=config_file)

@@ -1,0 +1,170 @@
+"""The reward registry: build a weighted sum of rewards from a spec string or a recipe list.
+
+Spec string: comma-separated ``name[:weight]`` items, e.g. ``"rouge,length:0.5,rm:runs/rm"``.
+A reward-model item is ``rm:PATH[:weight]``; since paths may contain ``:``, the last ``:part`` is
+read as a weight only if it parses as a float *and* ``PATH:part`` is not an existing path.
+
+Recipe list (YAML)::
+
+    rewards:
+      - {name: rouge, weight: 1.0}
+      - {name: length, weight: 0.5, per_token_penalty: -2.5}
+      - {name: rm, path: runs/rm, weight: 1.0, normalize: true}
+
+Options are the reward's keyword arguments (docs/rewards.md); an unknown option is a ConfigError
+naming it and the allowed ones. ``label`` renames a reward (for two rewards of the same kind).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from sumrl.errors import ConfigError
+from sumrl.rewards.base import Reward, RewardInput, RewardOutput
+from sumrl.rewards.metric import METRIC_REWARDS
+
+REWARD_NAMES = [*METRIC_REWARDS, "rm"]
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return v
+
+
+def parse_reward_spec(spec: str) -> list[dict[str, Any]]:
+    """``"rouge,length:0.5,rm:DIR:2"`` -> ``[{name: rouge}, {name: length, weight: 0.5}, {name: rm, path: DIR, weight: 2}]``."""
+    items = []
+    for raw in spec.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if item == "rm" or item.startswith("rm:"):
+            rest = item[3:]
+            if not rest:
+                raise ConfigError(f"reward spec {item!r}: rm needs a path (rm:PATH[:weight])")
+            head, sep, tail = rest.rpartition(":")
+            w = _float_or_none(tail) if sep else None
+            if w is not None and head and not os.path.exists(rest):
+                items.append({"name": "rm", "path": head, "weight": w})
+            else:
+                items.append({"name": "rm", "path": rest})
+            continue
+        name, sep, weight = item.partition(":")
+        entry: dict[str, Any] = {"name": name.strip()}
+        if sep:
+            w = _float_or_none(weight)
+            if w is None:
+                raise ConfigError(f"reward spec {item!r}: weight {weight!r} is not a number (use name:weight)")
+            entry["weight"] = w
+        items.append(entry)
+    if not items:
+        raise ConfigError(f"empty reward spec {spec!r}; choose from {', '.join(REWARD_NAMES)}")
+    return items
+
+
+def _build_one(entry: dict[str, Any]) -> tuple[Reward, float]:
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"reward entry {entry!r}: must be a mapping with a 'name' key")
+    opts = dict(entry)
+    name = str(opts.pop("name"))
+    weight = opts.pop("weight", 1.0)
+    try:
+        weight = float(weight)
+    except (TypeError, ValueError):
+        raise ConfigError(f"reward '{name}': weight {weight!r} is not a number") from None
+    label = str(opts.pop("label", name))
+    if name == "rm":
+        from sumrl.rewards.reward_model import RewardModelReward
+
+        if "path" not in opts:
+            raise ConfigError("reward 'rm' needs option 'path' (a folder written by `sumrl rm`)")
+        allowed = RewardModelReward.options()
+        unknown = [k for k in opts if k not in allowed]
+        if unknown:
+            raise ConfigError(f"reward 'rm': unknown option(s) {', '.join(unknown)}; allowed: {', '.join(['weight', 'label', *allowed])}")
+        return RewardModelReward(name=label if label != "rm" else "rm", **opts), weight
+    if name not in METRIC_REWARDS:
+        raise ConfigError(f"unknown reward {name!r}; choose from {', '.join(REWARD_NAMES)}")
+    cls, fixed = METRIC_REWARDS[name]
+    allowed = [o for o in cls.options() if o not in fixed]
+    unknown = [k for k in opts if k not in allowed]
+    if unknown:
+        raise ConfigError(f"reward '{name}': unknown option(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(['weight', 'label', *allowed])}")
+    try:
+        return cls(name=label, **fixed, **opts), weight
+    except TypeError as e:
+        raise ConfigError(f"reward '{name}': {e}") from None
+
+
+@dataclass
+class CompositeReward:
+    """Weighted sum of rewards. Components: every part of every reward as ``rewards/<key>`` (unweighted),
+    plus ``rewards/total`` (the weighted total, including per-token rewards)."""
+
+    rewards: list[Reward]
+    weights: list[float]
+    name: str = "total"
+
+    def __call__(self, inp: RewardInput) -> RewardOutput:
+        n = len(inp)
+        scores = torch.zeros(n)
+        token_rewards = None
+        if inp.token_ids is not None:
+            token_rewards = [torch.zeros(len(ids)) for ids in inp.token_ids]
+        components: dict[str, torch.Tensor] = {}
+        any_tokens = False
+        for reward, w in zip(self.rewards, self.weights):
+            out = reward(inp)
+            scores += w * out.scores.float()
+            if out.token_rewards is not None:
+                if token_rewards is None:  # cannot happen for the built-in rewards (they need token_ids)
+                    scores += w * torch.stack([t.sum() for t in out.token_rewards])
+                else:
+                    any_tokens = True
+                    for i, t in enumerate(out.token_rewards):
+                        token_rewards[i] += w * t.float()
+            for k, v in out.components.items():
+                components[f"rewards/{k}"] = v
+        result = RewardOutput(scores=scores, token_rewards=token_rewards if any_tokens else None, components=components)
+        components["rewards/total"] = result.totals().clone()
+        return result
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.rewards]
+
+
+def build_reward(spec: str | Sequence[dict[str, Any]] | Reward) -> CompositeReward:
+    """A :class:`CompositeReward` from a spec string, a recipe list of dicts, or a single reward."""
+    if isinstance(spec, CompositeReward):
+        return spec
+    if isinstance(spec, str):
+        entries = parse_reward_spec(spec)
+    elif isinstance(spec, (list, tuple)):
+        entries = [parse_reward_spec(e)[0] if isinstance(e, str) else e for e in spec]
+    elif callable(spec) and hasattr(spec, "name"):
+        return CompositeReward([spec], [1.0])
+    else:
+        raise ConfigError(f"reward spec must be a string or a list of mappings, got {type(spec).__name__}")
+    if not entries:
+        raise ConfigError("empty reward list")
+    rewards, weights = [], []
+    seen: dict[str, int] = {}
+    for e in entries:
+        r, w = _build_one(e)
+        if r.name in seen:  # two rewards of one kind: keep their component names apart
+            seen[r.name] += 1
+            r.name = f"{r.name}_{seen[r.name]}"
+        else:
+            seen[r.name] = 1
+        rewards.append(r)
+        weights.append(w)
+    return CompositeReward(rewards, weights)

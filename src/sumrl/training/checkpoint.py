@@ -1,0 +1,138 @@
+"""Training-state checkpoints (shared by SFT and the RL trainers).
+
+A checkpoint folder ``<root>/step-00000042/`` holds everything needed to continue *exactly* as
+if the run had not stopped:
+
+* ``trainable.pt``: the trainable parameters only (LoRA weights, or all weights for full
+  fine-tuning; frozen base weights are reloaded from the base model),
+* ``optimizer.pt`` / ``scheduler.pt``: AdamW moments and the LR schedule position,
+* ``rng.pt``: Python, NumPy and torch (CPU and CUDA) generator states,
+* ``state.json``: step, data position and any counters the trainer wants back (plus its config,
+  so that a ``--resume`` with different settings can be refused).
+
+Each folder is written through :func:`sumrl.utils.io.atomic_dir` (temporary sibling, then one
+rename), and ``<root>/last`` (the name of the newest folder) is replaced atomically after it, so
+a process killed at any moment leaves the previous checkpoint intact and ``last`` never points
+to a half-written folder.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sumrl.errors import SumrlError
+from sumrl.utils.io import atomic_dir, atomic_write_text, read_json, write_json
+
+LAST = "last"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def trainable_state_dict(model: Any) -> dict[str, Any]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _complete(d: Path) -> bool:
+    return d.is_dir() and (d / "state.json").exists()
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), d) for d in root.iterdir() if (m := _STEP_RE.match(d.name)) and _complete(d)]
+    return [d for _, d in sorted(found)]
+
+
+def last_checkpoint(root: str | Path) -> Path | None:
+    root = Path(root)
+    ptr = root / LAST
+    if ptr.exists():
+        d = root / ptr.read_text(encoding="utf-8").strip()
+        if _complete(d):
+            return d
+    found = list_checkpoints(root)  # pointer lost: the newest complete folder is still valid
+    return found[-1] if found else None
+
+
+def save_checkpoint(root: str | Path, step: int, *, model: Any, optimizer: Any, scheduler: Any | None = None,
+                    state: dict | None = None, keep: int = 1) -> Path:
+    """Write ``<root>/step-N`` atomically, point ``last`` at it, delete all but the ``keep`` newest."""
+    import torch
+
+    root = Path(root)
+    target = root / checkpoint_name(step)
+    with atomic_dir(target) as tmp:
+        torch.save(trainable_state_dict(model), tmp / "trainable.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        write_json(tmp / "state.json", {"step": step, **(state or {})})
+    atomic_write_text(root / LAST, target.name + "\n")
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: str | Path, *, model: Any, optimizer: Any | None = None, scheduler: Any | None = None,
+                    restore_rng: bool = True) -> dict:
+    """Load a checkpoint into already-built objects; returns its ``state.json``.
+
+    The trainable parameter names must match exactly (a LoRA checkpoint cannot be loaded into a
+    fully trainable model, or one with another rank / other target modules).
+    """
+    import torch
+
+    path = Path(path)
+    if not _complete(path):
+        raise SumrlError(f"{path}: not a complete checkpoint")
+    saved = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+    params = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    if set(saved) != set(params):
+        missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+        raise SumrlError(f"{path}: checkpoint does not match the model's trainable parameters "
+                         f"({len(missing)} missing, e.g. {missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})")
+    with torch.no_grad():
+        for n, p in params.items():
+            if saved[n].shape != p.shape:
+                raise SumrlError(f"{path}: parameter {n} has shape {tuple(saved[n].shape)}, model has {tuple(p.shape)}")
+            p.copy_(saved[n].to(p.device, p.dtype))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    if scheduler is not None and (path / "scheduler.pt").exists():
+        # LambdaLR pickles its (object) lambdas: our own file, so a full unpickle is fine.
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+    if restore_rng:
+        set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))
+    return read_json(path / "state.json")

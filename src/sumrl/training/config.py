@@ -1,0 +1,109 @@
+"""The ``sumrl sft`` config (kept free of torch imports so that ``sumrl --help`` stays fast)."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+
+from sumrl.config import DataOptions, opt
+from sumrl.errors import ConfigError
+
+# Options that may change between an interrupted run and its ``--resume`` without changing the
+# trajectory (schedule length is *not* among them: the cosine schedule depends on it).
+RESUME_MUTABLE = {
+    "resume", "overwrite", "out", "progress", "tensorboard", "log_every", "eval_every", "save_every",
+    "keep_checkpoints", "val_generate", "val_max_new_tokens", "val_batch_size",
+}
+
+
+@dataclass
+class SFTConfig(DataOptions):
+    # DataOptions.split defaults to "test" (evaluation); training reads the train split.
+    split: str = opt("train", "split to train on")
+    model: str = opt("default", "model to fine-tune ('default', a packaged name, a model/adapter folder, .gguf, hub id)")
+    out: str = opt("runs/sft", "output folder: the fine-tuned model/adapter (loadable with --model OUT), "
+                               "sft_config.json, metrics.jsonl/csv, tensorboard/, checkpoints/")
+    # --- what is trained
+    lora: bool = opt(True, "train a LoRA adapter (default); --no-lora or --full fine-tunes all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    lora_target_modules: list[str] = opt(default_factory=list, help="module names LoRA is applied to "
+                                         "(default: all attention and MLP projections)")
+    # --- sequences
+    max_seq_len: int = opt(2048, "tokens per training sequence (prompt + summary); longer documents use --strategy")
+    max_target_tokens: int = opt(512, "summary tokens kept at most (a longer reference is cut and gets no EOS)")
+    strategy: str = opt("truncate", "documents longer than --max-seq-len: truncate = keep the beginning (as "
+                                    "`sumrl eval --strategy truncate`); chunk = train the map and reduce prompts of "
+                                    "`--strategy chunk` on reference sentences aligned to each window (docs/sft.md)",
+                        choices=["truncate", "chunk"])
+    chunk_overlap: int = opt(32, "overlap of consecutive windows with --strategy chunk (as in generation)")
+    instruction: typing.Optional[str] = opt(None, "instruction placed before the document (must match eval)")
+    # --- schedule
+    epochs: float = opt(1.0, "passes over the training split (ignored when --steps is given)")
+    steps: typing.Optional[int] = opt(None, "optimizer steps (overrides --epochs)")
+    batch_size: int = opt(8, "examples per optimizer step, over all processes")
+    micro_batch_tokens: typing.Optional[int] = opt(
+        None, "tokens per forward pass (one packed row); a step's examples are packed into as many micro-batches "
+              "as needed and their gradients accumulated (default: --max-seq-len)")
+    micro_batch_size: typing.Optional[int] = opt(None, "at most this many examples per micro-batch (default: no limit)")
+    packing: bool = opt(True, "padding-free packing (several examples in one row, attention kept inside each); "
+                              "--no-packing pads length-sorted micro-batches instead")
+    lr: float = opt(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    warmup_steps: int = opt(10, "linear warm-up steps, then cosine decay")
+    min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of --lr")
+    max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    # --- speed / memory
+    gradient_checkpointing: bool = opt(True, "recompute activations in backward (memory linear in length, ~30% slower)")
+    bf16: bool = opt(False, "bfloat16 autocast for the forward pass (parameters and optimizer stay float32)")
+    loss_chunk_size: int = opt(512, "summary positions per chunk of the cross-entropy (never full-vocabulary logits "
+                                    "for the whole sequence)")
+    # --- logging, validation, checkpoints
+    log_every: int = opt(1, "log train/* metrics every N steps")
+    eval_every: int = opt(50, "validate every N steps (and before the first and after the last step); 0 = never")
+    val_split: str = opt("val", "split used for validation")
+    val_examples: int = opt(16, "validation examples for val/loss")
+    val_generate: int = opt(4, "validation examples summarised for val/rouge*, val/pred_words (0 = none)")
+    val_max_new_tokens: int = opt(256, "generation length for validation samples")
+    val_batch_size: int = opt(4, "generation batch size for validation samples")
+    save_every: int = opt(50, "write a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = opt(1, "checkpoints kept (the newest)")
+    resume: bool = opt(False, "continue from the last checkpoint in --out")
+    overwrite: bool = opt(False, "start over in an --out that already has checkpoints")
+    progress: bool = opt(True, "show a progress bar")
+    tensorboard: bool = opt(True, "also log to OUT/tensorboard")
+
+    def validate(self) -> None:
+        def positive(name: str, allow_zero: bool = False) -> None:
+            v = getattr(self, name)
+            if v is not None and (v < 0 or (v == 0 and not allow_zero)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+
+        for name in ("max_seq_len", "max_target_tokens", "batch_size", "lr", "loss_chunk_size", "log_every",
+                     "save_every", "keep_checkpoints", "lora_r", "lora_alpha", "epochs", "steps",
+                     "micro_batch_tokens", "micro_batch_size"):
+            positive(name)
+        for name in ("warmup_steps", "eval_every", "val_examples", "val_generate", "max_grad_norm", "weight_decay",
+                     "chunk_overlap", "lora_dropout"):
+            positive(name, allow_zero=True)
+        if self.max_seq_len < 64:
+            raise ConfigError(f"--max-seq-len must be at least 64, got {self.max_seq_len}")
+        if self.max_target_tokens >= self.max_seq_len:
+            raise ConfigError(f"--max-target-tokens ({self.max_target_tokens}) must be smaller than --max-seq-len "
+                              f"({self.max_seq_len}) to leave room for the document")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < self.max_seq_len:
+            raise ConfigError(f"--micro-batch-tokens ({self.micro_batch_tokens}) must be >= --max-seq-len "
+                              f"({self.max_seq_len}): one sequence must fit in a micro-batch")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+        if self.chunk_overlap >= self.max_seq_len // 2:
+            raise ConfigError(f"--chunk-overlap ({self.chunk_overlap}) must be below half of --max-seq-len")
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.micro_batch_tokens or self.max_seq_len

@@ -1,0 +1,429 @@
+"""Supervised fine-tuning (``sumrl sft``): a plain training loop on Accelerate.
+
+One optimizer step consumes ``batch_size`` training sequences (over all processes), taken in a
+seeded per-epoch permutation, so the data position is a pure function of the step and resuming
+needs no sampler state. Each process takes every ``world_size``-th sequence of the step, packs
+them into micro-batches of at most ``micro_batch_tokens`` tokens and accumulates gradients.
+
+Loss normalisation: the loss of a step is ``sum of target-token NLL / number of target tokens in
+the whole step`` (all micro-batches, all processes). The token count is known before the forward
+pass (from the labels), so each micro-batch back-propagates ``loss_sum * world_size / N_step``;
+DDP *averages* gradients over processes, hence the ``world_size``. The result is the gradient of
+the full-batch token-mean loss, whatever the micro-batching (tests/test_sft.py checks this).
+
+The same code runs under ``accelerate launch --num_processes N``: the loss module (trunk +
+chunked cross-entropy, :mod:`sumrl.training.loss`) is what gets wrapped by DDP; logging,
+validation and checkpoints happen on the main process while the others wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+from sumrl.errors import ConfigError, SumrlError, TrainingDiverged
+from sumrl.training.config import RESUME_MUTABLE, SFTConfig
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "sft_config.json"
+# Files of a previous run removed by --overwrite (the model files are listed in sumrl_model.json).
+_RUN_FILES = ("metrics.jsonl", "metrics.csv", "samples.jsonl", CONFIG_FILE)
+
+StepCallback = Callable[[int, dict], None]
+
+
+# ------------------------------------------------------------------------------------------ data
+class StepSampler:
+    """Sequence indices of each optimizer step: epoch ``e`` visits a permutation seeded by
+    ``(seed, e)``; step ``s`` takes global positions ``[s * B, (s + 1) * B)`` of the endless
+    concatenation of epochs (a step may straddle two epochs)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        import torch
+
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}  # keep one epoch
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        out = []
+        for p in range(step * self.batch_size, (step + 1) * self.batch_size):
+            out.append(self._perm(p // self.n)[p % self.n])
+        return out
+
+    def epoch_at(self, step: int) -> float:
+        return step * self.batch_size / self.n
+
+
+def total_steps(cfg: SFTConfig, n_sequences: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * n_sequences / cfg.batch_size))
+
+
+def _fields(cfg: SFTConfig):
+    from sumrl.data import FieldMap
+
+    return FieldMap(id=cfg.id_field, document=cfg.document_field, summary=cfg.summary_field, query=cfg.query_field)
+
+
+def encode_for(cfg: SFTConfig, tokenizer: Any, examples: list) -> list:
+    from sumrl.training.data import encode_examples
+
+    return encode_examples(tokenizer, examples, max_seq_len=cfg.max_seq_len, max_target_tokens=cfg.max_target_tokens,
+                           strategy=cfg.strategy, instruction=cfg.instruction, chunk_overlap=cfg.chunk_overlap)
+
+
+# ----------------------------------------------------------------------------------------- model
+def build_model(cfg: SFTConfig) -> tuple[Any, Any, str]:
+    """``(model, tokenizer, base_spec)``: LoRA-wrapped or fully trainable, in train mode."""
+    from sumrl.models.loading import load_model, resolve
+    from sumrl.models.lora import add_lora
+
+    if any(m.split(".")[-1] == "lm_head" for m in cfg.lora_target_modules):
+        raise ConfigError("--lora-target-modules must not include lm_head (the chunked loss reads the head's weight)")
+    r = resolve(cfg.model)
+    if r.kind == "adapter":
+        base = r.base
+        model, tok = load_model(cfg.model, dtype="float32", trainable=cfg.lora)
+        if not cfg.lora:  # full fine-tuning from an adapter: fold it into the weights first
+            model = model.merge_and_unload()
+    else:
+        # a relative model folder must still resolve when the saved adapter is loaded elsewhere
+        base = str(Path(cfg.model).resolve()) if r.kind in ("hf_dir", "gguf") else cfg.model
+        model, tok = load_model(cfg.model, dtype="float32")
+        if cfg.lora:
+            model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                             target_modules=cfg.lora_target_modules or None)
+    if not cfg.lora:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    cfg_obj = getattr(model, "config", None)
+    if cfg_obj is not None:
+        cfg_obj.use_cache = False
+    model.train()
+    return model, tok, base
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing of every decoder layer, non-reentrant (works with frozen inputs,
+    i.e. LoRA, and with DDP). transformers 5 renamed the method; both spellings are accepted."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # pragma: no cover - transformers < 5
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+# ------------------------------------------------------------------------------------ validation
+@dataclasses.dataclass
+class Validator:
+    cfg: SFTConfig
+    tokenizer: Any
+    examples: list
+    sequences: list
+
+    def loss(self, loss_module: Any, device: Any) -> tuple[float, int]:
+        import torch
+
+        from sumrl.training.packing import collate, plan_micro_batches
+
+        if not self.sequences:
+            return float("nan"), 0
+        groups = plan_micro_batches([len(s) for s in self.sequences], self.cfg.tokens_per_micro_batch,
+                                    self.cfg.micro_batch_size, packing=self.cfg.packing)
+        total, n = 0.0, 0
+        was = loss_module.training
+        loss_module.eval()
+        try:
+            with torch.no_grad():
+                for g in groups:
+                    batch = _to(collate([self.sequences[i] for i in g], packing=self.cfg.packing,
+                                        pad_id=self.tokenizer.pad_token_id), device)
+                    ls, nt = loss_module(**batch)
+                    total += float(ls)
+                    n += int(nt)
+        finally:
+            loss_module.train(was)
+        return total / max(n, 1), n
+
+    def generate(self, model: Any) -> tuple[dict, list[dict]]:
+        from sumrl.evaluation.metrics import length_stats, rouge
+        from sumrl.generation.summarize import GenerationSettings, summarize
+
+        exs = self.examples[: self.cfg.val_generate]
+        if not exs:
+            return {}, []
+        # Prompts as long as the training prompts (not the model's full context): validation
+        # measures what training optimises, and stays affordable on CPU.
+        settings = GenerationSettings(max_new_tokens=self.cfg.val_max_new_tokens, batch_size=self.cfg.val_batch_size,
+                                      strategy=self.cfg.strategy, instruction=self.cfg.instruction,
+                                      max_input_tokens=self.cfg.max_seq_len, seed=self.cfg.seed, progress=False)
+        outs = summarize(model, self.tokenizer, exs, settings)
+        rows, agg = [], {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "pred_words": 0.0, "ref_words": 0.0,
+                         "finished": 0.0}
+        for ex, o in zip(exs, outs):
+            r = rouge(o.text, ex.references)
+            ls = length_stats(o.text, ex.references, ex.document)
+            m = {"rouge1": r["rouge1_f"], "rouge2": r["rouge2_f"], "rougeL": r["rougeL_f"],
+                 "pred_words": ls["pred_words"], "ref_words": ls["ref_words"], "finished": float(o.finished)}
+            for k in agg:
+                agg[k] += m[k] / len(exs)
+            rows.append({"id": ex.id, "prediction": o.text, "reference": ex.reference, **m})
+        agg["len_ratio"] = agg["pred_words"] / max(agg["ref_words"], 1e-9)
+        return agg, rows
+
+
+def _to(batch: dict, device: Any) -> dict:
+    return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------ output dir
+def _check_out(cfg: SFTConfig, out: Path) -> Path | None:
+    """Returns the checkpoint to resume from (or None); refuses to clobber an earlier run."""
+    from sumrl.training.checkpoint import last_checkpoint
+
+    ckpt = last_checkpoint(out / CHECKPOINT_DIR)
+    if cfg.resume:
+        if ckpt is None:
+            raise SumrlError(f"{out}: no checkpoint to resume from (run without --resume to start)")
+        return ckpt
+    if ckpt is not None and not cfg.overwrite:
+        raise SumrlError(f"{out} has checkpoints of an earlier run: use --resume to continue it or --overwrite "
+                         f"to start over")
+    return None
+
+
+def _clear_previous_run(out: Path) -> None:
+    import json
+    import shutil
+
+    from sumrl.models.loading import SUMRL_MODEL_FILE
+
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    meta = out / SUMRL_MODEL_FILE
+    if meta.exists():
+        try:
+            files = json.loads(meta.read_text()).get("files", [])
+        except (OSError, ValueError):
+            files = []
+        for name in [*files, SUMRL_MODEL_FILE]:
+            if "/" not in name and (out / name).is_file():
+                (out / name).unlink()
+    for name in _RUN_FILES:
+        if (out / name).exists():
+            (out / name).unlink()
+
+
+def _resume_mismatches(saved: dict, cfg: SFTConfig) -> list[str]:
+    now = dataclasses.asdict(cfg)
+    return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
+            if k not in RESUME_MUTABLE and k in saved and saved[k] != now[k]]
+
+
+def publish_model(model: Any, tokenizer: Any, out: Path, *, base_spec: str, extra: dict) -> None:
+    """Save the model/adapter so that ``--model OUT`` loads it, next to the run's other files.
+
+    ``save_model`` writes a whole folder atomically, but OUT also holds checkpoints and metrics,
+    so the model is saved into a staging folder inside OUT and its files are then moved up one by
+    one (each ``os.replace`` is atomic); ``sumrl_model.json`` goes last, listing the files.
+    """
+    import json
+    import os
+    import shutil
+
+    from sumrl.models.loading import SUMRL_MODEL_FILE, save_model
+
+    staging = out / ".model-staging"
+    save_model(model, tokenizer, staging, base_spec=base_spec, extra=extra)
+    files = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name != SUMRL_MODEL_FILE)
+    meta = json.loads((staging / SUMRL_MODEL_FILE).read_text())
+    meta["files"] = files
+    for name in files:
+        os.replace(staging / name, out / name)
+    from sumrl.utils.io import write_json
+
+    write_json(out / SUMRL_MODEL_FILE, meta)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- train
+def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dict:
+    """Run SFT; returns a summary (steps, last losses, last validation metrics, output folder).
+
+    ``callbacks`` are called on every process after each step (and its logging, validation and
+    checkpoint) with ``(step, metrics)``; an exception raised there stops training like a kill.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from sumrl.data import load_data
+    from sumrl.training.checkpoint import load_checkpoint, save_checkpoint
+    from sumrl.training.loss import CausalLMLoss
+    from sumrl.training.optim import build_optimizer, build_scheduler, trainable
+    from sumrl.training.packing import collate, n_target_tokens, plan_micro_batches
+    from sumrl.utils.io import read_json, write_json
+    from sumrl.utils.logging import MetricLogger
+
+    accelerator = Accelerator()
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if cfg.batch_size < world:
+        raise ConfigError(f"--batch-size ({cfg.batch_size}) must be at least the number of processes ({world})")
+    out = Path(cfg.out)
+    resume_from = _check_out(cfg, out)
+    if resume_from is not None:
+        saved_cfg = read_json(resume_from / "state.json").get("config", {})
+        bad = _resume_mismatches(saved_cfg, cfg)
+        if bad:
+            raise ConfigError("--resume with settings that change the run: " + "; ".join(bad))
+    accelerator.wait_for_everyone()
+    if main:
+        if cfg.overwrite:
+            _clear_previous_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
+    set_seed(cfg.seed)
+
+    # data
+    examples = load_data(cfg.data, cfg.split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
+                         require_summary=True, limit=cfg.limit, seed=cfg.seed)
+    model, tok, base_spec = build_model(cfg)
+    seqs = encode_for(cfg, tok, examples)
+    n_steps = total_steps(cfg, len(seqs))
+    sampler = StepSampler(len(seqs), cfg.batch_size, cfg.seed)
+    validator = None
+    if main and cfg.eval_every > 0 and (cfg.val_examples or cfg.val_generate):
+        n_val = max(cfg.val_examples, cfg.val_generate)
+        val_ex = load_data(cfg.data, cfg.val_split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
+                           require_summary=True, limit=n_val, seed=cfg.seed)
+        validator = Validator(cfg, tok, val_ex, encode_for(cfg, tok, val_ex[: cfg.val_examples]))
+
+    loss_module = CausalLMLoss(model, chunk_size=cfg.loss_chunk_size, bf16=cfg.bf16)
+    loss_module = accelerator.prepare(loss_module)
+    raw_module = accelerator.unwrap_model(loss_module)
+    params = trainable(raw_module.model)
+    optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                betas=(cfg.adam_beta1, cfg.adam_beta2))
+    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=n_steps,
+                                min_lr_ratio=cfg.min_lr_ratio)
+    start = 0
+    counters = {"tokens_seen": 0, "target_tokens_seen": 0}
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model=raw_module.model, optimizer=optimizer, scheduler=scheduler)
+        start = int(state["step"])
+        counters.update(state.get("counters", {}))
+    logger = MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None) if main else None
+    device = accelerator.device
+    n_train, n_all = sum(p.numel() for _, p in params), sum(p.numel() for p in raw_module.model.parameters())
+    if main:
+        print(f"sft: {len(examples)} examples -> {len(seqs)} sequences, {n_steps} steps of {cfg.batch_size}; "
+              f"trainable {n_train:,} / {n_all:,} parameters ({'LoRA' if cfg.lora else 'full'}); "
+              f"{world} process(es); output {out}" + (f"; resuming at step {start}" if start else ""))
+
+    last_val: dict = {}
+
+    def validate(step: int) -> None:
+        nonlocal last_val
+        if main and validator is not None:
+            metrics: dict[str, float] = {}
+            if cfg.val_examples:
+                vl, vn = validator.loss(raw_module, device)
+                metrics.update({"val/loss": vl, "val/tokens": vn})
+            gen, rows = validator.generate(raw_module.model)
+            metrics.update({f"val/{k}": v for k, v in gen.items()})
+            logger.log(metrics, step)
+            if rows:
+                logger.log_samples(rows, step)
+            last_val = metrics
+        accelerator.wait_for_everyone()
+
+    def checkpoint(step: int) -> None:
+        if main:
+            save_checkpoint(out / CHECKPOINT_DIR, step, model=raw_module.model, optimizer=optimizer,
+                            scheduler=scheduler, keep=cfg.keep_checkpoints,
+                            state={"config": dataclasses.asdict(cfg), "counters": counters,
+                                   "epoch": sampler.epoch_at(step)})
+        accelerator.wait_for_everyone()
+
+    if start == 0 and cfg.eval_every > 0:
+        validate(0)
+    bar = tqdm(total=n_steps, initial=start, desc="sft", unit="step", disable=not (main and cfg.progress),
+               dynamic_ncols=True)
+    last_train: dict = {}
+    loss_module.train()
+    try:
+        for step in range(start, n_steps):
+            t0 = time.perf_counter()
+            step_seqs = [seqs[i] for i in sampler.indices(step)]
+            n_step_targets = sum(n_target_tokens(s) for s in step_seqs)
+            local = step_seqs[rank::world]
+            groups = plan_micro_batches([len(s) for s in local], cfg.tokens_per_micro_batch, cfg.micro_batch_size,
+                                        packing=cfg.packing)
+            scale = world / n_step_targets
+            local_loss = torch.zeros((), dtype=torch.float64, device=device)
+            local_tokens = sum(len(s) for s in local)
+            for k, g in enumerate(groups):
+                batch = _to(collate([local[i] for i in g], packing=cfg.packing, pad_id=tok.pad_token_id), device)
+                # gradients are all-reduced once per step, on the last micro-batch
+                sync = k == len(groups) - 1
+                with nullcontext() if sync else accelerator.no_sync(loss_module):
+                    loss_sum, _ = loss_module(**batch)
+                    accelerator.backward(loss_sum * scale)
+                local_loss += loss_sum.detach().double()
+            grad_norm = accelerator.clip_grad_norm_([p for _, p in params],
+                                                    cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = float(accelerator.reduce(local_loss, reduction="sum")) / n_step_targets
+            n_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=device), reduction="sum"))
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"train/loss is {loss} at step {step + 1}; the last checkpoint is kept in "
+                                       f"{out / CHECKPOINT_DIR}")
+            dt = time.perf_counter() - t0
+            counters["tokens_seen"] += n_tokens
+            counters["target_tokens_seen"] += n_step_targets
+            done = step + 1
+            last_train = {"train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
+                          "train/target_tokens": n_step_targets, "train/tokens": n_tokens,
+                          "train/tokens_per_s": n_tokens / dt, "train/micro_batches": len(groups),
+                          "train/epoch": sampler.epoch_at(done)}
+            if main:
+                if done % cfg.log_every == 0 or done == n_steps:
+                    logger.log(last_train, done)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{n_tokens / dt:,.0f}", refresh=False)
+                bar.update(1)
+            if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == n_steps):
+                validate(done)
+            if done % cfg.save_every == 0 or done == n_steps:
+                checkpoint(done)
+            for cb in callbacks or []:
+                cb(done, last_train)
+    finally:
+        bar.close()
+        if logger is not None:
+            logger.close()
+
+    if main:
+        publish_model(raw_module.model, tok, out, base_spec=base_spec,
+                      extra={"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps})
+        print(f"saved the {'LoRA adapter' if cfg.lora else 'model'} to {out} (use --model {out})")
+    accelerator.wait_for_everyone()
+    return {"out": str(out), "steps": n_steps, "start_step": start, "train": last_train, "val": last_val,
+            "n_sequences": len(seqs), "trainable_parameters": n_train}
