@@ -608,10 +608,10 @@ for _t, _name in (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUG
         )
 METRIC_DOCS.update(
     {
-        "la_rouge1": "length-adjusted ROUGE-1 (seed paper): R*ng/np if longer, P*np/ng if shorter, F1 if equal",
+        "la_rouge1": "length-adjusted ROUGE-1 (seed paper; ng gold, np predicted words): R*ng/np if longer, P*np/ng if shorter, F1 if equal",
         "la_rouge2": "length-adjusted ROUGE-2 (same formula as la_rouge1)",
         "la_rougeL": "length-adjusted ROUGE-L (same formula as la_rouge1)",
-        "bleu": "sacrebleu sentence BLEU, 0-100 scale, all references",
+        "bleu": "sacrebleu BLEU, 0-100 scale, all references (per example: sentence BLEU; aggregate: corpus BLEU)",
         "pred_words": "prediction length in whitespace words",
         "ref_words": "first reference length in whitespace words",
         "extra_words": "prediction words minus reference words (negative = shorter)",

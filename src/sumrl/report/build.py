@@ -52,6 +52,12 @@ def _fmt(x: Any) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
 
 
+def _fmt_signed(x: Any) -> str:
+    """A difference with its sign always shown (+0.012 / -3.4)."""
+    s = _fmt(x)
+    return s if s == "\u2013" or s.startswith("-") else "+" + s
+
+
 def _fmt_p(p: Any) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "\u2013"
@@ -97,6 +103,9 @@ def _comparison(runs: Sequence[EvalRun], roles: analysis.Roles) -> dict:
         direction = analysis.HIGHER_IS_BETTER.get(m)
         rows.append({"metric": m, "doc": metric_doc(m), "main": m in TABLE_METRICS, "cells": cells,
                      "arrow": "" if direction is None else ("\u2191" if direction else "\u2193")})
+    if not any(r["main"] for r in rows):  # runs scored by another tool: no table metric at all
+        for r in rows:
+            r["main"] = True
     systems = [{"name": r.system, "role": roles.role(r.system), "n": r.n} for r in runs]
     return {"systems": systems, "rows": rows}
 
@@ -181,7 +190,7 @@ def render_report(runs: Sequence[EvalRun], train_runs: Sequence[TrainRun] = (), 
         undefined=jinja2.StrictUndefined,  # a misspelt variable must fail, not render as ""
         trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters.update(fmt=_fmt, fmt_p=_fmt_p, pct=_fmt_pct)
+    env.filters.update(fmt=_fmt, fmt_p=_fmt_p, pct=_fmt_pct, signed=_fmt_signed)
     css = (TEMPLATES / "report.css").read_text(encoding="utf-8")
     return env.get_template("report.html.j2").render(
         title=title or "sumrl report: " + ", ".join(r.system for r in runs),

@@ -29,6 +29,14 @@ RL_CURVES = [
 _DPI = 110
 
 
+def _horizontal_kw() -> dict:
+    # boxplot(vert=False) is deprecated from matplotlib 3.11 on; orientation= exists since 3.10.
+    import matplotlib
+
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
 @dataclass
 class Plot:
     title: str
@@ -129,9 +137,10 @@ def length_plot(runs: Sequence[EvalRun]) -> Plot:
         labels.append(run.system)
         data.append([len(words(r["prediction"])) for r in run.rows])
     fig = _figure(6.4, 0.9 + 0.42 * len(labels))
+    _HORIZONTAL = _horizontal_kw()
     ax = fig.add_subplot()
     # Reversed so the reference sits on top, in the table's reading order.
-    bp = ax.boxplot(data[::-1], vert=False, patch_artist=True, widths=0.6, showmeans=True,
+    bp = ax.boxplot(data[::-1], **_HORIZONTAL, patch_artist=True, widths=0.6, showmeans=True,
                     meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black",
                                "markersize": 4})
     ax.set_yticks(range(1, len(labels) + 1), labels[::-1], fontsize=8)

@@ -86,7 +86,8 @@ def _read_json_file(path: Path) -> Any:
         raise DataError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
 
 
-def _read_jsonl_file(path: Path) -> list[dict]:
+def _read_jsonl_file(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) per non-empty line, so later checks can name the line."""
     rows = []
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
@@ -101,7 +102,7 @@ def _read_jsonl_file(path: Path) -> list[dict]:
             if not isinstance(r, dict):
                 raise DataError("expected a JSON object", file=str(path), line=i)
             rows.append((i, r))
-    return rows  # type: ignore[return-value]
+    return rows
 
 
 def _metric_value(v: Any) -> float:
@@ -135,7 +136,7 @@ def load_eval_run(path: str | Path) -> EvalRun:
         metrics[name] = {k: _metric_value(v.get(k)) for k in ("mean", "ci_low", "ci_high")}
     rows = []
     seen: set[str] = set()
-    for line, r in _read_jsonl_file(p / "predictions.jsonl"):  # type: ignore[misc]
+    for line, r in _read_jsonl_file(p / "predictions.jsonl"):
         for k in ("id", "prediction"):
             if k not in r:
                 raise DataError("missing field", file=str(p / "predictions.jsonl"), line=line, field=k)
@@ -156,8 +157,9 @@ def load_eval_run(path: str | Path) -> EvalRun:
         raise DataError("no predictions", file=str(p / "predictions.jsonl"))
     system = mj.get("system") or rows[0].get("system") or p.name
     config = _read_json_file(p / "config.json") if (p / "config.json").is_file() else None
-    return EvalRun(path=p, system=str(system), n=int(mj.get("n") or len(rows)), metrics=metrics, rows=rows,
-                   config=config)
+    n = mj.get("n")
+    n = n if isinstance(n, int) and not isinstance(n, bool) else len(rows)
+    return EvalRun(path=p, system=str(system), n=n, metrics=metrics, rows=rows, config=config)
 
 
 def load_eval_runs(paths: list[str | Path]) -> list[EvalRun]:
@@ -182,7 +184,7 @@ def load_train_run(path: str | Path) -> TrainRun:
     folder = log.parent
     if not log.is_file():
         raise SumrlError(f"{p}: not a training run folder (no metrics.jsonl)")
-    rows = [r for _, r in _read_jsonl_file(log)]  # type: ignore[misc]
+    rows = [r for _, r in _read_jsonl_file(log)]
     config, config_file = None, None
     # sumrl sft writes sft_config.json; other trainers config.json or <name>_config.json.
     candidates = [folder / "config.json"] + sorted(folder.glob("*_config.json"))

@@ -17,6 +17,7 @@ reward model has to look at the document or at the whole summary to reject it.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from typing import Callable, Sequence
@@ -96,6 +97,13 @@ def copy_input(i: int, examples: Sequence[Example], rng: random.Random) -> str |
     return " ".join(d[:n])
 
 
+@functools.lru_cache(maxsize=4096)
+def _doc_names(document: str) -> tuple:
+    # names of the document's first 4000 characters (title, authors, introduction): fact
+    # extraction over a whole 8k-word paper per example would dominate the data preparation
+    return tuple(f for f in extract_facts(document[:4000]) if f.kind == "name")
+
+
 def entity_swap(i: int, examples: Sequence[Example], rng: random.Random) -> str | None:
     """One name of the reference replaced by a different name: from the same document if it
     has other names (a plausible but wrong attribution), else from another document."""
@@ -105,8 +113,7 @@ def entity_swap(i: int, examples: Sequence[Example], rng: random.Random) -> str 
         return None
     target = rng.choice(names)
     ref_norms = {f.norm for f in names}
-    doc_names = sorted({f.text for f in extract_facts(examples[i].document[:20000]) if f.kind == "name"
-                        and f.norm not in ref_norms and len(f.text) > 2})
+    doc_names = sorted({f.text for f in _doc_names(examples[i].document) if f.norm not in ref_norms and len(f.text) > 2})
     if not doc_names:
         j = rng.randrange(len(examples))
         doc_names = sorted({f.text for f in extract_facts(_ref(examples[j])) if f.kind == "name" and f.norm not in ref_norms})
@@ -187,7 +194,10 @@ def insert_sentence(i: int, examples: Sequence[Example], rng: random.Random) -> 
         j = rng.choice(others)
         doc = examples[j].document
         start = rng.randrange(max(1, len(doc) - 3000)) if len(doc) > 3000 else 0
-        cands = [s for s in sentences(doc[start:start + 3000]) if 6 <= len(s.split()) <= 40][1:-1]
+        sents = sentences(doc[start:start + 3000])
+        # a window cut inside the document may start/end mid-sentence: drop those edge pieces
+        sents = sents[1 if start > 0 else 0:len(sents) - 1 if start + 3000 < len(doc) else len(sents)]
+        cands = [s for s in sents if 6 <= len(s.split()) <= 40]
         if cands:
             break
     else:

@@ -138,6 +138,10 @@ class CompositeReward:
         return result
 
     @property
+    def needs_references(self) -> bool:
+        return any(getattr(r, "needs_references", False) for r in self.rewards)
+
+    @property
     def names(self) -> list[str]:
         return [r.name for r in self.rewards]
 

@@ -1,0 +1,155 @@
+"""``sumrl rm``: train reward models and measure how rewards agree with people.
+
+* ``sumrl rm train --kind synthetic --data scisummnet --out DIR`` (also ``sumrl rm --kind ...``
+  without ``train``, kept for scripts written against the first version of the command);
+* ``sumrl rm train --kind preference --pairs pairs.jsonl --out DIR``;
+* ``sumrl rm eval-rewards --pairs pairs.jsonl [--rewards rouge,...] [--rm DIR] --out table.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sumrl.config import add_dataclass_args, config_from_args, opt
+from sumrl.errors import ConfigError
+
+ALL_CLASSES = ["random", "repair", "shuffle", "repeat_end", "copy_input", "entity_swap", "number_change",
+               "negation", "insert_sentence", "truncate"]
+METRIC_REWARD_NAMES = "rouge,length,eos,repetition,copy,faithfulness,relevance,coverage,coherence"
+
+
+@dataclass
+class RMTrainConfig:
+    kind: str = opt("synthetic", "synthetic = positives (document, reference) vs generated negatives, no human "
+                                 "feedback; preference = Bradley-Terry on human pairs (--pairs)",
+                    choices=["synthetic", "preference"])
+    out: str = opt("", "output folder (config.json, model.safetensors, metrics.json)")
+    data: str = opt("scisummnet", "synthetic: dataset of (document, reference) positives (built-in name or file)")
+    pairs: str | None = opt(None, "preference: pairs.jsonl (from `sumrl data pairs` or `sumrl human export`)")
+    backbone: str = opt("minilm", "minilm = small head on the MiniLM encoder (fast on CPU); policy = LoRA on a causal "
+                                  "LM (--model) with a scalar head", choices=["minilm", "policy"])
+    model: str = opt("default", "with --backbone policy: the policy-family model spec")
+    init: str | None = opt(None, "start from an existing reward-model folder (e.g. synthetic, then preference)")
+    steps: int = opt(100, "optimizer steps")
+    batch_size: int = opt(8, "examples (synthetic: positives, each with one negative) or pairs per step")
+    lr: float = opt(1e-4, "learning rate (AdamW)")
+    max_length: int = opt(256, "tokens per (document prefix, summary) input")
+    max_summary_tokens: int = opt(128, "summary tokens kept (the document prefix gets the rest)")
+    train_layers: int = opt(2, "minilm: top transformer layers trained (-1 = all, 0 = head only)")
+    lora_r: int = opt(8, "policy: LoRA rank")
+    classes: list[str] = opt(None, "synthetic: negative classes", default_factory=lambda: list(ALL_CLASSES))
+    limit: int | None = opt(None, "use at most N training examples / pairs")
+    eval_split: str = opt("test", "synthetic: split for the held-out per-class accuracy")
+    eval_limit: int | None = opt(60, "held-out examples / pairs evaluated (CPU time)")
+    norm_limit: int | None = opt(40, "examples used for the score normalisation statistics")
+    margin: bool = opt(False, "preference: subtract the pair margin in the Bradley-Terry loss")
+    margin_scale: float = opt(1.0, "preference: multiplier of the margin")
+    test_fraction: float = opt(0.2, "preference: held-out share of documents for pairs without meta.split")
+    seed: int = opt(0, "random seed")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ConfigError("missing --out (the reward-model folder to write)")
+        if self.kind == "preference" and not self.pairs:
+            raise ConfigError("--kind preference needs --pairs FILE")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("--steps and --batch-size must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        if self.max_summary_tokens < 1 or self.max_summary_tokens > self.max_length - 16:
+            raise ConfigError("--max-summary-tokens must be between 1 and --max-length - 16")
+        bad = [c for c in self.classes if c not in ALL_CLASSES]
+        if bad or not self.classes:
+            raise ConfigError(f"--classes: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(ALL_CLASSES)}")
+
+
+@dataclass
+class EvalRewardsConfig:
+    pairs: list[str] = opt(None, "pairs.jsonl file(s) with human judgments", default_factory=list)
+    rewards: str = opt(METRIC_REWARD_NAMES, "comma-separated reward names (each evaluated on its own)")
+    rm: list[str] = opt(None, "reward-model folder(s) to evaluate too", default_factory=list)
+    split: str = opt("test", "which pairs: test (held-out documents), train, val or all")
+    limit: int | None = opt(None, "at most N pairs per source (taken in file order)")
+    test_fraction: float = opt(0.2, "held-out share of documents for pairs without meta.split")
+    seed: int = opt(0, "seed of the document split for pairs without meta.split")
+    out: str | None = opt(None, "write the table as JSON here")
+
+    def validate(self) -> None:
+        if not self.pairs:
+            raise ConfigError("missing --pairs FILE [FILE ...]")
+        if self.split not in ("test", "train", "val", "all"):
+            raise ConfigError("--split must be test, train, val or all")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sumrl.rewards.reward_model import train_preference_rm, train_synthetic_rm
+
+    cfg = config_from_args(RMTrainConfig, args)
+    metrics = train_synthetic_rm(cfg) if cfg.kind == "synthetic" else train_preference_rm(cfg)
+    if cfg.kind == "synthetic":
+        print("held-out accuracy per negative class (positive scored above its negative):")
+        for c, v in metrics["heldout_accuracy_per_class"].items():
+            acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
+            print(f"  {c:16s} {acc:>6s}  (n={v['n']})")
+    else:
+        acc = metrics["heldout_pairwise_accuracy"]
+        print(f"held-out pairwise accuracy: {'n/a' if acc is None else f'{acc:.3f}'} (n={metrics['n_test_pairs']})")
+    print(f"saved reward model to {cfg.out}")
+    return 0
+
+
+def cmd_eval_rewards(args: argparse.Namespace) -> int:
+    from sumrl.rewards.agreement import agreement_table, format_table
+    from sumrl.rewards.registry import build_reward
+    from sumrl.rewards.reward_model import pair_split, read_pairs
+    from sumrl.utils.io import write_json
+
+    cfg = config_from_args(EvalRewardsConfig, args)
+    rows: list[dict] = []
+    for path in cfg.pairs:
+        rs = read_pairs(path)
+        if cfg.split != "all":
+            rs = [r for r in rs if pair_split(r, cfg.seed, cfg.test_fraction) == cfg.split]
+        rows.extend(rs)
+    if cfg.limit:
+        kept, count = [], {}
+        for r in rows:
+            s = str(r.get("source"))
+            if count.get(s, 0) < cfg.limit:
+                kept.append(r)
+                count[s] = count.get(s, 0) + 1
+        rows = kept
+    if not rows:
+        raise ConfigError(f"no pairs in split {cfg.split!r} of {', '.join(cfg.pairs)}")
+    rewards: list[tuple[str, Any]] = []
+    for name in [n.strip() for n in cfg.rewards.split(",") if n.strip()]:
+        rewards.append((name, build_reward(name)))
+    for d in cfg.rm:
+        comp = build_reward([{"name": "rm", "path": d}])
+        rewards.append((f"rm:{d}", comp))
+    table = agreement_table(rows, rewards)
+    print(format_table(table))
+    if cfg.out:
+        write_json(cfg.out, {"split": cfg.split, "pairs": cfg.pairs, "n_pairs": len(rows), "table": table,
+                             "config": asdict(cfg)})
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    desc = ("Train reward models (synthetic negatives or human preference pairs) and measure how rewards agree with "
+            "people. `sumrl rm --kind ...` is short for `sumrl rm train --kind ...`.")
+    p = subparsers.add_parser("rm", help="train reward models; check rewards against human pairs", description=desc)
+    add_dataclass_args(p, RMTrainConfig)
+    p.set_defaults(func=cmd_train)
+    sub = p.add_subparsers(dest="rm_command", metavar="SUBCOMMAND")
+    t = sub.add_parser("train", help="train a reward model", description="Train a reward model (see docs/rewards.md).")
+    add_dataclass_args(t, RMTrainConfig)
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval-rewards", help="agreement of each reward with held-out human pairs",
+                       description="Score chosen and rejected summaries of held-out human pairs with each reward; "
+                                   "print how often each reward agrees with people.")
+    add_dataclass_args(e, EvalRewardsConfig)
+    e.set_defaults(func=cmd_eval_rewards)

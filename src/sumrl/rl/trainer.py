@@ -1,0 +1,647 @@
+"""The RL loop (``sumrl rl``): PPO with a critic and per-token rewards, GRPO / RLOO, and the guided
+algorithms PPO++ / AggreVaTeD / D2LOLS, on one base model with Accelerate.
+
+One outer step, in the order of the code below:
+
+1. **Generate**: pick ``batch_size`` prompts (seeded permutation: the data position is a function
+   of the step), sample ``samples_per_prompt`` summaries each with temperature -- or use the
+   reference summaries for this batch (``reference_trajectory_ratio``), or let the guide roll in /
+   roll out (:mod:`sumrl.rl.guided`);
+2. **Truncate** each response at its first end token;
+3. **Penalise** responses with no end token (``no_eos_penalty``);
+4. **Score** with the configured rewards (sequence-level and per-token);
+5. **Forward** (no grad): old log-probs, entropy and values of the policy, reference log-probs
+   with the adapters off; then **per-token rewards** with the KL penalty;
+6. **Advantages**: GAE (+ whitening) for the critic algorithms, group baselines for GRPO / RLOO;
+7. **PPO epochs** over mini-batches (gradient accumulation over micro-batches with the exact
+   token-mean normaliser), clipped policy loss, clipped value loss, optional KL / entropy terms;
+8. **Log** namespaced metrics, sample tables, checkpoint.
+
+Safety: a NaN/inf loss or gradient stops the run before the optimizer step; ``objective/kl`` above
+``max_kl`` stops it before the update. Either raises :class:`~sumrl.errors.TrainingDiverged` (one
+line from the CLI). Checkpoints are written only after the *next* rollout has confirmed that the
+policy they hold has a finite, bounded KL (the final one at the end of the run), so the last
+checkpoint on disk is always a good one.
+
+Off-policy note: reference-summary trajectories are not samples of the policy; their "old"
+log-probs are the current policy's log-probs, so the PPO ratio starts at 1 and the update is the
+naive on-policy one (as in the last-mile paper), not an importance-corrected off-policy update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sumrl.errors import ConfigError, SumrlError, TrainingDiverged
+from sumrl.rl.config import GROUP_ALGOS, GUIDED_ALGOS, RESUME_MUTABLE, RLConfig
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "rl_config.json"
+_RUN_FILES = ("metrics.jsonl", "metrics.csv", "samples.jsonl", CONFIG_FILE)
+
+StepCallback = Callable[[int, dict], None]
+
+__all__ = ["RLConfig", "train", "CHECKPOINT_DIR", "CONFIG_FILE", "build_policy"]
+
+
+# ----------------------------------------------------------------------------------------- model
+@dataclasses.dataclass
+class Policy:
+    model: Any  # peft model (LoRA) or plain model (full fine-tuning)
+    tokenizer: Any
+    base_spec: str | None  # what the saved adapter's base is (None: a full model is saved)
+    merged_from: str | None  # the SFT adapter merged into the weights, if any
+    ref_model: Any | None  # frozen reference copy (full fine-tuning only)
+
+
+def _load_merged(spec: str, dropout_off: bool) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, resolved)``; an adapter folder is merged into its base so that the
+    weights *are* the starting policy (then adapters-off = that policy, not the bare base)."""
+    from sumrl.models.loading import load_model, resolve
+    from sumrl.models.lora import disable_dropout
+
+    r = resolve(spec)
+    model, tok = load_model(spec, dtype="float32")
+    if r.kind == "adapter":
+        model = model.merge_and_unload()
+    if dropout_off:
+        disable_dropout(model)
+    return model, tok, r
+
+
+def build_policy(cfg: RLConfig) -> Policy:
+    from sumrl.models.lora import add_lora
+
+    if any(m.split(".")[-1] == "lm_head" for m in cfg.lora_target_modules):
+        raise ConfigError("--lora-target-modules must not include lm_head (log-probs read the head's weight)")
+    if cfg.value_model == "adapter" and not cfg.lora:
+        raise ConfigError("--value-model adapter needs --lora (the value adapter sits on the frozen base)")
+    model, tok, r = _load_merged(cfg.policy, cfg.dropout_off)
+    merged_from = cfg.policy if r.kind == "adapter" else None
+    if r.kind == "adapter":
+        base_spec = None  # SFT weights are merged in: the result is saved as a full model
+    elif r.kind in ("hf_dir", "gguf"):
+        base_spec = str(Path(cfg.policy).resolve())  # must resolve from wherever OUT is loaded
+    else:
+        base_spec = cfg.policy
+    ref_model = None
+    if cfg.lora:
+        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
+                         target_modules=cfg.lora_target_modules or None)
+        if cfg.value_model == "adapter":
+            from sumrl.rl.value import VALUE_ADAPTER
+
+            model.add_adapter(VALUE_ADAPTER, model.peft_config["default"])
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.requires_grad_(True)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        ref_model, _, _ = _load_merged(cfg.policy, cfg.dropout_off)
+        ref_model.eval()
+        for p in ref_model.parameters():
+            p.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return Policy(model=model, tokenizer=tok, base_spec=base_spec, merged_from=merged_from, ref_model=ref_model)
+
+
+# ------------------------------------------------------------------------------------ output dir
+def _check_out(cfg: RLConfig, out: Path) -> Path | None:
+    from sumrl.training.checkpoint import last_checkpoint
+
+    ckpt = last_checkpoint(out / CHECKPOINT_DIR)
+    if cfg.resume:
+        if ckpt is None:
+            raise SumrlError(f"{out}: no checkpoint to resume from (run without --resume to start)")
+        return ckpt
+    if ckpt is not None and not cfg.overwrite:
+        raise SumrlError(f"{out} has checkpoints of an earlier run: use --resume to continue it or --overwrite "
+                         f"to start over")
+    return None
+
+
+def _clear_previous_run(out: Path) -> None:
+    import json
+    import shutil
+
+    from sumrl.models.loading import SUMRL_MODEL_FILE
+
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    meta = out / SUMRL_MODEL_FILE
+    if meta.exists():
+        try:
+            files = json.loads(meta.read_text()).get("files", [])
+        except (OSError, ValueError):
+            files = []
+        for name in [*files, SUMRL_MODEL_FILE]:
+            if "/" not in name and (out / name).is_file():
+                (out / name).unlink()
+    for name in _RUN_FILES:
+        if (out / name).exists():
+            (out / name).unlink()
+
+
+def _resume_mismatches(saved: dict, cfg: RLConfig) -> list[str]:
+    now = dataclasses.asdict(cfg)
+    mutable = set(RESUME_MUTABLE)
+    if cfg.min_lr_ratio != 1.0 or saved.get("min_lr_ratio", 1.0) != 1.0:
+        mutable.discard("steps")  # a decaying schedule depends on the run length
+    return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
+            if k not in mutable and k in saved and saved[k] != now[k]]
+
+
+def _fields(cfg: RLConfig):
+    from sumrl.data import FieldMap
+
+    return FieldMap(id=cfg.id_field, document=cfg.document_field, summary=cfg.summary_field, query=cfg.query_field)
+
+
+def _finite(metrics: dict) -> dict:
+    # explained variance is NaN when all returns are equal: leave it out rather than write NaN
+    return {k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)}
+
+
+# ---------------------------------------------------------------------------------- the trainer
+class RLTrainer:
+    def __init__(self, cfg: RLConfig):
+        import torch
+        from accelerate import Accelerator
+
+        from sumrl.generation.summarize import eos_ids
+        from sumrl.models.logprobs import output_head
+        from sumrl.rewards.registry import build_reward
+        from sumrl.rl.value import PolicyValueModule, ValueHead, hidden_size, init_value_head_from_rm
+
+        self.cfg = cfg
+        self.accelerator = Accelerator()
+        if self.accelerator.num_processes > 1:
+            raise ConfigError("sumrl rl runs in one process (one GPU or the CPU); launch it without "
+                              "accelerate launch --num_processes > 1")
+        self.reward = build_reward(cfg.reward)
+        self.policy = build_policy(cfg)
+        tok = self.policy.tokenizer
+        self.tok = tok
+        self.stop_ids = eos_ids(self.policy.model, tok)
+        if tok.pad_token_id is None or tok.pad_token_id in self.stop_ids:
+            raise SumrlError("the policy tokenizer's pad token must differ from its end token(s)")
+        self.pad_id, self.eos_id = int(tok.pad_token_id), int(tok.eos_token_id)
+        _, softcap = output_head(self.policy.model)
+        self.temperature = cfg.temperature if cfg.logprob_temperature else 1.0
+        if softcap and self.temperature != 1.0:
+            raise ConfigError("this model soft-caps its logits (Gemma): log-probs at a sampling temperature != 1 "
+                              "are not supported; use --temperature 1 or --no-logprob-temperature")
+        value_head = None
+        self.rm_note = None
+        if cfg.uses_critic:
+            value_head = ValueHead(hidden_size(self.policy.model))
+            if cfg.value_init_from_rm:
+                self.rm_note = init_value_head_from_rm(value_head, self.reward)
+        module = PolicyValueModule(self.policy.model, value_head, value_adapter=cfg.value_model == "adapter",
+                                   chunk_size=cfg.logprob_chunk_size, bf16=cfg.bf16)
+        self.module = self.accelerator.prepare(module)
+        self.raw = self.accelerator.unwrap_model(self.module)
+        self.device = self.accelerator.device
+        self.ref_module = None
+        if self.policy.ref_model is not None:
+            self.ref_module = PolicyValueModule(self.policy.ref_model, chunk_size=cfg.logprob_chunk_size,
+                                                bf16=cfg.bf16).to(self.device)
+        self.guide = None
+        if cfg.algo in GUIDED_ALGOS:
+            from sumrl.rl.guided import Guide
+
+            self.guide = Guide.load(cfg.guide, max_prompt_tokens=cfg.max_prompt_tokens, instruction=cfg.instruction,
+                                    temperature=cfg.guide_temperature)
+            self.guide.model.to(self.device)
+        self._prompt_cache: dict[int, list[int]] = {}
+        self.torch = torch
+
+    # ------------------------------------------------------------------ stage 1-3: episodes
+    def prompt_ids(self, i: int, ex: Any) -> list[int]:
+        from sumrl.rl.rollout import encode_prompt_ids
+
+        if i not in self._prompt_cache:
+            self._prompt_cache[i] = encode_prompt_ids(self.tok, ex.document, ex.query,
+                                                      max_prompt_tokens=self.cfg.max_prompt_tokens,
+                                                      instruction=self.cfg.instruction)
+        return self._prompt_cache[i]
+
+    def collect(self, step: int, example_indices: list[int], examples: list, timings: dict) -> list:
+        """Stages 1-3 for one outer batch: episodes grouped by prompt (``samples_per_prompt`` each,
+        contiguous), in the order the group baselines expect."""
+        import torch
+
+        from sumrl.rl.guided import rollin_prefixes, rollout_completions, sample_guided_plan
+        from sumrl.rl.rollout import make_episode, reference_actions, sample, truncate_at_eos
+
+        cfg, tok = self.cfg, self.tok
+        # Decisions (reference batch, guide roll-in/out) come from a generator seeded by the step, so a
+        # resumed run makes the same ones; sampling itself uses the global RNG saved in checkpoints.
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        use_ref = cfg.reference_trajectory_ratio > 0 and float(torch.rand(1, generator=gen)) < cfg.reference_trajectory_ratio
+        G = cfg.group_size
+        slots = [(ei, g, j) for g, ei in enumerate(example_indices) for j in range(G)]
+        episodes: list[Any] = [None] * len(slots)
+        for k, (ei, g, j) in enumerate(slots):
+            if use_ref and (j == 0 or cfg.algo not in GROUP_ALGOS):
+                ex = examples[ei]
+                if not ex.references:
+                    raise SumrlError(f"example {ex.id} has no reference summary for a reference trajectory")
+                acts = reference_actions(tok, ex.reference, max_new_tokens=cfg.max_new_tokens, eos_id=self.eos_id)
+                episodes[k] = make_episode(tok, example_index=ei, group=g, prompt_ids=self.prompt_ids(ei, ex),
+                                           actions=acts, finished=True, source="reference")
+        todo = [k for k in range(len(slots)) if episodes[k] is None]
+        if not todo:
+            return episodes
+        plan = sample_guided_plan(len(todo), rollin_prob=cfg.rollin_prob, rollout_prob=cfg.rollout_prob,
+                                  max_new_tokens=cfg.max_new_tokens, generator=gen)
+        items = [(slots[k][0], examples[slots[k][0]]) for k in todo]
+        prefixes: list[list[int]] = [[] for _ in todo]
+        t0 = time.perf_counter()
+        rin = [n for n, p in enumerate(plan) if p["rollin"]]
+        if rin:
+            res = rollin_prefixes(self.guide, tok, [items[n] for n in rin], [plan[n]["rollin_len"] for n in rin],
+                                  max_new_tokens=cfg.max_new_tokens)
+            for n, (ids, _) in zip(rin, res):
+                prefixes[n] = ids
+        t_guide = time.perf_counter() - t0
+        # per-row action budget; a roll-out row stops after a random step t (its last action)
+        limits = []
+        for n, p in enumerate(plan):
+            budget = cfg.max_new_tokens - len(prefixes[n])
+            if p["rollout"]:
+                budget = 1 + int(torch.randint(0, budget, (1,), generator=gen))
+            limits.append(budget)
+        prompts = [self.prompt_ids(ei, ex) + prefixes[n] for n, (ei, ex) in enumerate(items)]
+        t0 = time.perf_counter()
+        raw = sample(self.raw.model, prompts, max_new_tokens=limits, temperature=cfg.temperature, top_p=cfg.top_p,
+                     stop_ids=self.stop_ids, pad_id=self.pad_id)
+        t_policy = time.perf_counter() - t0
+        cut = [truncate_at_eos(r, self.stop_ids) for r in raw]
+        # roll-out rows whose policy did not already finish (or fill the budget) go to the guide
+        rout = [n for n, p in enumerate(plan) if p["rollout"] and not cut[n][1]
+                and cfg.max_new_tokens - len(prefixes[n]) - len(cut[n][0]) > 0]
+        suffixes: dict[int, tuple[list[int], bool]] = {}
+        if rout:
+            t0 = time.perf_counter()
+            res = rollout_completions(self.guide, tok, [items[n] for n in rout],
+                                      [prefixes[n] + cut[n][0] for n in rout],
+                                      [cfg.max_new_tokens - len(prefixes[n]) - len(cut[n][0]) for n in rout])
+            suffixes = dict(zip(rout, res))
+            t_guide += time.perf_counter() - t0
+        for n, k in enumerate(todo):
+            ei, g, _ = slots[k]
+            acts, fin = cut[n]
+            suf, suf_fin = suffixes.get(n, ([], None))
+            source = "policy"
+            if prefixes[n] and n in suffixes:
+                source = "guide-rollin+rollout"
+            elif prefixes[n]:
+                source = "guide-rollin"
+            elif n in suffixes:
+                source = "guide-rollout"
+            episodes[k] = make_episode(tok, example_index=ei, group=g, prompt_ids=prompts[n], actions=acts,
+                                       finished=fin, source=source, prefix_ids=prefixes[n], suffix_ids=suf,
+                                       suffix_finished=suf_fin)
+        timings["time/generate_policy"] = t_policy
+        if self.guide is not None:
+            timings["time/generate_guide"] = t_guide
+        return episodes
+
+    # ------------------------------------------------------------------ stage 5: forward passes
+    def _rows_forward(self, module: Any, traj: Any, **kw) -> dict:
+        """Run ``module`` over the trajectory in micro-batches of rows (full width, no grad)."""
+        import torch
+
+        outs: dict[str, list] = {}
+        n, mb = len(traj), self.cfg.micro_batch_size
+        with torch.no_grad():
+            for s in range(0, n, mb):
+                o = module(traj.query_ids[s:s + mb], traj.query_mask[s:s + mb], traj.response_ids[s:s + mb],
+                           traj.response_mask[s:s + mb], temperature=self.temperature, **kw)
+                for k, v in o.items():
+                    outs.setdefault(k, []).append(v.float())
+        return {k: torch.cat(v, dim=0) for k, v in outs.items()}
+
+    @contextmanager
+    def reference(self) -> Iterator[Any]:
+        """The reference policy: same weights with LoRA adapters off, or the frozen copy."""
+        from sumrl.models.lora import adapters_disabled
+
+        if self.ref_module is not None:
+            yield self.ref_module
+        else:
+            with adapters_disabled(self.raw.model):
+                yield self.raw
+
+    def need_ref(self) -> bool:
+        return self.cfg.kl_coef > 0 or self.cfg.reference_kl
+
+    # ------------------------------------------------------------------ stage 7: update
+    def update(self, traj: Any, optimizer: Any, scheduler: Any, params: list, step: int) -> dict:
+        import torch
+
+        from sumrl.rl import functional as F
+
+        cfg, acc = self.cfg, self.accelerator
+        N = len(traj)
+        mb = min(cfg.mini_batch_size or N, N)
+        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+
+        def add(name: str, value: float, w: float) -> None:
+            sums[name] = sums.get(name, 0.0) + value * w
+            weights[name] = weights.get(name, 0.0) + w
+
+        n_updates = 0
+        self.module.train()
+        for epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(N, generator=gen).tolist()
+            for s in range(0, N, mb):
+                mini = traj.select(perm[s:s + mb])
+                n_tok = mini.n_tokens()
+                if n_tok == 0:
+                    continue
+                # exact normaliser of the whole mini-batch, so accumulating micro-batches = one big batch
+                norm = n_tok if cfg.loss_agg == "token_mean" else len(mini)
+                for ms in range(0, len(mini), cfg.micro_batch_size):
+                    mt = mini.select(list(range(ms, min(ms + cfg.micro_batch_size, len(mini)))))
+                    mask = mt.response_mask
+                    w = float(mt.n_tokens())
+                    out = self.module(mt.query_ids, mt.query_mask, mt.response_ids, mask, temperature=self.temperature,
+                                      with_values=cfg.uses_critic, entropy_grad=cfg.entropy_coef > 0)
+                    pg, st = F.ppo_policy_loss(out["logprobs"], mt.logprobs, mt.advantages, mask, cfg.clip_eps,
+                                               cfg.loss_agg, norm)
+                    loss = pg
+                    add("policy/loss", float(pg.detach()), 1.0)
+                    for k in ("clipfrac", "approx_kl", "ratio_mean"):
+                        add(f"policy/{k}", float(st[k]), w)
+                    if cfg.uses_critic:
+                        vl, vst = F.value_loss(out["values"], mt.values, mt.returns, mask,
+                                               cfg.value_clip if cfg.value_clip > 0 else None, cfg.loss_agg, norm)
+                        loss = loss + cfg.vf_coef * vl
+                        add("val/loss", float(vl.detach()), 1.0)
+                        add("val/clipfrac", float(vst["vf_clipfrac"]), w)
+                    if cfg.kl_in_loss and cfg.kl_coef > 0:
+                        klm = F.kl_estimate(out["logprobs"], mt.ref_logprobs, "k3")
+                        kl_loss = F.aggregate(klm, mask, cfg.loss_agg, norm)
+                        loss = loss + cfg.kl_coef * kl_loss
+                        add("policy/kl_loss", float(kl_loss.detach()), 1.0)
+                    if cfg.entropy_coef > 0:
+                        ent = F.aggregate(out["entropy"], mask, cfg.loss_agg, norm)
+                        loss = loss - cfg.entropy_coef * ent
+                    lv = float(loss.detach())
+                    if not math.isfinite(lv):
+                        raise TrainingDiverged(self._diverged_msg(f"the loss is {lv}", step))
+                    acc.backward(loss)
+                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                gn = float(grad_norm)
+                if not math.isfinite(gn):
+                    optimizer.zero_grad(set_to_none=True)
+                    raise TrainingDiverged(self._diverged_msg(f"the gradient norm is {gn}", step))
+                add("train/grad_norm", gn, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                n_updates += 1
+        out = {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+        # policy/loss and val/loss were summed over micro-batches: report per optimizer step
+        for k in ("policy/loss", "val/loss", "policy/kl_loss"):
+            if k in out:
+                out[k] = sums[k] / max(n_updates, 1)
+        out["train/optimizer_steps"] = n_updates
+        return out
+
+    def _diverged_msg(self, what: str, step: int) -> str:
+        from sumrl.training.checkpoint import last_checkpoint
+
+        ck = last_checkpoint(Path(self.cfg.out) / CHECKPOINT_DIR)
+        kept = f"the last good checkpoint is kept in {ck}" if ck else "no checkpoint was written yet"
+        return (f"training diverged at step {step}: {what}; {kept} (try a lower --lr, a higher --kl-coef or "
+                f"a smaller --clip-eps)")
+
+
+# ---------------------------------------------------------------------------------------- train
+def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict:
+    """Run RL; returns a summary (steps, last metrics, output folder).
+
+    ``callbacks`` are called after each step (logging and checkpointing done) with
+    ``(step, metrics)``; an exception raised there stops training like a kill.
+    """
+    import torch
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from sumrl.data import load_data
+    from sumrl.rl import functional as F
+    from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages, place_rewards, score,
+                                  summary_totals)
+    from sumrl.rl.trajectory import collate
+    from sumrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from sumrl.training.optim import build_optimizer, build_scheduler, trainable
+    from sumrl.training.sft import StepSampler, publish_model
+    from sumrl.utils.io import read_json, write_json
+    from sumrl.utils.logging import MetricLogger
+
+    out = Path(cfg.out)
+    resume_from = _check_out(cfg, out)
+    if resume_from is not None:
+        bad = _resume_mismatches(read_json(resume_from / "state.json").get("config", {}), cfg)
+        if bad:
+            raise ConfigError("--resume with settings that change the run: " + "; ".join(bad))
+    set_seed(cfg.seed)
+    examples = load_data(cfg.data, cfg.split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
+                         require_summary=True, limit=cfg.limit, seed=cfg.seed)
+    if len(examples) < cfg.batch_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(examples)} training examples")
+    if cfg.overwrite:
+        _clear_previous_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
+
+    tr = RLTrainer(cfg)
+    params = trainable(tr.raw)
+    optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    N = cfg.batch_size * cfg.group_size  # episodes per outer step
+    per_step = cfg.ppo_epochs * math.ceil(N / min(cfg.mini_batch_size or N, N))
+    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps * per_step,
+                                min_lr_ratio=cfg.min_lr_ratio)
+    start = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model=tr.raw, optimizer=optimizer, scheduler=scheduler)
+        start = int(state["step"])
+    sampler = StepSampler(len(examples), cfg.batch_size, cfg.seed)
+    logger = MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None)
+    n_train = sum(p.numel() for _, p in params)
+    n_all = sum(p.numel() for p in tr.raw.parameters())
+    print(f"rl: {cfg.algo} on {len(examples)} prompts, {cfg.steps} steps of {cfg.batch_size} prompts x "
+          f"{cfg.group_size} samples; trainable {n_train:,} / {n_all:,} parameters "
+          f"({'LoRA' if cfg.lora else 'full'}); output {out}" + (f"; resuming at step {start}" if start else ""))
+    if tr.rm_note:
+        print(f"rl: {tr.rm_note}")
+    adv_settings = AdvantageSettings(kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, kl_in_reward=not cfg.kl_in_loss,
+                                     gamma=cfg.gamma, lam=cfg.lam, value_target=cfg.value_target,
+                                     whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages,
+                                     group_size=cfg.group_size, algo=cfg.algo, scale_by_std=cfg.scale_by_std)
+
+    def checkpoint(step: int, rng: dict | None = None) -> None:
+        # ``rng``: the generator state at the end of ``step`` (a deferred save happens later, after
+        # the next rollout has used the generator; the checkpoint must hold the state to resume from).
+        now = rng_state() if rng is not None else None
+        if rng is not None:
+            set_rng_state(rng)
+        try:
+            save_checkpoint(out / CHECKPOINT_DIR, step, model=tr.raw, optimizer=optimizer, scheduler=scheduler,
+                            keep=cfg.keep_checkpoints, state={"config": dataclasses.asdict(cfg)})
+        finally:
+            if now is not None:
+                set_rng_state(now)
+
+    pending: tuple[int, dict] | None = None  # a checkpoint waiting for the next rollout's KL check
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algo}", unit="step", disable=not cfg.progress,
+               dynamic_ncols=True)
+    last: dict = {}
+    first: dict = {}
+    try:
+        for step in range(start, cfg.steps):
+            done = step + 1
+            t_step = time.perf_counter()
+            timings: dict[str, float] = {}
+            idx = sampler.indices(step)
+            # 1-3 generate (or reference / guided), truncate at the first end token
+            t0 = time.perf_counter()
+            episodes = tr.collect(step, idx, examples, timings)
+            timings["time/generate"] = time.perf_counter() - t0
+            # 4 score; 3 no-EOS penalty and reward placement
+            t0 = time.perf_counter()
+            rout = score(tr.reward, episodes, examples, tr.tok)
+            traj = collate(episodes, tr.pad_id)
+            traj.token_scores, traj.scores = place_rewards(episodes, rout, traj.response_ids.shape[1],
+                                                           no_eos_penalty=cfg.no_eos_penalty, gamma=cfg.gamma)
+            traj.totals = summary_totals(episodes, rout, cfg.no_eos_penalty)
+            traj.components = {k: v.detach().float() for k, v in rout.components.items()}
+            timings["time/score"] = time.perf_counter() - t0
+            # 5 old log-probs, entropy, values; reference log-probs with the adapters off
+            t0 = time.perf_counter()
+            traj.to(tr.device)
+            tr.module.eval()
+            o = tr._rows_forward(tr.raw, traj, with_values=cfg.uses_critic, with_entropy=True)
+            traj.logprobs, traj.entropy = o["logprobs"], o["entropy"]
+            traj.values = o.get("values")
+            if tr.need_ref():
+                with tr.reference() as ref:
+                    traj.ref_logprobs = tr._rows_forward(ref, traj)["logprobs"]
+            timings["time/forward"] = time.perf_counter() - t0
+            # 6 per-token rewards with the KL penalty, advantages
+            extra = (group_advantages if cfg.algo in GROUP_ALGOS else critic_advantages)(traj, adv_settings)
+            mask = traj.response_mask
+            kl_seq = F.masked_sum(extra["kl"], mask, dim=1)
+            kl_mean = float(kl_seq.mean())
+            for name, t in (("log-probs", traj.logprobs), ("values", traj.values), ("advantages", traj.advantages)):
+                if t is not None and not bool(torch.isfinite(t[mask.bool()]).all()):
+                    raise TrainingDiverged(tr._diverged_msg(f"the rollout {name} are not finite", done))
+            if not math.isfinite(kl_mean) or (cfg.max_kl > 0 and kl_mean > cfg.max_kl):
+                raise TrainingDiverged(tr._diverged_msg(
+                    f"objective/kl = {kl_mean:.4g} nats per summary exceeds --max-kl {cfg.max_kl:g}", done))
+            if pending is not None:  # the policy of the pending checkpoint just passed the KL check
+                checkpoint(*pending)
+                pending = None
+            # 7 PPO epochs over mini-batches
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            upd = tr.update(traj, optimizer, scheduler, [p for _, p in params], done)
+            timings["time/train"] = time.perf_counter() - t0
+            timings["time/step"] = time.perf_counter() - t_step
+            # 8 log
+            lens = torch.tensor([len(e.summary_ids) for e in episodes], dtype=torch.float32)
+            metrics: dict[str, Any] = {
+                "objective/reward": float(traj.totals.mean()),
+                "objective/kl": kl_mean,
+                "objective/entropy": float(F.masked_mean(traj.entropy, mask)),
+                "objective/rlhf_reward": float(traj.totals.mean()) - (cfg.kl_coef * kl_mean if not cfg.kl_in_loss else 0.0),
+                "objective/scores": float(traj.scores.mean()),
+                "completions/mean_length": float(lens.mean()),
+                "completions/min_length": float(lens.min()),
+                "completions/max_length": float(lens.max()),
+                "completions/no_eos_rate": float((~traj.finished).float().mean()),
+                "completions/reference_fraction": float(traj.is_reference.float().mean()),
+                "train/lr": lr,
+                **{k: float(v.mean()) for k, v in traj.components.items()},
+                **upd, **timings,
+            }
+            if tr.guide is not None:
+                metrics["guide/rollin_fraction"] = sum(e.n_prefix > 0 for e in episodes) / len(episodes)
+                metrics["guide/rollout_fraction"] = sum(e.n_suffix > 0 for e in episodes) / len(episodes)
+            if cfg.uses_critic:
+                metrics["val/mean"] = float(F.masked_mean(traj.values, mask))
+                metrics["val/explained_variance"] = float(F.explained_variance(traj.values, traj.returns, mask))
+                metrics["policy/advantage_mean"] = float(F.masked_mean(traj.advantages, mask))
+            metrics = _finite(metrics)
+            if not first:
+                first = dict(metrics)
+            last = metrics
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                logger.log(metrics, done)
+            if cfg.sample_every and (done % cfg.sample_every == 0 or done == 1 or done == cfg.steps):
+                rows = _sample_rows(episodes, examples, traj, cfg.n_samples)
+                logger.log_samples(rows, done)
+                if cfg.progress:
+                    for r in rows:
+                        bar.write(f"[step {done}] reward {r['reward']:+.3f} ({r['source']}, {r['n_tokens']} tok): "
+                                  f"{r['summary'][:160]!r}")
+            bar.set_postfix(reward=f"{metrics['objective/reward']:.3f}", kl=f"{kl_mean:.3f}",
+                            len=f"{metrics['completions/mean_length']:.0f}", refresh=False)
+            bar.update(1)
+            if done == cfg.steps:
+                checkpoint(done)
+            elif done % cfg.save_every == 0:
+                pending = (done, rng_state())
+            for cb in callbacks or []:
+                cb(done, metrics)
+    finally:
+        bar.close()
+        logger.close()
+
+    _publish(tr, out, cfg)
+    return {"out": str(out), "steps": cfg.steps, "start_step": start, "first": first, "last": last}
+
+
+def _sample_rows(episodes: list, examples: list, traj: Any, n: int) -> list[dict]:
+    rows = []
+    for i, e in enumerate(episodes[:n]):
+        ex = examples[e.example_index]
+        rows.append({
+            "id": ex.id, "document": ex.document[:300], "summary": e.text, "reference": ex.reference,
+            "source": e.source, "n_tokens": len(e.summary_ids), "finished": e.finished,
+            "reward": float(traj.totals[i]),
+            "components": {k: float(v[i]) for k, v in traj.components.items()},
+        })
+    return rows
+
+
+def _publish(tr: RLTrainer, out: Path, cfg: RLConfig) -> None:
+    """Save the trained policy so ``--model OUT`` loads it: the RL LoRA adapter on the original base,
+    or -- when the run started from an SFT adapter (merged into the weights) or trained all weights --
+    the full merged model."""
+    from sumrl.training.sft import publish_model
+
+    model = tr.raw.model
+    extra = {"trained_by": "sumrl rl", "algo": cfg.algo, "steps": cfg.steps, "policy": cfg.policy}
+    if cfg.lora and tr.policy.merged_from is None:
+        publish_model(model, tr.tok, out, base_spec=tr.policy.base_spec, extra={**extra, "lora": True})
+        print(f"saved the RL LoRA adapter to {out} (use --model {out})")
+        return
+    if cfg.lora:
+        # the RL adapter sits on SFT-merged weights: one adapter cannot express both, save merged weights
+        model = model.merge_and_unload(adapter_names=["default"])
+    publish_model(model, tr.tok, out, base_spec=None,
+                  extra={**extra, "lora": False, "merged_from": tr.policy.merged_from})
+    print(f"saved the full RL model to {out} (use --model {out})")

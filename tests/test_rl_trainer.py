@@ -1,0 +1,246 @@
+"""`sumrl rl` end to end on tiny random models: every algorithm runs 1-2 steps through the CLI and
+writes a loadable output folder; the reference policy equals the starting policy (also from an SFT
+adapter); resume continues the exact trajectory; divergence stops with one line and keeps the last
+good checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sumrl.cli import main
+
+CHEAP = "length,eos,repetition"  # metric rewards that need no extra model
+
+
+@pytest.fixture(scope="module")
+def rl_data(tmp_path_factory):
+    from conftest import CORPUS
+
+    p = tmp_path_factory.mktemp("rl-data") / "docs.jsonl"
+    rows = [{"id": f"d{i}", "document": " ".join(CORPUS[i:i + 3]), "summary": CORPUS[i].split(".")[0] + ".",
+             "split": "train"} for i in range(6)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def _args(policy, data, out, *extra):
+    return ["rl", "--policy", str(policy), "--data", str(data), "--out", str(out), "--reward", CHEAP,
+            "--batch-size", "2", "--max-new-tokens", "6", "--max-prompt-tokens", "96", "--no-progress",
+            "--no-tensorboard", "--steps", "1", *extra]
+
+
+def _metrics(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def _loads(out):
+    from sumrl.models.loading import load_model
+
+    model, tok = load_model(str(out))
+    assert tok.pad_token_id != tok.eos_token_id
+    return model
+
+
+@pytest.mark.parametrize("algo, extra", [
+    ("ppo", ["--steps", "2", "--sample-every", "1", "--ppo-epochs", "2", "--mini-batch-size", "1",
+             "--micro-batch-size", "1"]),
+    ("grpo", ["--samples-per-prompt", "2"]),
+    ("rloo", ["--samples-per-prompt", "2", "--entropy-coef", "0.01"]),
+])
+def test_unguided_algorithms_run_and_save(algo, extra, tiny_model_dir, rl_data, tmp_path, capsys):
+    out = tmp_path / algo
+    assert main(_args(tiny_model_dir, rl_data, out, "--algo", algo, *extra)) == 0
+    rows = _metrics(out)
+    steps = 2 if algo == "ppo" else 1
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    for key in ("objective/reward", "objective/kl", "objective/entropy", "policy/clipfrac", "policy/approx_kl",
+                "rewards/length", "rewards/eos", "completions/mean_length", "completions/no_eos_rate",
+                "time/generate", "time/score", "time/train"):
+        assert key in rows[-1], key
+    assert ("val/loss" in rows[-1]) == (algo == "ppo")
+    if algo == "ppo":
+        # 2 epochs x 2 mini-batches of 1 sequence = 4 optimizer steps per outer step
+        assert rows[-1]["train/optimizer_steps"] == 4
+        samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+        assert {"document", "summary", "reward", "components"} <= set(samples[0])
+    assert "rl done" in capsys.readouterr().out
+    _loads(out)
+
+
+@pytest.mark.parametrize("algo, extra, check", [
+    ("ppo++", ["--guide-rollin-prob", "1.0"], {"guide/rollin_fraction": 1.0}),
+    ("aggrevated", [], {"guide/rollin_fraction": 0.0}),
+    ("d2lols", ["--guide-rollin-prob", "1.0", "--guide-rollout-prob", "1.0"], {"guide/rollin_fraction": 1.0}),
+])
+def test_guided_algorithms_run_with_a_guide_of_another_prompt_format(algo, extra, check, tiny_model_dir,
+                                                                     tiny_base_model_dir, rl_data, tmp_path):
+    out = tmp_path / algo.replace("+", "p")
+    # the guide has no chat template (plain-text prompt) and other weights: only text is exchanged
+    assert main(_args(tiny_model_dir, rl_data, out, "--algo", algo, "--guide", str(tiny_base_model_dir),
+                      "--max-new-tokens", "8", *extra)) == 0
+    row = _metrics(out)[-1]
+    for k, v in check.items():
+        assert row[k] == v
+    if algo != "ppo++":
+        # the random model almost never ends a summary, so nearly every episode is guide-completed
+        assert row["guide/rollout_fraction"] > 0
+    assert "time/generate_guide" in row
+    _loads(out)
+
+
+def test_reference_trajectories(tiny_model_dir, rl_data, tmp_path):
+    out = tmp_path / "ref"
+    assert main(_args(tiny_model_dir, rl_data, out, "--reference-trajectory-ratio", "1.0")) == 0
+    row = _metrics(out)[-1]
+    assert row["completions/reference_fraction"] == 1.0 and row["completions/no_eos_rate"] == 0.0
+    # old log-probs are the current policy's: the first PPO update starts at ratio 1
+    assert row["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    out2 = tmp_path / "ref-grpo"
+    assert main(_args(tiny_model_dir, rl_data, out2, "--algo", "grpo", "--samples-per-prompt", "2",
+                      "--reference-trajectory-ratio", "1.0")) == 0
+    assert _metrics(out2)[-1]["completions/reference_fraction"] == 0.5  # one reference per group
+
+
+def test_value_adapter_and_full_fine_tuning(tiny_model_dir, rl_data, tmp_path):
+    out = tmp_path / "vadapter"
+    assert main(_args(tiny_model_dir, rl_data, out, "--value-model", "adapter")) == 0
+    assert "val/loss" in _metrics(out)[-1]
+    _loads(out)
+    full = tmp_path / "full"
+    assert main(_args(tiny_model_dir, rl_data, full, "--no-lora", "--lr", "1e-5")) == 0
+    assert (full / "config.json").exists() and not (full / "adapter_config.json").exists()
+    _loads(full)
+
+
+def test_eval_loads_the_rl_output(tiny_model_dir, rl_data, tmp_path):
+    out = tmp_path / "rl"
+    assert main(_args(tiny_model_dir, rl_data, out)) == 0
+    ev = tmp_path / "eval"
+    assert main(["eval", "--model", str(out), "--data", str(rl_data), "--split", "all", "--limit", "2",
+                 "--out", str(ev), "--max-new-tokens", "6", "--n-bootstrap", "20", "--no-semantic"]) == 0
+    assert json.loads((ev / "metrics.json").read_text())["n"] == 2
+
+
+# ------------------------------------------------------------------------- reference = start
+def _sft_adapter(tiny_model_dir, out):
+    from sumrl.models.loading import load_model, save_model
+    from sumrl.models.lora import add_lora
+
+    model, tok = load_model(str(tiny_model_dir))
+    model = add_lora(model, r=4, alpha=8)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)  # a non-trivial "SFT" adapter
+    save_model(model, tok, out, base_spec=str(tiny_model_dir))
+    return out
+
+
+def _cfg(policy, data, out, **kw):
+    from sumrl.config import build_config
+    from sumrl.rl.config import RLConfig
+
+    base = dict(policy=str(policy), data=str(data), out=str(out), reward=CHEAP, batch_size=2, max_new_tokens=6,
+                max_prompt_tokens=96, progress=False, tensorboard=False)
+    return build_config(RLConfig, None, {**base, **kw})
+
+
+def test_reference_logprobs_equal_the_starting_policy_from_an_sft_adapter(tiny_model_dir, rl_data, tmp_path):
+    from sumrl.models.loading import load_model
+    from sumrl.models.logprobs import model_token_logprobs, next_token_targets
+    from sumrl.rl.trainer import RLTrainer
+
+    sft = _sft_adapter(tiny_model_dir, tmp_path / "sft")
+    tr = RLTrainer(_cfg(sft, rl_data, tmp_path / "o"))
+    q = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    qm = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    r = torch.tensor([[20, 21, 22], [23, 24, 0]])
+    rm = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    with torch.no_grad():
+        with tr.reference() as ref:
+            ref_lp = ref(q, qm, r, rm)["logprobs"]
+        pol_lp = tr.raw(q, qm, r, rm)["logprobs"]
+        sft_model, _ = load_model(str(sft))
+        ids, mask = torch.cat([q, r], 1), torch.cat([qm, rm], 1)
+        resp = torch.cat([torch.zeros_like(qm), rm], 1)
+        expect = model_token_logprobs(sft_model, ids, mask, next_token_targets(ids, resp))[:, 5:8]
+        base_model, _ = load_model(str(tiny_model_dir))
+        bare = model_token_logprobs(base_model, ids, mask, next_token_targets(ids, resp))[:, 5:8]
+    valid = rm.bool()
+    assert torch.allclose(ref_lp[valid], expect[valid], atol=1e-4)  # reference = SFT policy, not the bare base
+    assert torch.allclose(pol_lp[valid], expect[valid], atol=1e-4)  # fresh RL LoRA starts at the SFT policy
+    assert not torch.allclose(bare[valid], expect[valid], atol=1e-2)  # (the adapter does change the model)
+
+
+def test_rl_from_an_sft_adapter_saves_a_full_model(tiny_model_dir, rl_data, tmp_path):
+    sft = _sft_adapter(tiny_model_dir, tmp_path / "sft")
+    out = tmp_path / "rl"
+    assert main(_args(sft, rl_data, out)) == 0
+    assert _metrics(out)[0]["objective/kl"] == 0.0  # step 1: policy == reference exactly
+    meta = json.loads((out / "sumrl_model.json").read_text())
+    assert meta["merged_from"] == str(sft)
+    _loads(out)
+
+
+# ----------------------------------------------------------------------- resume / divergence
+class _Kill(Exception):
+    pass
+
+
+def test_resume_continues_the_same_trajectory(tiny_model_dir, rl_data, tmp_path):
+    from sumrl.rl.trainer import train
+
+    kw = dict(steps=3, save_every=1, temperature=1.0)
+    train(_cfg(tiny_model_dir, rl_data, tmp_path / "full", **kw))
+
+    def kill_at_2(step, _m):
+        if step == 2:  # step 2 logged; its checkpoint waits for step 3's KL check -> resume from step 1
+            raise _Kill
+
+    out = tmp_path / "killed"
+    with pytest.raises(_Kill):
+        train(_cfg(tiny_model_dir, rl_data, out, **kw), callbacks=[kill_at_2])
+    summary = train(_cfg(tiny_model_dir, rl_data, out, resume=True, **kw))
+    assert summary["start_step"] == 1
+    a, b = _metrics(out), _metrics(tmp_path / "full")
+    assert [r["step"] for r in a] == [1, 2, 3]  # step 2 not logged twice
+    for ra, rb in zip(a, b):
+        for k in ("objective/reward", "objective/kl", "policy/loss", "val/loss", "completions/mean_length"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["step"], k)
+    from sumrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr"):
+        train(_cfg(tiny_model_dir, rl_data, out, resume=True, **{**kw, "lr": 0.5}))
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_model_dir, rl_data, tmp_path,
+                                                                         monkeypatch, capsys):
+    from sumrl.rl import functional
+
+    real = functional.ppo_policy_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        calls["n"] += 1
+        loss, st = real(*a, **kw)
+        return (loss * float("nan") if calls["n"] >= 2 else loss), st
+
+    monkeypatch.setattr(functional, "ppo_policy_loss", poisoned)
+    out = tmp_path / "nan"
+    assert main(_args(tiny_model_dir, rl_data, out, "--steps", "3", "--save-every", "1")) == 2
+    errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "diverged at step 2" in errors[0] and "step-00000001" in errors[0]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000001"]
+    assert not (out / "adapter_config.json").exists()  # no model published from a diverged run
+
+
+def test_kl_explosion_stops_the_run(tiny_model_dir, rl_data, tmp_path, capsys):
+    out = tmp_path / "kl"
+    assert main(_args(tiny_model_dir, rl_data, out, "--steps", "3", "--lr", "0.05", "--max-kl", "1e-6")) == 2
+    err = capsys.readouterr().err
+    assert "exceeds --max-kl" in err and "no checkpoint" in err
+    assert [r["step"] for r in _metrics(out)] == [1]  # step 1 (KL exactly 0) ran; step 2 stopped before updating
