@@ -143,6 +143,10 @@ def main() -> int:
                     help="skip a config whose step time, extrapolated from a shorter length, exceeds this")
     ap.add_argument("--max-memory-gb", type=float, default=12.0,
                     help="skip a config whose peak memory, extrapolated from a shorter length, exceeds this")
+    ap.add_argument("--configs", nargs="+", metavar="L:MODE:CKPT:PREC",
+                    help="explicit configurations (e.g. 2048:lora:on:bf16) instead of the grid of the four "
+                         "options above")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration before giving up")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -159,7 +163,17 @@ def main() -> int:
     print("# matmul ceiling (n=%d): %s" % (args.matmul_n, ", ".join(f"{p} {c / 1e9:.1f} GFLOP/s" for p, c in ceiling.items())),
           flush=True)
     results: list[dict] = []
-    for L, mode, ck, prec in product(sorted(args.lengths), args.modes, args.checkpointing, args.precision):
+    if args.configs:
+        grid = []
+        for c in args.configs:
+            L, mode, ck, prec = c.split(":")
+            grid.append((int(L), mode, ck, prec))
+        grid.sort(key=lambda g: g[0])
+        for p in {g[3] for g in grid} - set(ceiling):
+            ceiling[p] = matmul_ceiling(p, args.matmul_n)
+    else:
+        grid = list(product(sorted(args.lengths), args.modes, args.checkpointing, args.precision))
+    for L, mode, ck, prec in grid:
         key = (mode, ck, prec)
         prev = [r for r in results if (r["mode"], r["ckpt"], r["precision"]) == key and "step_s" in r]
         row: dict[str, Any] = {"length": L, "mode": mode, "ckpt": ck, "precision": prec}
@@ -181,7 +195,7 @@ def main() -> int:
             steps = args.steps if (est_s or 0) <= args.no_warmup_above else 1
             spec = {"model": args.model, "length": L, "mode": mode, "ckpt": ck == "on", "precision": prec,
                     "warmup": warm, "steps": steps}
-            row.update(child(spec, timeout=max(300.0, 4 * (est_s or 60) * (warm + steps))))
+            row.update(child(spec, timeout=args.timeout))
             row["warmup"], row["steps"] = warm, steps
             if "tokens_per_s" in row:
                 row["mfu"] = 6 * row["params"] * row["tokens_per_s"] / ceiling[prec]

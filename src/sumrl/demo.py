@@ -1,102 +1,291 @@
 """`sumrl demo`: the main job, end to end on the embedded default model and built-in data.
 
-Stages (each one's output folder doubles as its "done" marker, so rerunning the demo skips
-finished stages and resumes an interrupted one):
+Numbered stages; each stage's output folder gets a ``.stage_done.json`` marker when it finishes,
+so rerunning the demo skips finished stages and an interrupted training stage resumes from its
+last checkpoint (stage-level resume; SFT and RL also resume inside the stage).
 
-  1. zero-shot   evaluate the base model on held-out long documents (raw and cleaned outputs)
-
-Later stages (SFT, reward model, RL, report) plug into ``STAGES`` as they land.
+  1. base          zero-shot evaluation of the base model on held-out long documents
+  2. base-cleaned  the same generations after the seed paper's post-processing
+  3. sft           supervised fine-tuning (LoRA) on (document, reference) pairs
+  4. eval sft      + sft-cleaned
+  5. rm            synthetic token-level reward model ("RL without human feedback")
+  6. ppo-lastmile  PPO with the last-mile recipe: per-token RM rewards, -2.5 per token beyond the
+                   reference, no KL/entropy, half of the batches on reference trajectories
+  7. grpo          GRPO with metric rewards (ROUGE + length + EOS)
+  8. eval rl       every RL policy on the same test documents
+  9. report        one self-contained HTML file comparing every system
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-from sumrl.config import add_dataclass_args, config_from_args, opt
+from sumrl.config import add_dataclass_args, build_config, config_from_args, opt
 from sumrl.errors import ConfigError
 
-PRESETS = {
-    # CPU-sized: the documents are truncated to a prompt budget that this machine decodes quickly
-    "quick": dict(n_test=8, max_input_tokens=768, max_new_tokens=96, batch_size=4),
-    "default": dict(n_test=24, max_input_tokens=1024, max_new_tokens=128, batch_size=4),
-    # GPU-sized: the whole 8k context and the full test split
-    "full": dict(n_test=100, max_input_tokens=7936, max_new_tokens=256, batch_size=16),
+# Every preset uses the same pipeline; only sizes change. CPU presets truncate the documents to a
+# prompt budget this machine handles quickly; `full` is sized for one GPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(n_test=6, max_input_tokens=384, max_new_tokens=64, batch_size=6, sft_steps=6, sft_batch=2,
+                  rm_steps=15, ppo_steps=3, ppo_batch=2, grpo_steps=2, grpo_batch=1, grpo_samples=4, bf16=True),
+    "default": dict(n_test=16, max_input_tokens=512, max_new_tokens=96, batch_size=8, sft_steps=30, sft_batch=2,
+                    rm_steps=60, ppo_steps=8, ppo_batch=4, grpo_steps=6, grpo_batch=2, grpo_samples=4, bf16=True),
+    "full": dict(n_test=100, max_input_tokens=4096, max_new_tokens=256, batch_size=16, sft_steps=400, sft_batch=16,
+                 rm_steps=400, ppo_steps=200, ppo_batch=16, grpo_steps=200, grpo_batch=8, grpo_samples=8, bf16=True),
 }
 
 
 @dataclass
 class DemoConfig:
-    preset: str = opt("default", "size preset: quick (<5 min on a laptop CPU), default (<20 min), full (GPU)",
+    preset: str = opt("default", "size preset: quick (<5 min on a 2-core CPU), default (<20 min), full (one GPU)",
                       choices=list(PRESETS))
     out: str = opt("runs/demo", "output folder; finished stages found there are not redone")
     model: str = opt("default", "policy model to start from")
-    data: str = opt("scisummnet", "built-in dataset or file with long documents")
-    n_test: int | None = opt(None, "number of held-out test documents (default: from the preset)")
-    max_input_tokens: int | None = opt(None, "prompt token budget; longer documents are truncated (default: preset)")
-    max_new_tokens: int | None = opt(None, "summary token cap (default: preset)")
-    batch_size: int | None = opt(None, "generation batch size (default: preset)")
+    data: str = opt("scisummnet", "built-in dataset or file with long documents (needs train/val/test splits)")
+    stages: list[str] = opt(default_factory=lambda: ["base", "sft", "rm", "ppo", "grpo", "report"],
+                            help="stages to run (base, sft, rm, ppo, grpo, report); later stages need earlier ones")
+    n_test: typing.Optional[int] = opt(None, "held-out test documents evaluated (default: preset)")
+    max_input_tokens: typing.Optional[int] = opt(None, "prompt token budget; longer documents are truncated (default: preset)")
+    max_new_tokens: typing.Optional[int] = opt(None, "summary token cap (default: preset)")
+    batch_size: typing.Optional[int] = opt(None, "generation batch size for evaluation (default: preset)")
+    sft_steps: typing.Optional[int] = opt(None, "SFT optimizer steps (default: preset)")
+    sft_batch: typing.Optional[int] = opt(None, "SFT examples per step (default: preset)")
+    rm_steps: typing.Optional[int] = opt(None, "reward-model steps (default: preset)")
+    ppo_steps: typing.Optional[int] = opt(None, "PPO outer steps (default: preset)")
+    ppo_batch: typing.Optional[int] = opt(None, "PPO prompts per step (default: preset)")
+    grpo_steps: typing.Optional[int] = opt(None, "GRPO outer steps (default: preset)")
+    grpo_batch: typing.Optional[int] = opt(None, "GRPO prompts per step (default: preset)")
+    grpo_samples: typing.Optional[int] = opt(None, "GRPO completions per prompt (default: preset)")
+    bf16: typing.Optional[bool] = opt(None, "bfloat16 autocast in training (default: preset)")
     seed: int = opt(0, "random seed")
-    force: bool = opt(False, "redo every stage even if its output exists")
+    force: bool = opt(False, "redo every stage even if it finished before")
 
     def resolved(self) -> "DemoConfig":
-        base = PRESETS[self.preset]
         vals = dataclasses.asdict(self)
-        for k, v in base.items():
+        for k, v in PRESETS[self.preset].items():
             if vals.get(k) is None:
                 vals[k] = v
         return DemoConfig(**vals)
 
     def validate(self) -> None:
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset '{self.preset}'")
+        known = {"base", "sft", "rm", "ppo", "grpo", "report"}
+        bad = [s for s in self.stages if s not in known]
+        if bad:
+            raise ConfigError(f"unknown stage(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the main job end to end on the default model and built-in data",
-                       description="Zero-shot baseline on held-out long documents (more stages as they land). "
-                                   "Finished stages are skipped when rerun.")
+    p = sub.add_parser("demo", help="run the main job end to end: zero-shot, SFT, reward model, PPO and GRPO, "
+                                    "evaluation, report",
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, DemoConfig)
     p.set_defaults(func=run)
 
 
-def _eval_stage(cfg: DemoConfig, name: str, model: str, out: Path, *, cleanup: bool = False,
-                predictions: str | None = None, model_and_tokenizer=None) -> dict:
-    from sumrl.evaluation.cli import EvalConfig, evaluate
-    from sumrl.utils.io import read_json
+# ----------------------------------------------------------------------------------- helpers
 
-    if (out / "metrics.json").exists() and not cfg.force:
-        print(f"[{name}] done already: {out}")
-        return read_json(out / "metrics.json")
-    ec = EvalConfig(model=None if predictions else model, predictions=predictions, data=cfg.data, split="test",
-                    limit=cfg.n_test, out=str(out), system=name, cleanup=cleanup,
-                    max_input_tokens=cfg.max_input_tokens, max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.batch_size, seed=cfg.seed)
-    t = time.perf_counter()
-    m, _ = evaluate(ec, model_and_tokenizer=model_and_tokenizer)
-    print(f"[{name}] {time.perf_counter() - t:.0f}s -> {out}")
-    return m
+
+def _done(folder: Path) -> bool:
+    return (folder / ".stage_done.json").exists()
+
+
+def _mark_done(folder: Path, seconds: float, info: dict | None = None) -> None:
+    from sumrl.utils.io import write_json
+
+    write_json(folder / ".stage_done.json", {"seconds": round(seconds, 1), **(info or {})})
+
+
+class Stages:
+    """Runs named stages once, timing them and printing progress with an ETA of the rest."""
+
+    def __init__(self, cfg: DemoConfig, plan: list[str]):
+        self.cfg, self.plan, self.times, self.t0 = cfg, plan, {}, time.perf_counter()
+
+    def run(self, name: str, folder: Path, fn: Callable[[], dict | None]) -> None:
+        i = self.plan.index(name) + 1
+        if _done(folder) and not self.cfg.force:
+            secs = json.loads((folder / ".stage_done.json").read_text()).get("seconds", 0)
+            print(f"[{i}/{len(self.plan)}] {name}: done already ({secs:.0f}s earlier) -> {folder}")
+            return
+        elapsed = time.perf_counter() - self.t0
+        print(f"\n[{i}/{len(self.plan)}] {name} (elapsed {elapsed:.0f}s) -> {folder}", flush=True)
+        t = time.perf_counter()
+        info = fn() or {}
+        dt = time.perf_counter() - t
+        folder.mkdir(parents=True, exist_ok=True)
+        _mark_done(folder, dt, info)
+        self.times[name] = dt
+        print(f"[{i}/{len(self.plan)}] {name}: {dt:.0f}s", flush=True)
+
+
+def _eval(cfg: DemoConfig, system: str, out: Path, *, model: str | None = None, predictions: str | None = None,
+          cleanup: bool = False) -> dict:
+    from sumrl.evaluation.cli import EvalConfig, evaluate
+
+    ec = build_config(EvalConfig, overrides=dict(
+        model=model, predictions=predictions, data=cfg.data, split="test", limit=cfg.n_test, out=str(out),
+        system=system, cleanup=cleanup, max_input_tokens=cfg.max_input_tokens, max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size, seed=cfg.seed))
+    m, _ = evaluate(ec)
+    return {"rougeL_f": m["metrics"]["rougeL_f"]["mean"], "pred_words": m["metrics"]["pred_words"]["mean"]}
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(DemoConfig, args).resolved()
+    return run_demo(cfg)
+
+
+def run_demo(cfg: DemoConfig) -> int:
     from rich.console import Console
 
     from sumrl.evaluation.harness import format_table
+    from sumrl.utils.io import read_json, write_json
 
-    cfg = config_from_args(DemoConfig, args).resolved()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    results = {}
-    results["base"] = _eval_stage(cfg, "base", cfg.model, out / "eval_base")
-    results["base-cleaned"] = _eval_stage(cfg, "base-cleaned", cfg.model, out / "eval_base_cleaned", cleanup=True,
-                                          predictions=str(out / "eval_base" / "predictions.jsonl"))
-    Console().print(format_table({k: v["metrics"] for k, v in results.items()},
-                                 keys=["rouge1_f", "rouge2_f", "rougeL_f", "la_rougeL", "bleu", "sim_ref",
-                                       "pred_words", "extra_words_pos", "cutoff", "hallucination_rate"],
+    write_json(out / "demo_config.json", dataclasses.asdict(cfg))
+    want = set(cfg.stages)
+    plan = []
+    if "base" in want:
+        plan += ["eval base", "eval base-cleaned"]
+    if "sft" in want:
+        plan += ["sft", "eval sft", "eval sft-cleaned"]
+    if "rm" in want:
+        plan += ["rm"]
+    if "ppo" in want:
+        plan += ["ppo-lastmile", "eval ppo-lastmile"]
+    if "grpo" in want:
+        plan += ["grpo", "eval grpo"]
+    if "report" in want:
+        plan += ["report"]
+    st = Stages(cfg, plan)
+    d = {name: out / name for name in ["eval_base", "eval_base_cleaned", "sft", "eval_sft", "eval_sft_cleaned", "rm",
+                                       "ppo_lastmile", "eval_ppo_lastmile", "grpo", "eval_grpo"]}
+    eval_dirs: list[Path] = []
+
+    if "base" in want:
+        st.run("eval base", d["eval_base"], lambda: _eval(cfg, "base", d["eval_base"], model=cfg.model))
+        st.run("eval base-cleaned", d["eval_base_cleaned"],
+               lambda: _eval(cfg, "base-cleaned", d["eval_base_cleaned"], cleanup=True,
+                             predictions=str(d["eval_base"] / "predictions.jsonl")))
+        eval_dirs += [d["eval_base"], d["eval_base_cleaned"]]
+
+    if "sft" in want:
+        st.run("sft", d["sft"], lambda: _sft(cfg, d["sft"]))
+        st.run("eval sft", d["eval_sft"], lambda: _eval(cfg, "sft", d["eval_sft"], model=str(d["sft"])))
+        st.run("eval sft-cleaned", d["eval_sft_cleaned"],
+               lambda: _eval(cfg, "sft-cleaned", d["eval_sft_cleaned"], cleanup=True,
+                             predictions=str(d["eval_sft"] / "predictions.jsonl")))
+        eval_dirs += [d["eval_sft"], d["eval_sft_cleaned"]]
+    policy = str(d["sft"]) if "sft" in want else cfg.model
+
+    if "rm" in want:
+        st.run("rm", d["rm"], lambda: _rm(cfg, d["rm"]))
+    if "ppo" in want:
+        if "rm" not in want and not _done(d["rm"]):
+            raise ConfigError("stage ppo (last-mile recipe) needs the rm stage")
+        st.run("ppo-lastmile", d["ppo_lastmile"], lambda: _ppo(cfg, d["ppo_lastmile"], policy, d["rm"]))
+        st.run("eval ppo-lastmile", d["eval_ppo_lastmile"],
+               lambda: _eval(cfg, "ppo-lastmile", d["eval_ppo_lastmile"], model=str(d["ppo_lastmile"])))
+        eval_dirs.append(d["eval_ppo_lastmile"])
+    if "grpo" in want:
+        st.run("grpo", d["grpo"], lambda: _grpo(cfg, d["grpo"], policy))
+        st.run("eval grpo", d["eval_grpo"], lambda: _eval(cfg, "grpo", d["eval_grpo"], model=str(d["grpo"])))
+        eval_dirs.append(d["eval_grpo"])
+
+    report = out / "report.html"
+    if "report" in want:
+        def _report() -> dict:
+            from sumrl.report import build_report
+
+            train_runs = [p for p in (d["sft"], d["ppo_lastmile"], d["grpo"]) if p.exists()]
+            build_report(eval_dirs, report, train_runs=train_runs, n_examples=4, seed=cfg.seed,
+                         title=f"sumrl demo ({cfg.preset} preset, {cfg.n_test} {cfg.data} test documents)")
+            return {"report": str(report)}
+
+        st.run("report", out / "report_stage", _report)
+
+    metrics = {read_json(p / "metrics.json")["system"]: read_json(p / "metrics.json")["metrics"]
+               for p in eval_dirs if (p / "metrics.json").exists()}
+    Console().print(format_table(metrics, keys=["rouge1_f", "rouge2_f", "rougeL_f", "la_rougeL", "bleu", "sim_ref",
+                                                "pred_words", "extra_words_pos", "cutoff", "hallucination_rate"],
                                  title=f"sumrl demo ({cfg.preset}, n={cfg.n_test} test documents)"))
-    print(f"total {time.perf_counter() - t0:.0f}s; outputs in {out.resolve()}")
+    total = time.perf_counter() - st.t0
+    print(f"total {total:.0f}s this run; stage times: " +
+          ", ".join(f"{k} {v:.0f}s" for k, v in st.times.items()))
+    if report.exists():
+        print(f"report: {report.resolve()}")
+    print(f"outputs: {out.resolve()}")
     return 0
+
+
+# ------------------------------------------------------------------------------ training stages
+
+
+def _sft(cfg: DemoConfig, folder: Path) -> dict:
+    from sumrl.training.config import SFTConfig
+    from sumrl.training.sft import train
+
+    resume = (folder / "checkpoints").exists() and any((folder / "checkpoints").iterdir())
+    sc = build_config(SFTConfig, overrides=dict(
+        model=cfg.model, data=cfg.data, split="train", out=str(folder), steps=cfg.sft_steps, batch_size=cfg.sft_batch,
+        max_seq_len=cfg.max_input_tokens + cfg.max_new_tokens, max_target_tokens=cfg.max_new_tokens, lr=3e-4,
+        warmup_steps=max(1, cfg.sft_steps // 10), bf16=bool(cfg.bf16), eval_every=max(1, cfg.sft_steps // 2),
+        val_examples=8, val_generate=0, save_every=max(5, cfg.sft_steps // 3), seed=cfg.seed, resume=resume,
+        overwrite=not resume))
+    s = train(sc)
+    return {"steps": s.get("steps")}
+
+
+def _rm(cfg: DemoConfig, folder: Path) -> dict:
+    from sumrl.rewards.cli import RMTrainConfig
+    from sumrl.rewards.reward_model import train_synthetic_rm
+
+    rc = build_config(RMTrainConfig, overrides=dict(kind="synthetic", data=cfg.data, out=str(folder),
+                                                    backbone="minilm", steps=cfg.rm_steps, seed=cfg.seed,
+                                                    eval_limit=40, norm_limit=24))
+    m = train_synthetic_rm(rc)
+    return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
+
+
+def _rl_common(cfg: DemoConfig, folder: Path) -> dict:
+    resume = (folder / "checkpoints").exists() and any((folder / "checkpoints").iterdir())
+    return dict(data=cfg.data, split="train", out=str(folder), max_prompt_tokens=cfg.max_input_tokens,
+                max_new_tokens=cfg.max_new_tokens, bf16=bool(cfg.bf16), seed=cfg.seed, resume=resume,
+                overwrite=not resume, save_every=max(2, (cfg.ppo_steps or 4) // 2), sample_every=2)
+
+
+def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path) -> dict:
+    """The last-mile recipe (recipes/rl_lastmile.yaml) at demo size."""
+    from sumrl.config import load_recipe
+    from sumrl.rl.config import RLConfig
+    from sumrl.rl.trainer import train
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "rl_lastmile.yaml") \
+        if (Path(__file__).resolve().parents[2] / "recipes" / "rl_lastmile.yaml").exists() else {}
+    recipe = {**recipe, "reward": [{"name": "rm", "path": str(rm_dir), "per_token": True, "normalize": True},
+                                   {"name": "length", "mode": "reference", "per_token_penalty": -2.5}]}
+    over = dict(policy=policy, steps=cfg.ppo_steps, batch_size=cfg.ppo_batch, micro_batch_size=cfg.ppo_batch,
+                **_rl_common(cfg, folder))
+    rc = build_config(RLConfig, recipe, over)
+    s = train(rc)
+    return {"steps": s.get("steps")}
+
+
+def _grpo(cfg: DemoConfig, folder: Path, policy: str) -> dict:
+    from sumrl.rl.config import RLConfig
+    from sumrl.rl.trainer import train
+
+    over = dict(algo="grpo", policy=policy, reward="rouge,length,eos", steps=cfg.grpo_steps,
+                batch_size=cfg.grpo_batch, samples_per_prompt=cfg.grpo_samples, micro_batch_size=4, kl_coef=0.02,
+                lr=5e-5, temperature=0.8, **_rl_common(cfg, folder))
+    rc = build_config(RLConfig, overrides=over)
+    s = train(rc)
+    return {"steps": s.get("steps")}

@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(SFTConfig, args)
     summary = train(cfg)
+    if not summary.get("is_main", True):  # one summary line per run, not per process
+        return 0
     val = summary.get("val") or {}
     tr = summary.get("train") or {}
     parts = [f"steps {summary['steps']}"]

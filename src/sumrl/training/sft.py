@@ -280,7 +280,10 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     from sumrl.utils.io import read_json, write_json
     from sumrl.utils.logging import MetricLogger
 
-    accelerator = Accelerator()
+    # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
+    # is a CPU run; without this, `torchrun --nproc_per_node N` would start N independent runs.
+    mps = getattr(torch.backends, "mps", None)
+    accelerator = Accelerator(cpu=not (torch.cuda.is_available() or (mps is not None and mps.is_available())))
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if cfg.batch_size < world:
         raise ConfigError(f"--batch-size ({cfg.batch_size}) must be at least the number of processes ({world})")
@@ -425,5 +428,5 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                       extra={"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps})
         print(f"saved the {'LoRA adapter' if cfg.lora else 'model'} to {out} (use --model {out})")
     accelerator.wait_for_everyone()
-    return {"out": str(out), "steps": n_steps, "start_step": start, "train": last_train, "val": last_val,
+    return {"out": str(out), "is_main": main, "steps": n_steps, "start_step": start, "train": last_train, "val": last_val,
             "n_sequences": len(seqs), "trainable_parameters": n_train}
