@@ -47,6 +47,15 @@ def test_paper_classes():
     assert N.copy_input(0, EXAMPLES, rng()) == " ".join(EXAMPLES[0].document.split()[:len(w)])
 
 
+def test_repeat_end_on_short_references_terminates_with_a_repeated_tail():
+    for n in range(8, 16):
+        ex = [Example("s", "doc", [" ".join(f"w{k}" for k in range(n))])]
+        for seed in range(20):
+            out = N.repeat_end(0, ex, rng(seed)).split()
+            assert len(out) >= n and out[:4] == [f"w{k}" for k in range(4)]
+            assert len(set(out)) < n  # some words repeat instead of the reference's end
+
+
 def test_entity_swap_replaces_one_name_with_another():
     out = N.entity_swap(0, EXAMPLES, rng(3))
     names = ["Alice Smith", "Paris"]

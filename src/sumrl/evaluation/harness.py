@@ -91,14 +91,18 @@ def score_rows(rows: list[dict], *, cleanup: bool = False, semantic: bool = True
     return rows
 
 
+SIM_SRC_WINDOWS = 16  # evenly spaced 180-word windows of the source used for sim_src
+
+
 def semantic_similarity(rows: list[dict]) -> list[tuple[float, float]]:
     """Cosine similarity (all-MiniLM-L6-v2) of each prediction to its best reference and to its
-    source (the document embedded window by window, windows averaged)."""
+    source (the document embedded window by window -- at most SIM_SRC_WINDOWS evenly spaced
+    windows -- and the unit window embeddings averaged)."""
     from sumrl.models.encoder import get_encoder
 
     enc = get_encoder()
     preds = enc.encode_long([r["prediction"] for r in rows])
-    srcs = enc.encode_long([r.get("document", "") for r in rows])
+    srcs = enc.encode_long([r.get("document", "") for r in rows], max_windows=SIM_SRC_WINDOWS)
     refs_flat, owner = [], []
     for i, r in enumerate(rows):
         for ref in r["references"]:

@@ -10,6 +10,7 @@ are reported as they come: nothing is tuned on these pairs.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 from sumrl.rewards.base import RewardInput
@@ -27,7 +28,8 @@ def _inputs(rows: Sequence[dict]) -> RewardInput:
     return RewardInput(documents=docs, summaries=sums, references=refs, queries=qs)
 
 
-def agreement_table(rows: Sequence[dict], rewards: Sequence[tuple[str, Any]], batch_size: int = 64) -> list[dict]:
+def agreement_table(rows: Sequence[dict], rewards: Sequence[tuple[str, Any]], batch_size: int = 64,
+                    progress: bool = False) -> list[dict]:
     """``rewards``: (name, callable Reward). Returns rows ``{reward, source, n, agree, ties, accuracy}``."""
     by_source: dict[str, list[dict]] = {}
     for r in rows:
@@ -53,6 +55,8 @@ def agreement_table(rows: Sequence[dict], rewards: Sequence[tuple[str, Any]], ba
                     elif c > rj:
                         agree += 1
             n = len(usable)
+            if progress:
+                print(f"  {name} on {source}: {(agree + 0.5 * ties) / n:.3f} ({n} pairs)", file=sys.stderr, flush=True)
             table.append({"reward": name, "source": source, "n": n, "agree": agree, "ties": ties,
                           "accuracy": (agree + 0.5 * ties) / n,
                           **({"note": f"{len(rs) - n} pairs without references skipped"} if n < len(rs) else {})})

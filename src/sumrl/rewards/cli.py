@@ -129,7 +129,7 @@ def cmd_eval_rewards(args: argparse.Namespace) -> int:
     for d in cfg.rm:
         comp = build_reward([{"name": "rm", "path": d}])
         rewards.append((f"rm:{d}", comp))
-    table = agreement_table(rows, rewards)
+    table = agreement_table(rows, rewards, progress=True)
     print(format_table(table))
     if cfg.out:
         write_json(cfg.out, {"split": cfg.split, "pairs": cfg.pairs, "n_pairs": len(rows), "table": table,

@@ -80,7 +80,7 @@ def repeat_end(i: int, examples: Sequence[Example], rng: random.Random) -> str |
     if len(w) < 8:
         return None
     keep = max(4, int(len(w) * rng.uniform(0.3, 0.6)))
-    k = rng.randint(3, 6)
+    k = min(rng.randint(3, 6), keep)  # the phrase must lie inside the kept prefix (never empty)
     phrase = w[keep - k:keep]
     out = w[:keep]
     while len(out) < len(w):
