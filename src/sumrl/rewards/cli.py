@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sumrl.config import add_dataclass_args, config_from_args, opt

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sumrl.errors import ConfigError, SumrlError, TrainingDiverged
+from sumrl.training.checkpoint import clear_previous_run, resume_point
 from sumrl.rl.config import GROUP_ALGOS, GUIDED_ALGOS, RESUME_MUTABLE, RLConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -113,42 +114,6 @@ def build_policy(cfg: RLConfig) -> Policy:
 
 
 # ------------------------------------------------------------------------------------ output dir
-def _check_out(cfg: RLConfig, out: Path) -> Path | None:
-    from sumrl.training.checkpoint import last_checkpoint
-
-    ckpt = last_checkpoint(out / CHECKPOINT_DIR)
-    if cfg.resume:
-        if ckpt is None:
-            raise SumrlError(f"{out}: no checkpoint to resume from (run without --resume to start)")
-        return ckpt
-    if ckpt is not None and not cfg.overwrite:
-        raise SumrlError(f"{out} has checkpoints of an earlier run: use --resume to continue it or --overwrite "
-                         f"to start over")
-    return None
-
-
-def _clear_previous_run(out: Path) -> None:
-    import json
-    import shutil
-
-    from sumrl.models.loading import SUMRL_MODEL_FILE
-
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    meta = out / SUMRL_MODEL_FILE
-    if meta.exists():
-        try:
-            files = json.loads(meta.read_text()).get("files", [])
-        except (OSError, ValueError):
-            files = []
-        for name in [*files, SUMRL_MODEL_FILE]:
-            if "/" not in name and (out / name).is_file():
-                (out / name).unlink()
-    for name in _RUN_FILES:
-        if (out / name).exists():
-            (out / name).unlink()
-
-
 def _resume_mismatches(saved: dict, cfg: RLConfig) -> list[str]:
     now = dataclasses.asdict(cfg)
     mutable = set(RESUME_MUTABLE)
@@ -452,7 +417,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.utils.logging import MetricLogger
 
     out = Path(cfg.out)
-    resume_from = _check_out(cfg, out)
+    resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
     if resume_from is not None:
         bad = _resume_mismatches(read_json(resume_from / "state.json").get("config", {}), cfg)
         if bad:
@@ -463,7 +428,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     if len(examples) < cfg.batch_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(examples)} training examples")
     if cfg.overwrite:
-        _clear_previous_run(out)
+        clear_previous_run(out, _RUN_FILES, CHECKPOINT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
 

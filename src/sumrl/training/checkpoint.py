@@ -136,3 +136,46 @@ def load_checkpoint(path: str | Path, *, model: Any, optimizer: Any | None = Non
     if restore_rng:
         set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))
     return read_json(path / "state.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output-folder handling shared by the SFT and RL trainers.
+
+
+def resume_point(out: Path, *, resume: bool, overwrite: bool, checkpoint_dir: str = "checkpoints") -> Path | None:
+    """The checkpoint to resume from (or None); refuses to clobber an earlier run silently."""
+    from sumrl.errors import SumrlError
+
+    ckpt = last_checkpoint(out / checkpoint_dir)
+    if resume:
+        if ckpt is None:
+            raise SumrlError(f"{out}: no checkpoint to resume from (run without --resume to start)")
+        return ckpt
+    if ckpt is not None and not overwrite:
+        raise SumrlError(f"{out} has checkpoints of an earlier run: use --resume to continue it or --overwrite "
+                         f"to start over")
+    return None
+
+
+def clear_previous_run(out: Path, run_files: tuple[str, ...], checkpoint_dir: str = "checkpoints") -> None:
+    """Remove an earlier run's checkpoints, logs and published model files from ``out``
+    (only files the earlier run listed in its sumrl_model.json, never anything else)."""
+    import json
+    import shutil
+
+    from sumrl.models.loading import SUMRL_MODEL_FILE
+
+    shutil.rmtree(out / checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    meta = out / SUMRL_MODEL_FILE
+    if meta.exists():
+        try:
+            files = json.loads(meta.read_text()).get("files", [])
+        except (OSError, ValueError):
+            files = []
+        for name in [*files, SUMRL_MODEL_FILE]:
+            if "/" not in name and (out / name).is_file():
+                (out / name).unlink()
+    for name in run_files:
+        if (out / name).exists():
+            (out / name).unlink()

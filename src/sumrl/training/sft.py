@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sumrl.errors import ConfigError, SumrlError, TrainingDiverged
+from sumrl.training.checkpoint import clear_previous_run, resume_point
 from sumrl.training.config import RESUME_MUTABLE, SFTConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -191,43 +192,6 @@ def _to(batch: dict, device: Any) -> dict:
 
 
 # ------------------------------------------------------------------------------------ output dir
-def _check_out(cfg: SFTConfig, out: Path) -> Path | None:
-    """Returns the checkpoint to resume from (or None); refuses to clobber an earlier run."""
-    from sumrl.training.checkpoint import last_checkpoint
-
-    ckpt = last_checkpoint(out / CHECKPOINT_DIR)
-    if cfg.resume:
-        if ckpt is None:
-            raise SumrlError(f"{out}: no checkpoint to resume from (run without --resume to start)")
-        return ckpt
-    if ckpt is not None and not cfg.overwrite:
-        raise SumrlError(f"{out} has checkpoints of an earlier run: use --resume to continue it or --overwrite "
-                         f"to start over")
-    return None
-
-
-def _clear_previous_run(out: Path) -> None:
-    import json
-    import shutil
-
-    from sumrl.models.loading import SUMRL_MODEL_FILE
-
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    meta = out / SUMRL_MODEL_FILE
-    if meta.exists():
-        try:
-            files = json.loads(meta.read_text()).get("files", [])
-        except (OSError, ValueError):
-            files = []
-        for name in [*files, SUMRL_MODEL_FILE]:
-            if "/" not in name and (out / name).is_file():
-                (out / name).unlink()
-    for name in _RUN_FILES:
-        if (out / name).exists():
-            (out / name).unlink()
-
-
 def _resume_mismatches(saved: dict, cfg: SFTConfig) -> list[str]:
     now = dataclasses.asdict(cfg)
     return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
@@ -288,7 +252,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     if cfg.batch_size < world:
         raise ConfigError(f"--batch-size ({cfg.batch_size}) must be at least the number of processes ({world})")
     out = Path(cfg.out)
-    resume_from = _check_out(cfg, out)
+    resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
     if resume_from is not None:
         saved_cfg = read_json(resume_from / "state.json").get("config", {})
         bad = _resume_mismatches(saved_cfg, cfg)
@@ -297,7 +261,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     accelerator.wait_for_everyone()
     if main:
         if cfg.overwrite:
-            _clear_previous_run(out)
+            clear_previous_run(out, _RUN_FILES, CHECKPOINT_DIR)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
     set_seed(cfg.seed)
