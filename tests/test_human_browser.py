@@ -1,60 +1,26 @@
 """The rating page driven in real headless Chromium (Selenium + Debian's chromium/chromedriver).
 
-Without a browser these tests skip with the reason; with SUMRL_REQUIRE_BROWSER=1 (CI) a missing
-browser is a failure, so CI cannot go green without running them. Install the browser with
-scripts/install_browser.sh.
+A missing browser is a failure (install it with scripts/install_browser.sh, which `make test` runs;
+deselect with -m 'not browser').
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sqlite3
 import time
 
 import pytest
 
 from sumrl.human import db as hdb
+from conftest import start_chrome
 from test_human_support import HTML_DOC, make_study, running_server
 
 pytestmark = pytest.mark.browser
 
 
-def _browser_paths() -> tuple[str | None, str | None, str]:
-    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    missing = []
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium Python package")
-    if not chromium:
-        missing.append("chromium")
-    if not driver:
-        missing.append("chromedriver")
-    return chromium, driver, ", ".join(missing)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver_path, missing = _browser_paths()
-    if missing:
-        msg = f"headless browser tests need {missing} (run scripts/install_browser.sh)"
-        if os.environ.get("SUMRL_REQUIRE_BROWSER") == "1":
-            pytest.fail(msg + "; SUMRL_REQUIRE_BROWSER=1 forbids skipping", pytrace=False)
-        pytest.skip(msg)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(arg)
-    # An explicit driver path: Selenium Manager must not try to download one (no internet).
-    drv = webdriver.Chrome(options=opts, service=Service(executable_path=driver_path))
-    drv.set_page_load_timeout(30)
+    drv = start_chrome()
     try:
         yield drv
     finally:

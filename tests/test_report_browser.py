@@ -4,63 +4,29 @@ from documents stays text, and no request leaves the page.
 
 Requests are read from Chrome's DevTools performance log (every ``Network.requestWillBeSent``);
 Content-Security-Policy violations from the console log, so a request the page's CSP blocked
-(and which therefore never reaches the network log) still fails the test. Without a browser the
-tests skip with the reason; with SUMRL_REQUIRE_BROWSER=1 (CI) a missing browser is a failure.
-Install it with scripts/install_browser.sh.
+(and which therefore never reaches the network log) still fails the test. A missing browser is
+a failure (install it with scripts/install_browser.sh, which `make test` runs).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 
 from sumrl.report import build_report
+from conftest import start_chrome
 from test_report_support import make_runs, make_train_runs
 
 pytestmark = pytest.mark.browser
 
 
-def _missing() -> tuple[str | None, str | None, str]:
-    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    missing = []
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium Python package")
-    if not chromium:
-        missing.append("chromium")
-    if not driver:
-        missing.append("chromedriver")
-    return chromium, driver, ", ".join(missing)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver_path, missing = _missing()
-    if missing:
-        msg = f"headless browser tests need {missing} (run scripts/install_browser.sh)"
-        if os.environ.get("SUMRL_REQUIRE_BROWSER") == "1":
-            pytest.fail(msg + "; SUMRL_REQUIRE_BROWSER=1 forbids skipping", pytrace=False)
-        pytest.skip(msg)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", "--no-first-run", "--disable-extensions",
-                # no background traffic of the browser's own (updates, safe browsing...) in the log
-                "--disable-background-networking", "--disable-component-update"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    # An explicit driver path: Selenium Manager must not try to download one (no internet).
-    drv = webdriver.Chrome(options=opts, service=Service(executable_path=driver_path))
-    drv.set_page_load_timeout(30)
+    drv = start_chrome(extra_args=(
+        # no background traffic of the browser's own (updates, safe browsing...) in the log
+        "--disable-background-networking", "--disable-component-update"),
+        capabilities={"goog:loggingPrefs": {"performance": "ALL", "browser": "ALL"}})
     try:
         yield drv
     finally:

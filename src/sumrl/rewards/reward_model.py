@@ -354,6 +354,20 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[float], step: int, steps: int,
+                    t0: float) -> None:
+    """One clipped AdamW step shared by both reward-model trainers; a non-finite loss stops the run."""
+    if not torch.isfinite(loss):
+        raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    history.append(loss.item())
+    if step % max(1, steps // 10) == 0 or step == steps:
+        _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
+
+
 def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     """Train the token-level RM on (document, reference) positives and generated negatives.
 
@@ -398,15 +412,7 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
                 docs.append(ex.document), sums.append(neg_train[c][i]), qs.append(ex.query), tg.append(0.0)
         values, mask, _ = model.forward_values(docs, sums, qs)
         loss = _token_mse(values, mask, torch.tensor(tg, device=values.device))
-        if not torch.isfinite(loss):
-            raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        history.append(loss.item())
-        if step % max(1, cfg.steps // 10) == 0 or step == cfg.steps:
-            _log(f"step {step}/{cfg.steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
+        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0)
     model.eval()
     # held-out: positive scored above its negative, per class
     per_class: dict[str, dict[str, Any]] = {}
@@ -520,15 +526,7 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
         sc, sr = s[:len(batch)], s[len(batch):]
         margin = torch.tensor([float(r.get("margin") or 0.0) for r in batch], device=s.device) if cfg.margin else 0.0
         loss = -torch.nn.functional.logsigmoid(sc - sr - cfg.margin_scale * margin).mean()
-        if not torch.isfinite(loss):
-            raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        history.append(loss.item())
-        if step % max(1, cfg.steps // 10) == 0 or step == cfg.steps:
-            _log(f"step {step}/{cfg.steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
+        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0)
     model.eval()
     acc = None
     if test:
