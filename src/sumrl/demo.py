@@ -250,7 +250,9 @@ def _rm(cfg: DemoConfig, folder: Path) -> dict:
 
     rc = build_config(RMTrainConfig, overrides=dict(kind="synthetic", data=cfg.data, out=str(folder),
                                                     backbone="minilm", steps=cfg.rm_steps, seed=cfg.seed,
-                                                    eval_limit=40, norm_limit=24))
+                                                    # held-out per-class accuracy and score normalisation
+                                                    # sets scale with the preset (they cost MiniLM passes)
+                                                    eval_limit=max(12, 2 * cfg.n_test), norm_limit=max(8, cfg.n_test)))
     m = train_synthetic_rm(rc)
     return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
 
