@@ -305,3 +305,27 @@ def test_cli_end_to_end_with_repeatable_flags(tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # atomic write left no temp file
     rc = main(["report", str(runs[0]), "--out", str(out), "--baseline", "typo"])
     assert rc == 2 and "--baseline typo: no such system" in capsys.readouterr().err
+
+
+def test_markdown_summary_matches_the_analysis(tmp_path, capsys):
+    """The Markdown tables carry the same numbers as the analysis functions (hand-made runs)."""
+    ref = " ".join(["w"] * 10)
+    sft = hand_run(tmp_path / "sft", "sft", [(str(k), {"rouge1_f": v, "pred_words": 12.0}, " ".join(["p"] * 12), ref)
+                                             for k, v in enumerate([0.2, 0.3, 0.4, 0.5])])
+    rl = hand_run(tmp_path / "rl", "rl-ppo", [(str(k), {"rouge1_f": v, "pred_words": 9.0}, " ".join(["p"] * 9), ref)
+                                              for k, v in enumerate([0.3, 0.4, 0.5, 0.6])])
+    md_path = tmp_path / "out.md"
+    rc = main(["report", str(sft), str(rl), "--out", str(tmp_path / "r.html"), "--markdown", str(md_path),
+               "--n-bootstrap", "50", "--n-examples", "0"])
+    assert rc == 0, capsys.readouterr().err
+    md = md_path.read_text()
+    # comparison table: the stored means and CIs of metrics.json
+    m = json.loads((rl / "metrics.json").read_text())["metrics"]["rouge1_f"]
+    assert f"| rl-ppo | {m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" in md
+    # paired test: every document gains exactly +0.1 ROUGE-1, so the delta and its CI are +0.1
+    # and the difference is significant (p = 2/51, the smallest 50 resamples can give); 3 fewer words
+    row = next(line for line in md.splitlines() if line.startswith("| rl-ppo | sft |"))
+    assert "+0.100 [0.100, 0.100] p=0.04 **better**" in row and "-3.0 [-3.0, -3.0]" in row
+    # extra length: sft 2 words beyond each 10-word reference, rl-ppo none
+    assert "| sft | 2.0 | 2.0 | 1.00 | 12.0 | 10.0 |" in md
+    assert "| rl-ppo | 0.0 | 0.0 | 0.00 | 9.0 | 10.0 |" in md

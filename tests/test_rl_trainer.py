@@ -60,7 +60,7 @@ def test_unguided_algorithms_run_and_save(algo, extra, tiny_model_dir, rl_data, 
                 "rewards/length", "rewards/eos", "completions/mean_length", "completions/no_eos_rate",
                 "time/generate", "time/score", "time/train"):
         assert key in rows[-1], key
-    assert ("val/loss" in rows[-1]) == (algo == "ppo")
+    assert ("val/value_loss" in rows[-1]) == (algo == "ppo")
     if algo == "ppo":
         # 2 epochs x 2 mini-batches of 1 sequence = 4 optimizer steps per outer step
         assert rows[-1]["train/optimizer_steps"] == 4
@@ -107,7 +107,7 @@ def test_reference_trajectories(tiny_model_dir, rl_data, tmp_path):
 def test_value_adapter_and_full_fine_tuning(tiny_model_dir, rl_data, tmp_path):
     out = tmp_path / "vadapter"
     assert main(_args(tiny_model_dir, rl_data, out, "--value-model", "adapter")) == 0
-    assert "val/loss" in _metrics(out)[-1]
+    assert "val/value_loss" in _metrics(out)[-1]
     _loads(out)
     full = tmp_path / "full"
     assert main(_args(tiny_model_dir, rl_data, full, "--no-lora", "--lr", "1e-5")) == 0
@@ -209,7 +209,7 @@ def test_resume_continues_the_same_trajectory(tiny_model_dir, rl_data, tmp_path)
     a, b = _metrics(out), _metrics(tmp_path / "full")
     assert [r["step"] for r in a] == [1, 2, 3]  # step 2 not logged twice
     for ra, rb in zip(a, b):
-        for k in ("objective/reward", "objective/kl", "policy/loss", "val/loss", "completions/mean_length"):
+        for k in ("objective/reward", "objective/kl", "policy/loss", "val/value_loss", "completions/mean_length"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["step"], k)
     from sumrl.errors import ConfigError
 

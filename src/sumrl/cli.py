@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from sumrl import __version__
 from sumrl.errors import SumrlError
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    # peft (0.18) still asks transformers for the deprecated `is_gradient_checkpointing`: a
+    # warning users cannot act on, printed once per model load
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     try:
         rv = args.func(args)
     except SumrlError as e:

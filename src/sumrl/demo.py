@@ -33,10 +33,10 @@ from sumrl.errors import ConfigError
 # Every preset uses the same pipeline; only sizes change. CPU presets truncate the documents to a
 # prompt budget this machine handles quickly; `full` is sized for one GPU.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(n_test=6, max_input_tokens=384, max_new_tokens=64, batch_size=6, sft_steps=6, sft_batch=2,
-                  rm_steps=15, ppo_steps=3, ppo_batch=2, grpo_steps=2, grpo_batch=1, grpo_samples=4, bf16=True),
-    "default": dict(n_test=16, max_input_tokens=512, max_new_tokens=96, batch_size=8, sft_steps=30, sft_batch=2,
-                    rm_steps=60, ppo_steps=8, ppo_batch=4, grpo_steps=6, grpo_batch=2, grpo_samples=4, bf16=True),
+    "quick": dict(n_test=6, max_input_tokens=384, max_new_tokens=64, batch_size=6, sft_steps=4, sft_batch=2,
+                  rm_steps=10, ppo_steps=3, ppo_batch=2, grpo_steps=2, grpo_batch=1, grpo_samples=4, bf16=True),
+    "default": dict(n_test=16, max_input_tokens=512, max_new_tokens=160, batch_size=8, sft_steps=30, sft_batch=2,
+                    rm_steps=40, ppo_steps=8, ppo_batch=4, grpo_steps=6, grpo_batch=1, grpo_samples=4, bf16=True),
     "full": dict(n_test=100, max_input_tokens=4096, max_new_tokens=256, batch_size=16, sft_steps=400, sft_batch=16,
                  rm_steps=400, ppo_steps=200, ppo_batch=16, grpo_steps=200, grpo_batch=8, grpo_samples=8, bf16=True),
 }

@@ -158,12 +158,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sumrl.data.stats import compute_stats
+    from sumrl.data.stats import compute_stats, context_length_of
 
     cfg = config_from_args(DataStatsConfig, args)
     examples, n_skipped, _ = _load(cfg, require_summary=False)
     tokenizer = _load_tokenizer(cfg.model) if cfg.model else None
-    stats = compute_stats(examples, tokenizer=tokenizer, context_length=cfg.context_length,
+    ctx = context_length_of(tokenizer, cfg.context_length) if tokenizer is not None else None
+    if ctx is None and cfg.model:
+        from sumrl.models.loading import context_length_of_spec
+
+        ctx = context_length_of_spec(cfg.model)  # the tokenizer often sets no model_max_length
+    stats = compute_stats(examples, tokenizer=tokenizer, context_length=ctx,
                           max_input_tokens=cfg.max_input_tokens)
     stats = {"data": cfg.data, "split": cfg.split, "model": cfg.model, "n_skipped": n_skipped, **stats}
     if cfg.json:
@@ -187,7 +192,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         n = stats["n_examples"]
         ctx = stats["context_length"]
         if ctx is None:
-            console.print("context length: unknown (the tokenizer sets no model_max_length; pass --context-length)")
+            console.print("context length: unknown (neither the model config nor the tokenizer declares it; pass --context-length)")
         else:
             console.print(f"inputs longer than the context ({ctx:,} tokens): {stats['n_exceed_context']:,} of {n:,}")
         if stats["max_input_tokens"] is not None:

@@ -283,6 +283,30 @@ def context_length(model_or_config: Any, tokenizer: Any | None = None) -> int:
     return int(n)
 
 
+def context_length_of_spec(spec: str) -> int | None:
+    """The context length a model spec declares (``max_position_embeddings``), read from its config
+    without loading weights; ``None`` when it cannot be read (e.g. a hub id while offline)."""
+    from transformers import AutoConfig
+
+    try:
+        r = resolve(spec)
+        if r.kind == "adapter":
+            return context_length_of_spec(r.base)
+        if r.kind == "packaged":
+            path = materialize_packaged(r.path)
+            cfg = AutoConfig.from_pretrained(str(path))
+        elif r.kind == "gguf":
+            g = Path(r.path)
+            cfg = AutoConfig.from_pretrained(str(g.parent), gguf_file=g.name)
+        else:
+            cfg = AutoConfig.from_pretrained(r.path)
+    except Exception:  # noqa: BLE001 - only an informative default; callers print "unknown"
+        return None
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n = getattr(cfg, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
 def load_model(spec: str, *, dtype: str | None = "float32", device: str | None = None,
                trainable: bool = False) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for any accepted spec.

@@ -219,14 +219,15 @@ def render_report(runs: Sequence[EvalRun], train_runs: Sequence[TrainRun] = (), 
 def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, train_runs: Sequence[str | Path] = (),
                  baselines: Iterable[str] | None = None, rl: Iterable[str] | None = None, n_examples: int = 5,
                  seed: int = 0, title: str | None = None, n_bootstrap: int = 1000, excerpt_words: int = 250,
-                 copy_min_words: int = 8) -> Path:
+                 copy_min_words: int = 8, markdown_out: str | Path | None = None) -> Path:
     """Write a self-contained HTML report comparing the systems of ``run_dirs`` to ``out``.
 
     ``run_dirs``: ``sumrl eval`` output folders (metrics.json + predictions.jsonl [+ config.json]).
     ``train_runs``: training folders whose ``metrics.jsonl`` feeds the RL/SFT curves.
     ``baselines`` / ``rl``: explicit system names for the paired tests (default rule in
     :func:`sumrl.report.analysis.assign_roles`). ``n_examples`` examples are drawn with ``seed``.
-    The file is written atomically; returns its path.
+    The file is written atomically; returns its path. ``markdown_out``: also write the tables as
+    Markdown there (:func:`sumrl.report.markdown.markdown_summary`).
     """
     if n_examples < 0:
         raise SumrlError("--n-examples must be >= 0")
@@ -241,4 +242,9 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, train_runs:
     if out.is_dir():
         raise SumrlError(f"{out}: is a folder; give the report's file name (e.g. {out / 'report.html'})")
     atomic_write_text(out, text)
+    if markdown_out:
+        from sumrl.report.markdown import markdown_summary
+
+        atomic_write_text(Path(markdown_out), markdown_summary(runs, baselines=baselines, rl=rl,
+                                                               n_bootstrap=n_bootstrap, seed=seed))
     return out

@@ -27,6 +27,8 @@ class ReportConfig:
     n_bootstrap: int = opt(1000, "bootstrap resamples of the paired tests")
     excerpt_words: int = opt(250, "words of the source shown per example (facts are checked on the full source)")
     copy_min_words: int = opt(8, "shortest verbatim source copy highlighted, in words")
+    markdown: typing.Optional[str] = opt(None, "also write the comparison, paired-test and extra-length tables "
+                                               "as Markdown to this file (for docs and notes)")
 
     def validate(self) -> None:
         if not self.runs:
@@ -68,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(ReportConfig, args)
     out = build_report(cfg.runs, cfg.out, train_runs=cfg.train_runs, baselines=cfg.baseline, rl=cfg.rl,
                        n_examples=cfg.n_examples, seed=cfg.seed, title=cfg.title, n_bootstrap=cfg.n_bootstrap,
-                       excerpt_words=cfg.excerpt_words, copy_min_words=cfg.copy_min_words)
+                       excerpt_words=cfg.excerpt_words, copy_min_words=cfg.copy_min_words,
+                       markdown_out=cfg.markdown)
     print(f"report: {out}")
+    if cfg.markdown:
+        print(f"markdown: {cfg.markdown}")
     return 0

@@ -353,7 +353,7 @@ class RLTrainer:
                         vl, vst = F.value_loss(out["values"], mt.values, mt.returns, mask,
                                                cfg.value_clip if cfg.value_clip > 0 else None, cfg.loss_agg, norm)
                         loss = loss + cfg.vf_coef * vl
-                        add("val/loss", float(vl.detach()), 1.0)
+                        add("val/value_loss", float(vl.detach()), 1.0)
                         add("val/clipfrac", float(vst["vf_clipfrac"]), w)
                     if cfg.kl_in_loss and cfg.kl_coef > 0:
                         klm = F.kl_estimate(out["logprobs"], mt.ref_logprobs, "k3")
@@ -378,8 +378,8 @@ class RLTrainer:
                 optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
         out = {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
-        # policy/loss and val/loss were summed over micro-batches: report per optimizer step
-        for k in ("policy/loss", "val/loss", "policy/kl_loss"):
+        # policy/loss and val/value_loss were summed over micro-batches: report per optimizer step
+        for k in ("policy/loss", "val/value_loss", "policy/kl_loss"):
             if k in out:
                 out[k] = sums[k] / max(n_updates, 1)
         out["train/optimizer_steps"] = n_updates
