@@ -207,7 +207,8 @@ def run_demo(cfg: DemoConfig) -> int:
 
             train_runs = [p for p in (d["sft"], d["ppo_lastmile"], d["grpo"]) if p.exists()]
             build_report(eval_dirs, report, train_runs=train_runs, n_examples=4, seed=cfg.seed,
-                         title=f"sumrl demo ({cfg.preset} preset, {cfg.n_test} {cfg.data} test documents)")
+                         title=f"sumrl demo ({cfg.preset} preset, {cfg.n_test} {cfg.data} test documents)",
+                         markdown_out=out / "results.md")  # the same tables as Markdown, for notes
             return {"report": str(report)}
 
         st.run("report", out / "report_stage", _report)

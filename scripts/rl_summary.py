@@ -1,0 +1,62 @@
+"""Summarise RL run folders (their metrics.jsonl) as Markdown: training reward and length in the
+first and second half of the run, and where a step's time goes.
+
+    .venv/bin/python scripts/rl_summary.py runs/results/ppo runs/results/grpo runs/results/ppo++
+
+Single steps are noisy (a handful of prompts each, with references of very different lengths), so
+the table compares half-run means. Step times exclude step 1 (it also pays one-off costs such as
+tokenising the documents).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def _rows(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if "objective/reward" in r]
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if key in r]
+    return statistics.fmean(vals) if vals else float("nan")
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    print("| run | steps | objective/reward (1st half → 2nd half) | completions/mean_length | "
+          "completions/no_eos_rate | objective/kl (2nd half) |")
+    print("|---|---|---|---|---|---|")
+    timing = []
+    for arg in argv:
+        folder = Path(arg)
+        rows = _rows(folder)
+        h = len(rows) // 2
+        a, b = rows[:h], rows[h:]
+
+        def pair(key: str, digits: int = 2) -> str:
+            return f"{_mean(a, key):.{digits}f} → {_mean(b, key):.{digits}f}"
+
+        print(f"| {folder.name} | {len(rows)} | {pair('objective/reward')} | {pair('completions/mean_length', 1)} | "
+              f"{pair('completions/no_eos_rate')} | {_mean(b, 'objective/kl'):.2f} |")
+        later = rows[1:] or rows
+        step = _mean(later, "time/step")
+        parts = {k: _mean(later, f"time/{k}") for k in ("generate", "score", "forward", "train")}
+        timing.append((folder.name, parts, step))
+    print()
+    print("| run | generate (s) | score (s) | forward (s) | train (s) | step (s) |")
+    print("|---|---|---|---|---|---|")
+    for name, parts, step in timing:
+        cells = " | ".join(f"{v:.1f} ({100 * v / step:.0f}%)" for v in parts.values())
+        print(f"| {name} | {cells} | {step:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

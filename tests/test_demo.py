@@ -1,0 +1,53 @@
+"""`sumrl demo` end to end on a tiny model: every stage runs, writes the report and its Markdown
+tables, prints the summary table, and a second run redoes nothing (stage-level resume)."""
+
+from __future__ import annotations
+
+import json
+
+from sumrl.cli import main
+
+TINY = ["--n-test", "2", "--max-input-tokens", "160", "--max-new-tokens", "6", "--batch-size", "2",
+        "--sft-steps", "2", "--sft-batch", "2", "--rm-steps", "2", "--ppo-steps", "1", "--ppo-batch", "2",
+        "--grpo-steps", "1", "--grpo-batch", "1", "--grpo-samples", "2", "--no-bf16"]
+
+
+def _data(path):
+    from conftest import CORPUS
+
+    rows = []
+    for i in range(10):
+        split = "train" if i < 6 else ("val" if i < 8 else "test")
+        rows.append({"id": f"d{i}", "document": " ".join(CORPUS[i:i + 3]), "summary": CORPUS[i].split(".")[0] + ".",
+                     "split": split})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_demo_runs_every_stage_then_resumes(tiny_model_dir, tmp_path, capsys):
+    data = _data(tmp_path / "docs.jsonl")
+    out = tmp_path / "demo"
+    args = ["demo", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), *TINY]
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    systems = ["base", "base-cleaned", "sft", "sft-cleaned", "ppo-lastmile", "grpo"]
+    for folder in ["eval_base", "eval_base_cleaned", "sft", "eval_sft", "eval_sft_cleaned", "rm", "ppo_lastmile",
+                   "eval_ppo_lastmile", "grpo", "eval_grpo", "report_stage"]:
+        assert (out / folder / ".stage_done.json").exists(), folder
+    evaluated = [json.loads((out / f / "metrics.json").read_text())["system"]
+                 for f in ["eval_base", "eval_base_cleaned", "eval_sft", "eval_sft_cleaned", "eval_ppo_lastmile",
+                           "eval_grpo"]]
+    assert evaluated == systems
+    # every system on the same held-out test documents
+    ids = {f: [json.loads(line)["id"] for line in (out / f / "predictions.jsonl").read_text().splitlines()]
+           for f in ["eval_base", "eval_sft", "eval_ppo_lastmile", "eval_grpo"]}
+    assert all(v == ["d8", "d9"] for v in ids.values()), ids
+    html = (out / "report.html").read_text()
+    assert all(f'data-system="{s}"' in html for s in systems)
+    md = (out / "results.md").read_text()
+    assert "| ppo-lastmile | sft |" in md and "| grpo | sft-cleaned |" in md  # paired tests vs both baselines
+    assert "report: " in printed and "total " in printed and "rouge1_f" in printed
+
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert again.count("done already") == 11
