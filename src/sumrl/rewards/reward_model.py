@@ -98,7 +98,8 @@ class RewardModel(torch.nn.Module):
     # ------------------------------------------------------------------ inputs
 
     def _cut_summary(self, summary: str) -> str:
-        enc = self.tokenizer(summary, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(summary, add_special_tokens=False, return_offsets_mapping=True,
+                             verbose=False)  # only measuring: long inputs (copy_input negatives) are cut below
         if len(enc["input_ids"]) <= self.max_summary_tokens:
             return summary
         return summary[:enc["offset_mapping"][self.max_summary_tokens - 1][1]]
