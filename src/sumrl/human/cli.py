@@ -127,10 +127,23 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"warning: listening on {cfg.host}, reachable from the network; the app speaks plain HTTP, so "
               "put it behind a TLS proxy or the raters' tokens travel in clear text", file=sys.stderr)
     print(f"serving {cfg.db} at {server.url} (raters open /r/<token>; Ctrl-C stops)", file=sys.stderr)
+    # Ctrl-C / SIGTERM only set the stop flag; the loop checks it every 0.1 s and then closes every
+    # connection. (Relying on KeyboardInterrupt surfacing from inside waitress's event loop let a
+    # signal that landed at the wrong moment go unnoticed.)
+    import signal
+    import threading
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        previous = {sig: signal.signal(sig, lambda *_: server.request_stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped", file=sys.stderr)
     return 0
 
 

@@ -61,6 +61,10 @@ class RatingServer:
         self._thread.start()
         return self
 
+    def request_stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler: it only sets a flag)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
