@@ -166,8 +166,11 @@ def main() -> int:
     if args.configs:
         grid = []
         for c in args.configs:
-            L, mode, ck, prec = c.split(":")
-            grid.append((int(L), mode, ck, prec))
+            parts = c.split(":")
+            if (len(parts) != 4 or not parts[0].isdigit() or parts[1] not in ("lora", "full")
+                    or parts[2] not in ("on", "off") or parts[3] not in ("fp32", "bf16")):
+                ap.error(f"--configs {c!r}: expected LENGTH:lora|full:on|off:fp32|bf16, e.g. 2048:lora:on:bf16")
+            grid.append((int(parts[0]), parts[1], parts[2], parts[3]))
         grid.sort(key=lambda g: g[0])
         for p in {g[3] for g in grid} - set(ceiling):
             ceiling[p] = matmul_ceiling(p, args.matmul_n)

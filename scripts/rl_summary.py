@@ -4,7 +4,8 @@ first and second half of the run, and where a step's time goes.
     .venv/bin/python scripts/rl_summary.py runs/results/ppo runs/results/grpo runs/results/ppo++
 
 Single steps are noisy (a handful of prompts each, with references of very different lengths), so
-the table compares half-run means. Step times exclude step 1 (it also pays one-off costs such as
+the table compares half-run means, over the steps that sampled from the policy (steps trained on the
+reference summaries are left out of the reward columns and counted). Step times exclude step 1 (it also pays one-off costs such as
 tokenising the documents).
 """
 
@@ -21,6 +22,12 @@ def _rows(folder: Path) -> list[dict]:
     return [r for r in rows if "objective/reward" in r]
 
 
+def _sampled(rows: list[dict]) -> list[dict]:
+    # steps that trained on the reference summaries (reference_trajectory_ratio) score the
+    # references, not the policy: they would mix another quantity into the reward trend
+    return [r for r in rows if r.get("completions/reference_fraction", 0.0) < 1.0]
+
+
 def _mean(rows: list[dict], key: str) -> float:
     vals = [r[key] for r in rows if key in r]
     return statistics.fmean(vals) if vals else float("nan")
@@ -30,20 +37,21 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
-    print("| run | steps | objective/reward (1st half → 2nd half) | completions/mean_length | "
+    print("| run | steps (on references) | objective/reward (1st half → 2nd half) | completions/mean_length | "
           "completions/no_eos_rate | objective/kl (2nd half) |")
     print("|---|---|---|---|---|---|")
     timing = []
     for arg in argv:
         folder = Path(arg)
         rows = _rows(folder)
-        h = len(rows) // 2
-        a, b = rows[:h], rows[h:]
+        sampled = _sampled(rows)
+        h = len(sampled) // 2
+        a, b = sampled[:h], sampled[h:]
 
         def pair(key: str, digits: int = 2) -> str:
             return f"{_mean(a, key):.{digits}f} → {_mean(b, key):.{digits}f}"
 
-        print(f"| {folder.name} | {len(rows)} | {pair('objective/reward')} | {pair('completions/mean_length', 1)} | "
+        print(f"| {folder.name} | {len(rows)} ({len(rows) - len(sampled)}) | {pair('objective/reward')} | {pair('completions/mean_length', 1)} | "
               f"{pair('completions/no_eos_rate')} | {_mean(b, 'objective/kl'):.2f} |")
         later = rows[1:] or rows
         step = _mean(later, "time/step")

@@ -30,17 +30,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sumrl.config import load_recipe
+    from sumrl.config import build_config, load_recipe
     from sumrl.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
     from sumrl.models.loading import load_tokenizer
     from sumrl.rewards.base import RewardInput
     from sumrl.rewards.registry import build_reward
+    from sumrl.rl.config import RLConfig
 
-    recipe = load_recipe(args.recipe)
-    reward = build_reward(recipe["reward"])
-    no_eos = float(recipe.get("no_eos_penalty", 0.0))
+    rc = build_config(RLConfig, load_recipe(args.recipe), source=args.recipe)  # the recipe as `sumrl rl` reads it
+    reward = build_reward(rc.reward)
+    no_eos = float(rc.no_eos_penalty)
     tok = load_tokenizer(args.tokenizer)
-    print(f"reward of {args.recipe}: {recipe['reward']}, no_eos_penalty {no_eos}\n")
+    print(f"reward of {args.recipe}: {rc.reward}, no_eos_penalty {no_eos}\n")
     header, first = None, None
     for folder in map(Path, args.runs):
         rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]

@@ -51,3 +51,10 @@ def test_demo_runs_every_stage_then_resumes(tiny_model_dir, tmp_path, capsys):
     assert main(args) == 0
     again = capsys.readouterr().out
     assert again.count("done already") == 11
+
+
+def test_stage_dependencies_are_checked_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--stages", "ppo", "report", "--out", str(out)]) == 2
+    assert "error: stage ppo (last-mile recipe) needs the rm stage" in capsys.readouterr().err
+    assert not any(p.is_dir() for p in out.iterdir())  # no stage started

@@ -154,6 +154,8 @@ def test_extra_length_table_values(tmp_path):
     assert row["median_extra"] == 1.0
     assert row["share_longer"] == 0.5
     assert row["mean_pred_words"] == pytest.approx(11.0) and row["mean_ref_words"] == 10.0
+    assert row["mean_abs_diff"] == pytest.approx((2 + 0 + 3 + 5) / 4)  # too short counts too
+    assert row["min_ref_words"] == row["max_ref_words"] == 10
 
 
 def test_extra_length_table_in_the_report(fake):
@@ -327,5 +329,5 @@ def test_markdown_summary_matches_the_analysis(tmp_path, capsys):
     row = next(line for line in md.splitlines() if line.startswith("| rl-ppo | sft |"))
     assert "+0.100 [0.100, 0.100] p=0.04 **better**" in row and "-3.0 [-3.0, -3.0]" in row
     # extra length: sft 2 words beyond each 10-word reference, rl-ppo none
-    assert "| sft | 2.0 | 2.0 | 1.00 | 12.0 | 10.0 |" in md
-    assert "| rl-ppo | 0.0 | 0.0 | 0.00 | 9.0 | 10.0 |" in md
+    assert "| sft | 2.0 | 2.0 | 1.00 | 2.0 | 12.0 | 10.0 (10-10) |" in md
+    assert "| rl-ppo | 0.0 | 0.0 | 0.00 | 1.0 | 9.0 | 10.0 (10-10) |" in md

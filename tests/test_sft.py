@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,9 @@ def test_cli_recipe_sft_then_eval_and_summarize(tiny_model_dir, sft_data, tmp_pa
                       "val_generate: 2\nval_max_new_tokens: 8\nlora_r: 4\ntensorboard: true\n")
     out = tmp_path / "run"
     assert main(["sft", "--config", str(recipe), "--out", str(out), "--lora-r", "8", "--no-progress"]) == 0
+    done_line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("sft done:")]
+    assert len(done_line) == 1 and "steps 3" in done_line[0]
+    assert re.search(r"\d+ tokens/s \(training steps of this run\)", done_line[0]), done_line
     saved = read_json(out / "sft_config.json")
     assert saved["lora_r"] == 8 and saved["steps"] == 3 and saved["lora"] is True  # flag beats recipe
     names = {r.get("step"): r for r in _metrics(out) if "val/loss" in r}

@@ -30,6 +30,8 @@ from typing import Any, Callable
 from sumrl.config import add_dataclass_args, build_config, config_from_args, opt
 from sumrl.errors import ConfigError
 
+LASTMILE_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "rl_lastmile.yaml"
+
 # Every preset uses the same pipeline; only sizes change. CPU presets truncate the documents to a
 # prompt budget this machine handles quickly; `full` is sized for one GPU.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -165,9 +167,17 @@ def run_demo(cfg: DemoConfig) -> int:
         plan += ["grpo", "eval grpo"]
     if "report" in want:
         plan += ["report"]
-    st = Stages(cfg, plan)
     d = {name: out / name for name in ["eval_base", "eval_base_cleaned", "sft", "eval_sft", "eval_sft_cleaned", "rm",
                                        "ppo_lastmile", "eval_ppo_lastmile", "grpo", "eval_grpo"]}
+    # checked before any stage runs, not after the first ten minutes
+    if "ppo" in want:
+        if "rm" not in want and not _done(d["rm"]):
+            raise ConfigError("stage ppo (last-mile recipe) needs the rm stage")
+        if not LASTMILE_RECIPE.exists():  # an installed wheel has no recipes/: plain PPO must not pass for it
+            raise ConfigError(f"stage ppo runs the last-mile recipe {LASTMILE_RECIPE}, which is missing; run the "
+                              "demo from a checkout of the repository or leave the stage out (--stages base sft rm "
+                              "grpo report)")
+    st = Stages(cfg, plan)
     eval_dirs: list[Path] = []
 
     if "base" in want:
@@ -189,8 +199,6 @@ def run_demo(cfg: DemoConfig) -> int:
     if "rm" in want:
         st.run("rm", d["rm"], lambda: _rm(cfg, d["rm"]))
     if "ppo" in want:
-        if "rm" not in want and not _done(d["rm"]):
-            raise ConfigError("stage ppo (last-mile recipe) needs the rm stage")
         st.run("ppo-lastmile", d["ppo_lastmile"], lambda: _ppo(cfg, d["ppo_lastmile"], policy, d["rm"]))
         st.run("eval ppo-lastmile", d["eval_ppo_lastmile"],
                lambda: _eval(cfg, "ppo-lastmile", d["eval_ppo_lastmile"], model=str(d["ppo_lastmile"])))
@@ -230,17 +238,25 @@ def run_demo(cfg: DemoConfig) -> int:
 # ------------------------------------------------------------------------------ training stages
 
 
+def _resume_flags(folder: Path) -> dict:
+    """Continue an interrupted training stage from its last complete checkpoint, else start over
+    (an unfinished stage's partial output is not a result)."""
+    from sumrl.training.checkpoint import last_checkpoint
+
+    resume = last_checkpoint(folder / "checkpoints") is not None
+    return {"resume": resume, "overwrite": not resume}
+
+
 def _sft(cfg: DemoConfig, folder: Path) -> dict:
     from sumrl.training.config import SFTConfig
     from sumrl.training.sft import train
 
-    resume = (folder / "checkpoints").exists() and any((folder / "checkpoints").iterdir())
     sc = build_config(SFTConfig, overrides=dict(
         model=cfg.model, data=cfg.data, split="train", out=str(folder), steps=cfg.sft_steps, batch_size=cfg.sft_batch,
         max_seq_len=cfg.max_input_tokens + cfg.max_new_tokens, max_target_tokens=cfg.max_new_tokens, lr=3e-4,
         warmup_steps=max(1, cfg.sft_steps // 10), bf16=bool(cfg.bf16), eval_every=max(1, cfg.sft_steps // 2),
-        val_examples=8, val_generate=0, save_every=max(5, cfg.sft_steps // 3), seed=cfg.seed, resume=resume,
-        overwrite=not resume))
+        val_examples=8, val_generate=0, save_every=max(5, cfg.sft_steps // 3), seed=cfg.seed,
+        **_resume_flags(folder)))
     s = train(sc)
     return {"steps": s.get("steps")}
 
@@ -259,10 +275,9 @@ def _rm(cfg: DemoConfig, folder: Path) -> dict:
 
 
 def _rl_common(cfg: DemoConfig, folder: Path) -> dict:
-    resume = (folder / "checkpoints").exists() and any((folder / "checkpoints").iterdir())
     return dict(data=cfg.data, split="train", out=str(folder), max_prompt_tokens=cfg.max_input_tokens,
-                max_new_tokens=cfg.max_new_tokens, bf16=bool(cfg.bf16), seed=cfg.seed, resume=resume,
-                overwrite=not resume, save_every=max(2, (cfg.ppo_steps or 4) // 2), sample_every=2)
+                max_new_tokens=cfg.max_new_tokens, bf16=bool(cfg.bf16), seed=cfg.seed,
+                save_every=max(2, (cfg.ppo_steps or 4) // 2), sample_every=2, **_resume_flags(folder))
 
 
 def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path) -> dict:
@@ -271,9 +286,7 @@ def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path) -> dict:
     from sumrl.rl.config import RLConfig
     from sumrl.rl.trainer import train
 
-    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "rl_lastmile.yaml") \
-        if (Path(__file__).resolve().parents[2] / "recipes" / "rl_lastmile.yaml").exists() else {}
-    recipe = {**recipe, "reward": [{"name": "rm", "path": str(rm_dir), "per_token": True, "normalize": True},
+    recipe = {**load_recipe(LASTMILE_RECIPE), "reward": [{"name": "rm", "path": str(rm_dir), "per_token": True, "normalize": True},
                                    {"name": "length", "mode": "reference", "per_token_penalty": -2.5}]}
     over = dict(policy=policy, steps=cfg.ppo_steps, batch_size=cfg.ppo_batch, micro_batch_size=cfg.ppo_batch,
                 **_rl_common(cfg, folder))

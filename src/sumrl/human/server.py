@@ -66,7 +66,7 @@ class RatingServer:
         self._stop.set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
 

@@ -279,11 +279,16 @@ def load_tokenizer(spec: str) -> Any:
     return configure_tokenizer(tok)
 
 
-def context_length(model_or_config: Any, tokenizer: Any | None = None) -> int:
+def _declared_context(model_or_config: Any) -> int | None:
+    """``max_position_embeddings`` of a model or config (the text part of multimodal ones), or None."""
     cfg = getattr(model_or_config, "config", model_or_config)
     cfg = getattr(cfg, "text_config", None) or cfg
-    n = getattr(cfg, "max_position_embeddings", None) or 2048
-    return int(n)
+    n = getattr(cfg, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def context_length(model_or_config: Any, tokenizer: Any | None = None) -> int:
+    return _declared_context(model_or_config) or 2048
 
 
 def context_length_of_spec(spec: str) -> int | None:
@@ -305,9 +310,7 @@ def context_length_of_spec(spec: str) -> int | None:
             cfg = AutoConfig.from_pretrained(r.path)
     except Exception:  # noqa: BLE001 - only an informative default; callers print "unknown"
         return None
-    cfg = getattr(cfg, "text_config", None) or cfg
-    n = getattr(cfg, "max_position_embeddings", None)
-    return int(n) if n else None
+    return _declared_context(cfg)
 
 
 def load_model(spec: str, *, dtype: str | None = "float32", device: str | None = None,

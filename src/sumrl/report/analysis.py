@@ -26,6 +26,8 @@ __all__ = [
     "assign_roles",
     "paired_tests",
     "extra_length_table",
+    "Comparison",
+    "compare",
     "highlight",
     "highlight_spans",
     "sample_ids",
@@ -160,7 +162,8 @@ def extra_length_table(runs: Sequence[EvalRun]) -> list[dict]:
     Lengths are whitespace words (:func:`sumrl.evaluation.text.words`) of the prediction and of
     the FIRST reference, as in ``sumrl eval``'s ``length_stats``. ``extra`` is
     ``max(0, pred - ref)`` per output; ``share_longer`` is the fraction of outputs with
-    ``pred > ref``. Recomputed from the texts (not read from the metric rows) so the table also
+    ``pred > ref``; ``mean_abs_diff`` the mean ``|pred - ref|`` (too short counts too);
+    ``min_ref_words`` / ``max_ref_words`` the range of the reference lengths. Recomputed from the texts (not read from the metric rows) so the table also
     works for predictions scored by an older ``sumrl eval``. Rows without a reference are skipped.
     """
     table = []
@@ -182,8 +185,29 @@ def extra_length_table(runs: Sequence[EvalRun]) -> list[dict]:
             "share_longer": longer / n if n else math.nan,
             "mean_pred_words": statistics.fmean(pred_len) if n else math.nan,
             "mean_ref_words": statistics.fmean(ref_len) if n else math.nan,
+            "mean_abs_diff": statistics.fmean(abs(p - q) for p, q in zip(pred_len, ref_len)) if n else math.nan,
+            "min_ref_words": min(ref_len) if n else math.nan,
+            "max_ref_words": max(ref_len) if n else math.nan,
         })
     return table
+
+
+@dataclass
+class Comparison:
+    """What both renderings of a report (HTML and Markdown) show, computed once."""
+
+    roles: Roles
+    tests: list[dict]  # paired_tests()
+    extra: list[dict]  # extra_length_table()
+    n_bootstrap: int
+
+
+def compare(runs: Sequence[EvalRun], baselines: Iterable[str] | None = None, rl: Iterable[str] | None = None, *,
+            n_bootstrap: int = 1000, seed: int = 0) -> Comparison:
+    """Roles, paired bootstrap tests and the extra-length table of ``runs``."""
+    roles = assign_roles([r.system for r in runs], baselines, rl)
+    return Comparison(roles=roles, tests=paired_tests(runs, roles, n_resamples=n_bootstrap, seed=seed),
+                      extra=extra_length_table(runs), n_bootstrap=n_bootstrap)
 
 
 # --------------------------------------------------------------------------- highlighting

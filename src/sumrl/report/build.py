@@ -165,15 +165,17 @@ def _unique_train_names(train_runs: list[TrainRun]) -> None:
 def render_report(runs: Sequence[EvalRun], train_runs: Sequence[TrainRun] = (), *,
                   baselines: Iterable[str] | None = None, rl: Iterable[str] | None = None,
                   n_examples: int = 5, seed: int = 0, title: str | None = None, n_bootstrap: int = 1000,
-                  excerpt_words: int = 250, copy_min_words: int = 8) -> str:
-    """The report's HTML for already-loaded runs (see :func:`build_report`)."""
+                  excerpt_words: int = 250, copy_min_words: int = 8,
+                  comparison: analysis.Comparison | None = None) -> str:
+    """The report's HTML for already-loaded runs (see :func:`build_report`); ``comparison``:
+    the roles/tests/extra-length table if already computed (else computed here)."""
     import jinja2
     from markupsafe import Markup
 
     from sumrl import __version__
 
-    roles = analysis.assign_roles([r.system for r in runs], baselines, rl)
-    tests = analysis.paired_tests(runs, roles, n_resamples=n_bootstrap, seed=seed)
+    cmp = comparison or analysis.compare(runs, baselines, rl, n_bootstrap=n_bootstrap, seed=seed)
+    roles, tests = cmp.roles, cmp.tests
     for t in tests:
         for row in t["tests"]:
             row["doc"] = metric_doc(row["metric"], paired=True)
@@ -201,7 +203,7 @@ def render_report(runs: Sequence[EvalRun], train_runs: Sequence[TrainRun] = (), 
         comparison=_comparison(runs, roles),
         tests=tests,
         n_bootstrap=n_bootstrap,
-        extra=analysis.extra_length_table(runs),
+        extra=cmp.extra,
         figures=figures,
         examples=_examples(runs, roles, ids, excerpt_words, copy_min_words),
         n_examples=n_examples,
@@ -236,7 +238,9 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, train_runs:
     runs = load_eval_runs(list(run_dirs))
     trains = [load_train_run(p) for p in train_runs]
     _unique_train_names(trains)
-    text = render_report(runs, trains, baselines=baselines, rl=rl, n_examples=n_examples, seed=seed, title=title,
+    # computed once for the HTML and the Markdown (the paired bootstrap is the costly part)
+    cmp = analysis.compare(runs, baselines, rl, n_bootstrap=n_bootstrap, seed=seed)
+    text = render_report(runs, trains, comparison=cmp, n_examples=n_examples, seed=seed, title=title,
                          n_bootstrap=n_bootstrap, excerpt_words=excerpt_words, copy_min_words=copy_min_words)
     out = Path(out)
     if out.is_dir():
@@ -245,6 +249,5 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, train_runs:
     if markdown_out:
         from sumrl.report.markdown import markdown_summary
 
-        atomic_write_text(Path(markdown_out), markdown_summary(runs, baselines=baselines, rl=rl,
-                                                               n_bootstrap=n_bootstrap, seed=seed))
+        atomic_write_text(Path(markdown_out), markdown_summary(runs, cmp))
     return out

@@ -9,7 +9,7 @@ as the HTML (:mod:`sumrl.report.analysis`), so the two can never disagree.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from sumrl.report import analysis
 from sumrl.report.runs import EvalRun
@@ -31,10 +31,10 @@ def _digits(metric: str) -> int:
     return 1 if metric in ("pred_words", "extra_words_pos", "bleu", "ref_words") else 3
 
 
-def markdown_summary(runs: Sequence[EvalRun], *, baselines: Iterable[str] | None = None,
-                     rl: Iterable[str] | None = None, metrics: Sequence[str] = MARKDOWN_METRICS,
-                     n_bootstrap: int = 1000, seed: int = 0) -> str:
-    """Markdown with three tables: metrics with CIs, paired tests, extra length."""
+def markdown_summary(runs: Sequence[EvalRun], comparison: analysis.Comparison,
+                     metrics: Sequence[str] = MARKDOWN_METRICS) -> str:
+    """Markdown with three tables: metrics with CIs, paired tests, extra length
+    (``comparison`` from :func:`sumrl.report.analysis.compare`, shared with the HTML)."""
     keys = [k for k in metrics if any(k in r.metrics for r in runs)]
     n = sorted({r.n for r in runs})
     lines = [f"Systems evaluated on {', '.join(map(str, n))} documents; mean [95% bootstrap CI].", "",
@@ -48,14 +48,13 @@ def markdown_summary(runs: Sequence[EvalRun], *, baselines: Iterable[str] | None
                          f"{_num(m.get('mean'), d)} [{_num(m.get('ci_low'), d)}, {_num(m.get('ci_high'), d)}]")
         lines.append(f"| {r.system} | " + " | ".join(cells) + " |")
 
-    roles = analysis.assign_roles([r.system for r in runs], baselines, rl)
-    tests = analysis.paired_tests(runs, roles, n_resamples=n_bootstrap, seed=seed)
-    if tests:
+    if comparison.tests:
         paired = [k for k in keys if k in analysis.PAIRED_METRICS]
-        lines += ["", f"Paired bootstrap ({n_bootstrap} resamples, same documents): RL variant minus baseline, "
-                      "delta [95% CI], p; **better**/**worse** where p < 0.05 and the metric has a direction.", "",
+        lines += ["", f"Paired bootstrap ({comparison.n_bootstrap} resamples, same documents): RL variant minus "
+                      "baseline, delta [95% CI], p; **better**/**worse** where p < 0.05 and the metric has a "
+                      "direction.", "",
                   "| RL variant | baseline | n | " + " | ".join(paired) + " |", "|---|---|---|" + "---|" * len(paired)]
-        for t in tests:
+        for t in comparison.tests:
             by_metric = {row["metric"]: row for row in t["tests"]}
             cells = []
             for k in paired:
@@ -71,9 +70,11 @@ def markdown_summary(runs: Sequence[EvalRun], *, baselines: Iterable[str] | None
 
     lines += ["", "Extra length (the seed paper's Table 1; words of the first reference):", "",
               "| system | mean words beyond the reference | median | share longer than the reference | "
-              "mean words | mean reference words |", "|---|---|---|---|---|---|"]
-    for row in analysis.extra_length_table(runs):
+              "mean \\|words - reference\\| | mean words | mean reference words (min-max) |",
+              "|---|---|---|---|---|---|---|"]
+    for row in comparison.extra:
         lines.append(f"| {row['system']} | {_num(row['mean_extra'], 1)} | {_num(row['median_extra'], 1)} | "
-                     f"{_num(row['share_longer'], 2)} | {_num(row['mean_pred_words'], 1)} | "
-                     f"{_num(row['mean_ref_words'], 1)} |")
+                     f"{_num(row['share_longer'], 2)} | {_num(row['mean_abs_diff'], 1)} | "
+                     f"{_num(row['mean_pred_words'], 1)} | {_num(row['mean_ref_words'], 1)} "
+                     f"({row['min_ref_words']}-{row['max_ref_words']}) |")
     return "\n".join(lines) + "\n"

@@ -37,5 +37,7 @@ def run(args: argparse.Namespace) -> int:
     for k in ("val/loss", "val/rougeL", "val/pred_words", "val/ref_words"):
         if k in val:
             parts.append(f"{k} {val[k]:.4g}")
+    if summary.get("tokens_per_s"):
+        parts.append(f"{summary['tokens_per_s']:.0f} tokens/s (training steps of this run)")
     print("sft done: " + ", ".join(parts))
     return 0

@@ -290,6 +290,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                                 min_lr_ratio=cfg.min_lr_ratio)
     start = 0
     counters = {"tokens_seen": 0, "target_tokens_seen": 0}
+    run_tokens, run_seconds = 0, 0.0  # this invocation's training steps only (no validation, no resume)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model=raw_module.model, optimizer=optimizer, scheduler=scheduler)
         start = int(state["step"])
@@ -365,6 +366,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                                        f"{out / CHECKPOINT_DIR}")
             dt = time.perf_counter() - t0
             counters["tokens_seen"] += n_tokens
+            run_tokens, run_seconds = run_tokens + n_tokens, run_seconds + dt
             counters["target_tokens_seen"] += n_step_targets
             done = step + 1
             last_train = {"train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
@@ -393,4 +395,5 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         print(f"saved the {'LoRA adapter' if cfg.lora else 'model'} to {out} (use --model {out})")
     accelerator.wait_for_everyone()
     return {"out": str(out), "is_main": main, "steps": n_steps, "start_step": start, "train": last_train, "val": last_val,
-            "n_sequences": len(seqs), "trainable_parameters": n_train}
+            "n_sequences": len(seqs), "trainable_parameters": n_train,
+            "tokens_per_s": run_tokens / run_seconds if run_seconds else None}
