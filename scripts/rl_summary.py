@@ -1,5 +1,6 @@
 """Summarise RL run folders (their metrics.jsonl) as Markdown: training reward and length in the
-first and second half of the run, and where a step's time goes.
+first and second half of the run, the held-out curve (``eval/*``, logged with ``--eval-every``)
+and where a step's time goes.
 
     .venv/bin/python scripts/rl_summary.py runs/results/ppo runs/results/grpo runs/results/ppo++
 
@@ -17,9 +18,12 @@ import sys
 from pathlib import Path
 
 
+def _all_rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def _rows(folder: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if "objective/reward" in r]
+    return [r for r in _all_rows(folder) if "objective/reward" in r]
 
 
 def _sampled(rows: list[dict]) -> list[dict]:
@@ -53,10 +57,24 @@ def main(argv: list[str]) -> int:
 
         print(f"| {folder.name} | {len(rows)} ({len(rows) - len(sampled)}) | {pair('objective/reward')} | {pair('completions/mean_length', 1)} | "
               f"{pair('completions/no_eos_rate')} | {_mean(b, 'objective/kl'):.2f} |")
-        later = rows[1:] or rows
+        later = rows[1:] or rows  # time/step excludes time/eval
         step = _mean(later, "time/step")
         parts = {k: _mean(later, f"time/{k}") for k in ("generate", "score", "forward", "train")}
         timing.append((folder.name, parts, step))
+    curves = [(Path(a).name, [r for r in _all_rows(Path(a)) if "eval/reward" in r]) for a in argv]
+    if any(c for _, c in curves):
+        print()
+        print("Held-out curve: greedy summaries of the same validation documents after each number of steps.")
+        print()
+        print("| run | step | eval/reward | eval/rewards/rouge | eval/rewards/length | eval/mean_length | "
+              "eval/no_eos_rate |")
+        print("|---|---|---|---|---|---|---|")
+        for name, curve in curves:
+            for r in curve:
+                cells = " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in
+                                   ("eval/reward", "eval/rewards/rouge", "eval/rewards/length"))
+                print(f"| {name} | {r['step']} | {cells} | {r.get('eval/mean_length', float('nan')):.1f} | "
+                      f"{r.get('eval/no_eos_rate', float('nan')):.2f} |")
     print()
     print("| run | generate (s) | score (s) | forward (s) | train (s) | step (s) |")
     print("|---|---|---|---|---|---|")

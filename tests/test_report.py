@@ -262,7 +262,7 @@ def test_missing_training_metrics_are_skipped_with_a_note(tmp_path):
     out = build_report(runs, tmp_path / "r.html", train_runs=[rl], n_examples=1, n_bootstrap=20)
     text = out.read_text()
     assert "skipped: no RL run logged objective/kl" in text
-    assert "skipped: no RL run logged completions/mean_length" in text
+    assert "skipped: no RL run logged eval/mean_length or completions/mean_length" in text
     assert "skipped: no SFT training run given" in text
     assert len(re.findall(r'<img src="data:image/png', text)) == 2  # reward + length distribution
     assert "no config.json in this folder" in text
@@ -331,3 +331,20 @@ def test_markdown_summary_matches_the_analysis(tmp_path, capsys):
     # extra length: sft 2 words beyond each 10-word reference, rl-ppo none
     assert "| sft | 2.0 | 2.0 | 1.00 | 2.0 | 12.0 | 10.0 (10-10) |" in md
     assert "| rl-ppo | 0.0 | 0.0 | 0.00 | 1.0 | 9.0 | 10.0 (10-10) |" in md
+
+
+def test_rl_reward_plot_prefers_the_held_out_curve(tmp_path):
+    from sumrl.report.plots import rl_plots
+    from sumrl.report.runs import TrainRun
+
+    with_eval = TrainRun(tmp_path, "grpo", [
+        {"step": 0, "eval/reward": -5.0, "eval/mean_length": 130.0},
+        {"step": 1, "objective/reward": -4.0, "objective/kl": 0.0, "completions/mean_length": 160.0},
+        {"step": 2, "objective/reward": -7.0, "objective/kl": 0.5, "completions/mean_length": 150.0,
+         "eval/reward": -3.0, "eval/mean_length": 120.0}], None, None)
+    without = TrainRun(tmp_path, "ppo", [
+        {"step": 1, "objective/reward": -4.0, "objective/kl": 0.0, "completions/mean_length": 160.0}], None, None)
+    reward, kl, length = rl_plots([with_eval, without])
+    assert reward.png and "eval/reward" in reward.note and "objective/reward faint" in reward.note
+    assert "grpo (held-out)" in reward.alt and "ppo" in reward.alt
+    assert "eval/mean_length" in length.note and kl.note == "from objective/kl"

@@ -405,3 +405,52 @@ def test_gradient_accumulation_without_global_normalizer_differs():
         micro_loss, _ = F.ppo_policy_loss(_logp(policy, feats[s], actions[s]), old[s], adv[s], mask[s], 0.2)
         (micro_loss / 2).backward()
     assert not torch.allclose(_grads(policy)[0], full[0], rtol=1e-3, atol=1e-6)
+
+
+# ------------------------------------------------------------------ group advantages with token rewards
+def test_group_token_advantages_hand_derived():
+    # completion 0: score 1, token rewards [0, 0, -1]; completion 1: score 0, token rewards [-1, 0], 2 tokens
+    scores = torch.tensor([1.0, 0.0])
+    tok = torch.tensor([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # still to come: Y0 = [0, 0, 0]; Y1 = [-1, 0, (end) 0]; totals R = [0, -1], unbiased std 0.70711
+    rloo = F.group_token_advantages(scores, tok, mask, 2, kind="rloo")
+    assert torch.allclose(rloo, torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]))
+    dr = F.group_token_advantages(scores, tok, mask, 2, kind="grpo", scale_by_std=False)
+    assert torch.allclose(dr, torch.tensor([[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]))
+    grpo = F.group_token_advantages(scores, tok, mask, 2, kind="grpo")
+    assert torch.allclose(grpo, torch.tensor([[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]) / (0.5 ** 0.5 + 1e-6), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_group_token_advantages_without_token_rewards_are_the_scalar_ones(kind):
+    scores = torch.tensor([1.0, 0.0, 3.0, 2.0, 5.0, 5.0])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    adv = F.group_token_advantages(scores, torch.zeros(6, 4), mask, 3, kind=kind)
+    ref = F.grpo_advantages(scores, 3) if kind == "grpo" else F.rloo_advantages(scores, 3)
+    assert torch.allclose(adv, ref[:, None] * mask, atol=1e-6)
+
+
+def test_group_token_advantages_shared_penalties_do_not_reward_late_tokens():
+    # both completions hit the length cap and pay the same per-token penalties from token 1 on; only
+    # their scores differ. The advantage is the scalar GRPO one on every token: no systematic push on
+    # late tokens (a constant baseline against reward-to-go gave token 3 a large positive advantage).
+    scores = torch.tensor([0.3, 0.1])
+    tok = torch.tensor([[0.0, -1.0, -1.0, -1.0]] * 2)
+    adv = F.group_token_advantages(scores, tok, torch.ones(2, 4), 2, kind="grpo")
+    ref = F.grpo_advantages(scores + tok.sum(1), 2)
+    assert torch.allclose(adv, ref[:, None].expand(2, 4), atol=1e-5)
+
+
+def test_group_token_advantages_credit_the_completion_that_stopped():
+    # completion 0 ends after 2 tokens; completion 1 goes on and pays -1 per token from token 2 on
+    scores = torch.tensor([0.0, 0.0])
+    tok = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, -1.0]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    adv = F.group_token_advantages(scores, tok, mask, 2, kind="rloo")
+    assert torch.allclose(adv, torch.tensor([[2.0, 2.0, 0.0, 0.0], [-2.0, -2.0, -2.0, -1.0]]))
+
+
+def test_group_token_advantages_check_the_group_size():
+    with pytest.raises(ValueError, match="groups of 4"):
+        F.group_token_advantages(torch.zeros(6), torch.zeros(6, 2), torch.ones(6, 2), 4)

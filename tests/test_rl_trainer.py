@@ -21,7 +21,7 @@ def rl_data(tmp_path_factory):
 
     p = tmp_path_factory.mktemp("rl-data") / "docs.jsonl"
     rows = [{"id": f"d{i}", "document": " ".join(CORPUS[i:i + 3]), "summary": CORPUS[i].split(".")[0] + ".",
-             "split": "train"} for i in range(6)]
+             "split": "train" if i < 6 else "val"} for i in range(8)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
 
@@ -29,7 +29,7 @@ def rl_data(tmp_path_factory):
 def _args(policy, data, out, *extra):
     return ["rl", "--policy", str(policy), "--data", str(data), "--out", str(out), "--reward", CHEAP,
             "--batch-size", "2", "--max-new-tokens", "6", "--max-prompt-tokens", "96", "--no-progress",
-            "--no-tensorboard", "--steps", "1", *extra]
+            "--no-tensorboard", "--steps", "1", "--eval-every", "0", *extra]
 
 
 def _metrics(out):
@@ -207,10 +207,12 @@ def test_resume_continues_the_same_trajectory(tiny_model_dir, rl_data, tmp_path)
     summary = train(_cfg(tiny_model_dir, rl_data, out, resume=True, **kw))
     assert summary["start_step"] == 1
     a, b = _metrics(out), _metrics(tmp_path / "full")
-    assert [r["step"] for r in a] == [1, 2, 3]  # step 2 not logged twice
-    for ra, rb in zip(a, b):
+    # step 0: the held-out evaluation before training (on by default); step 2 not logged twice
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a[1:], b[1:]):
         for k in ("objective/reward", "objective/kl", "policy/loss", "val/value_loss", "completions/mean_length"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["step"], k)
+    assert a[-1]["eval/reward"] == pytest.approx(b[-1]["eval/reward"], rel=1e-5, abs=1e-6)
     from sumrl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="lr"):
@@ -244,3 +246,41 @@ def test_kl_explosion_stops_the_run(tiny_model_dir, rl_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "exceeds --max-kl" in err and "no checkpoint" in err
     assert [r["step"] for r in _metrics(out)] == [1]  # step 1 (KL exactly 0) ran; step 2 stopped before updating
+
+
+def test_held_out_evaluation_curve_without_touching_the_samples(tiny_model_dir, rl_data, tmp_path):
+    """--eval-every logs eval/* on the fixed val documents before training, every N steps and after
+    the last step; greedy evaluation draws no random numbers, so training is unchanged by it."""
+    # PPO: the critic's baseline makes advantages non-zero even where the cheap rewards tie
+    common = ["--algo", "ppo", "--steps", "3", "--lr", "5e-2", "--temperature", "1.0", "--sample-every", "5"]
+    a, b = tmp_path / "eval", tmp_path / "noeval"
+    assert main(_args(tiny_model_dir, rl_data, a, *common, "--eval-every", "2", "--val-examples", "2",
+                      "--val-batch-size", "1")) == 0
+    assert main(_args(tiny_model_dir, rl_data, b, *common)) == 0
+    ra, rb = _metrics(a), _metrics(b)
+    evals = {r["step"]: r for r in ra if "eval/reward" in r}
+    assert sorted(evals) == [0, 2, 3]
+    for r in evals.values():
+        for key in ("eval/reward", "eval/rewards/length", "eval/rewards/eos", "eval/mean_length", "eval/no_eos_rate", "time/eval"):
+            assert key in r, key
+        assert 1 <= r["eval/mean_length"] <= 6 and 0 <= r["eval/no_eos_rate"] <= 1
+    # the same training trajectory with and without evaluation
+    train_a = [r for r in ra if r["step"] > 0]
+    assert [r["step"] for r in train_a] == [r["step"] for r in rb] == [1, 2, 3]
+    for x, y in zip(train_a, rb):
+        assert x["objective/reward"] == y["objective/reward"]
+        assert x["completions/mean_length"] == y["completions/mean_length"]
+    # the held-out summaries are in samples.jsonl; the policy moved (lr 5e-2), so its greedy
+    # summaries of the same documents changed
+    rows = [json.loads(l) for l in (a / "samples.jsonl").read_text().splitlines()]
+    held = {(r["step"], r["id"]): r["summary"] for r in rows if r["source"] == "eval (greedy)"}
+    assert sorted({s for s, _ in held}) == [0, 2, 3] and len(held) == 6
+    assert ra[-1]["objective/kl"] != 0  # k1 per-sample estimate: either sign
+    assert any(held[(0, i)] != held[(3, i)] for _, i in held)
+
+
+def test_missing_val_split_is_a_clear_error(tiny_model_dir, rl_data, tmp_path, capsys):
+    code = main(_args(tiny_model_dir, rl_data, tmp_path / "x", "--eval-every", "5", "--val-split", "test"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "split 'test'" in err and "docs.jsonl" in err

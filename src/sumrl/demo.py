@@ -277,7 +277,10 @@ def _rm(cfg: DemoConfig, folder: Path) -> dict:
 def _rl_common(cfg: DemoConfig, folder: Path) -> dict:
     return dict(data=cfg.data, split="train", out=str(folder), max_prompt_tokens=cfg.max_input_tokens,
                 max_new_tokens=cfg.max_new_tokens, bf16=bool(cfg.bf16), seed=cfg.seed,
-                save_every=max(2, (cfg.ppo_steps or 4) // 2), sample_every=2, **_resume_flags(folder))
+                save_every=max(2, (cfg.ppo_steps or 4) // 2), sample_every=2,
+                # stage 8 evaluates every system on the test documents; a held-out curve during these
+                # few steps would cost two greedy passes per run for a before/after we get anyway
+                eval_every=0, **_resume_flags(folder))
 
 
 def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path) -> dict:

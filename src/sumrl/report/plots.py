@@ -19,11 +19,15 @@ from sumrl.report.runs import EvalRun, TrainRun
 
 __all__ = ["Plot", "rl_plots", "sft_plots", "length_plot", "RL_CURVES"]
 
-#: (title, y label, candidate metrics.jsonl keys in order of preference).
+#: (title, y label, candidate metrics.jsonl keys in order of preference, key drawn faintly behind a
+#: held-out ``eval/*`` curve). The held-out curve (fixed documents, ``sumrl rl --eval-every``) is
+#: preferred: a training step's reward mostly reflects which prompts it drew.
 RL_CURVES = [
-    ("Reward over RL steps", "mean reward", ("objective/reward", "objective/scores")),
-    ("KL to the reference policy over RL steps", "KL", ("objective/kl",)),
-    ("Mean completion length over RL steps", "tokens", ("completions/mean_length",)),
+    ("Reward over RL steps", "mean reward", ("eval/reward", "objective/reward", "objective/scores"),
+     "objective/reward"),
+    ("KL to the reference policy over RL steps", "KL", ("objective/kl",), None),
+    ("Mean completion length over RL steps", "tokens", ("eval/mean_length", "completions/mean_length"),
+     "completions/mean_length"),
 ]
 
 _DPI = 110
@@ -70,7 +74,7 @@ def _line_plot(title: str, ylabel: str, series: list[tuple[str, list[float], lis
         (line,) = ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=name)
         if faint and name in faint and faint[name][0]:
             fx, fy = faint[name]
-            ax.plot(fx, fy, color=line.get_color(), alpha=0.35, linewidth=1, label=f"{name} (train)")
+            ax.plot(fx, fy, color=line.get_color(), alpha=0.35, linewidth=1, label=f"{name.removesuffix(' (held-out)')} (train)")
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
@@ -83,17 +87,22 @@ def rl_plots(train_runs: Sequence[TrainRun]) -> list[Plot]:
     """Reward, KL and mean length over steps, one line per RL training run."""
     rl_runs = [r for r in train_runs if r.kind == "rl"]
     out = []
-    for title, ylabel, keys in RL_CURVES:
-        series, used = [], set()
+    for title, ylabel, keys, faint_key in RL_CURVES:
+        series, used, faint = [], set(), {}
         for run in rl_runs:
             for k in keys:
                 xs, ys = run.series(k)
                 if xs:
-                    series.append((run.name, xs, ys))
+                    held_out = k.startswith("eval/")
+                    name = f"{run.name} (held-out)" if held_out else run.name
+                    series.append((name, xs, ys))
                     used.add(k)
+                    if held_out and faint_key:
+                        faint[name] = run.series(faint_key)
+                        used.add(f"{faint_key} faint")
                     break
         if series:
-            out.append(Plot(title, _line_plot(title, ylabel, series), note=f"from {', '.join(sorted(used))}",
+            out.append(Plot(title, _line_plot(title, ylabel, series, faint), note=f"from {', '.join(sorted(used))}",
                             alt=f"{title}: {', '.join(s[0] for s in series)}"))
         elif not rl_runs:
             out.append(Plot(title, None, note="skipped: no RL training run given (--train-runs with a "

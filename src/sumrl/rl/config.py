@@ -22,7 +22,7 @@ GUIDED_ALGOS = ("ppo++", "aggrevated", "d2lols")
 # learning rate (min_lr_ratio 1): a decaying schedule depends on the run length.
 RESUME_MUTABLE = {
     "resume", "overwrite", "out", "progress", "tensorboard", "log_every", "sample_every", "n_samples",
-    "save_every", "keep_checkpoints", "steps", "max_kl",
+    "save_every", "keep_checkpoints", "steps", "max_kl", "eval_every", "val_split", "val_examples", "val_batch_size",
 }
 
 
@@ -126,6 +126,14 @@ class RLConfig(DataOptions):
                                        "logits of the prompt)")
     reference_kl: bool = opt(True, "compute reference log-probs every step, for objective/kl, even when no KL term "
                                    "uses them (--no-reference-kl saves one forward pass when kl_coef is 0)")
+    # --- held-out evaluation during training
+    eval_every: int = opt(10, "every N steps (and before the first and after the last step) summarise --val-examples "
+                              "fixed held-out documents greedily and log their reward as eval/reward, "
+                              "eval/rewards/<name>, eval/mean_length, eval/no_eos_rate (0 = never): the training "
+                              "reward of a step mostly reflects which prompts it drew, these prompts never change")
+    val_split: str = opt("val", "split whose documents are the held-out evaluation prompts")
+    val_examples: int = opt(8, "held-out documents summarised at each evaluation")
+    val_batch_size: int = opt(8, "generation batch size of the held-out evaluation")
     # --- logging, checkpoints
     log_every: int = opt(1, "log metrics every N steps")
     sample_every: int = opt(10, "log a sample table (document excerpt, summary, reward components) every N steps")
@@ -193,6 +201,8 @@ class RLConfig(DataOptions):
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")
         need(self.save_every >= 1 and self.log_every >= 1 and self.sample_every >= 0, "--save-every and --log-every "
              "must be at least 1, --sample-every at least 0")
+        need(self.eval_every >= 0 and self.val_examples >= 1 and self.val_batch_size >= 1,
+             "--eval-every must be >= 0, --val-examples and --val-batch-size at least 1")
         need(self.group_size >= 1, f"--samples-per-prompt must be at least 1, got {self.samples_per_prompt}")
         if self.algo in GROUP_ALGOS:
             need(self.group_size >= 2, f"{self.algo} compares completions of the same prompt: "

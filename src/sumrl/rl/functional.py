@@ -584,6 +584,63 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     return (g - others).reshape(-1)
 
 
+def group_token_advantages(scores: Tensor, token_rewards: Tensor, mask: Tensor, group_size: int, *,
+                           kind: str = "grpo", scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """Per-token GRPO / RLOO advantages for a sequence score plus per-token rewards.
+
+    The quantity compared within a group at response position ``t`` is what is still to come there:
+
+        Y[i, t] = scores[i] + sum_{s >= t} token_rewards[i, s]      (past the end of i: scores[i])
+
+    and each token's baseline is the group at the *same position*:
+
+        grpo:  A[i, t] = (Y[i, t] - mean_j Y[j, t]) / (std_g(R) + eps)   (/ 1 without scale_by_std)
+        rloo:  A[i, t] =  Y[i, t] - mean_{j != i} Y[j, t]
+
+    with ``R_i = scores_i + sum_t token_rewards[i, t]`` the total return and ``std_g`` the unbiased
+    group std of :func:`grpo_advantages`. Without per-token rewards ``Y[i, t] = scores[i]`` and this
+    is exactly :func:`grpo_advantages` / :func:`rloo_advantages` broadcast over the tokens.
+
+    Why a per-position baseline: a per-token penalty (e.g. -2.5 per token beyond the reference length)
+    has then no effect on tokens of a completion unless the other completions, at that same position,
+    have less (or more) of it still to come. With one constant baseline per group (``reward-to-go
+    minus mean total return``), every late token gets a large positive advantage merely because the
+    penalties already paid before it are gone from its reward-to-go: measured on the default model,
+    that made the first GRPO step's policy loss -30 with a gradient norm of 29, pushing up whatever
+    tokens came late -- the opposite of stopping.
+
+    Args:
+        scores: (N,) sequence-level scores (delivered at the end), groups contiguous.
+        token_rewards: (N, T) per-token rewards (e.g. length penalties, a -beta*KL term), 0 on padding.
+        mask: (N, T) 0/1 valid response tokens (right padding).
+        group_size: G >= 2 completions per prompt.
+        kind: "grpo" or "rloo".
+        scale_by_std: grpo: divide by the group std of the total return.
+        eps: added to the std.
+
+    Returns:
+        (N, T) advantages, zero on padding.
+    """
+    if kind not in ("grpo", "rloo"):
+        raise ValueError(f"kind must be 'grpo' or 'rloo', got {kind!r}")
+    m = mask.to(torch.bool)
+    zero = torch.zeros((), dtype=token_rewards.dtype, device=token_rewards.device)
+    togo = discounted_returns(token_rewards, mask, 1.0)  # 0 past the end
+    y = scores[:, None].to(togo.dtype) + togo
+    n, T = y.shape
+    _grouped(scores, group_size)  # validates N and G with the same messages as the scalar versions
+    g = y.view(n // group_size, group_size, T)
+    if kind == "grpo":
+        adv = g - g.mean(dim=1, keepdim=True)
+        if scale_by_std:
+            total = scores.to(togo.dtype) + torch.where(m, token_rewards, zero).sum(dim=1)
+            std = _grouped(total, group_size).std(dim=1, keepdim=True, unbiased=True)  # (n_groups, 1)
+            adv = adv / (std[:, :, None] + eps)
+    else:
+        adv = g - (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return torch.where(m, adv.reshape(n, T), zero)
+
+
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """Explained variance of the value predictions: ``1 - Var[R - V] / Var[R]`` over valid tokens.
 

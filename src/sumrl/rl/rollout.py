@@ -10,7 +10,7 @@
 5. :func:`place_rewards` -- per-token rewards onto the action positions, the sequence score (plus
    the no-end-token penalty and any guide roll-out return) onto the last action;
 6. :func:`critic_advantages` (KL penalty in the reward, GAE, whitening) or
-   :func:`group_advantages` (GRPO / RLOO with reward-to-go credit for per-token rewards).
+   :func:`group_advantages` (GRPO / RLOO; per-token rewards compared position by position).
 
 Everything here is deterministic given its inputs (sampling uses torch's global generator), so the
 stages are unit-tested on hand-made inputs (tests/test_rl_rollout.py).
@@ -221,33 +221,21 @@ def critic_advantages(traj: Trajectory, s: AdvantageSettings) -> dict[str, Tenso
 def group_advantages(traj: Trajectory, s: AdvantageSettings) -> dict[str, Tensor]:
     """GRPO / RLOO advantages, with credit assignment for per-token rewards.
 
-    Each completion's scalar return ``R_i`` (score + all its per-token rewards, minus the summed KL
-    penalty when the KL term is in the reward) gets the group baseline of
-    :func:`~sumrl.rl.functional.grpo_advantages` / :func:`~sumrl.rl.functional.rloo_advantages`.
-    Per token, the return is replaced by the reward-to-go ``G_{i,t}`` (rewards at or after ``t``):
-
-        A_{i,t} = A_i + (G_{i,t} - R_i) / s_g
-
-    with ``s_g`` the group std (+1e-6) for GRPO with ``scale_by_std``, else 1. A penalty placed on
-    token 7 then lowers the advantage of tokens 0..7 only, not of tokens that came after it
-    (causality), while the group baseline is the usual one. Without per-token rewards ``G_{i,t}
-    = R_i`` for every ``t`` and this is exactly standard GRPO / RLOO.
+    The sequence score (plus the no-end-token penalty) is the group-relative part as in standard
+    GRPO / RLOO; per-token rewards (and the -beta*KL penalty when the KL term is in the reward) are
+    compared within the group at each response position: :func:`~sumrl.rl.functional.
+    group_token_advantages`. A penalty on token 7 then lowers the advantage of tokens 0..7 of that
+    completion relative to completions that did not pay it, and tokens after it are not blamed.
+    Without per-token rewards this is exactly standard GRPO / RLOO.
     """
     mask = traj.response_mask
-    G = s.group_size
     beta = s.kl_coef if s.kl_in_reward else 0.0
     rewards, kl = F.shape_rewards(traj.scores, traj.token_scores, traj.logprobs, _ref_or_self(traj), mask, beta,
                                   s.kl_estimator)
-    rtg = F.discounted_returns(rewards, mask, 1.0)
-    R = F.masked_sum(rewards, mask, dim=1)
-    if s.algo == "grpo":
-        a_seq = F.grpo_advantages(R, G, scale_by_std=s.scale_by_std)
-        scale = (R.view(-1, G).std(dim=1, keepdim=True) + 1e-6).expand(-1, G).reshape(-1) if s.scale_by_std \
-            else torch.ones_like(R)
-    else:
-        a_seq = F.rloo_advantages(R, G)
-        scale = torch.ones_like(R)
-    adv = a_seq[:, None] + (rtg - R[:, None]) / scale[:, None]
-    adv = torch.where(mask.bool(), adv, torch.zeros_like(adv))
+    # the same per-token rewards without the sequence score on the last token
+    per_token, _ = F.shape_rewards(torch.zeros_like(traj.scores), traj.token_scores, traj.logprobs,
+                                   _ref_or_self(traj), mask, beta, s.kl_estimator)
+    adv = F.group_token_advantages(traj.scores, per_token, mask, s.group_size, kind=s.algo,
+                                   scale_by_std=s.scale_by_std)
     traj.rewards, traj.advantages, traj.returns = rewards, adv, None
     return {"kl": kl}

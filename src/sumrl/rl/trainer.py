@@ -186,16 +186,14 @@ class RLTrainer:
                                     temperature=cfg.guide_temperature)
             self.guide.model.to(self.device)
         self._prompt_cache: dict[int, list[int]] = {}
+        self._eval_prompts: list[list[int]] | None = None
+        self.eval_rows: list[dict] = []  # the last held-out evaluation's summaries, for samples.jsonl
         self.torch = torch
 
     # ------------------------------------------------------------------ stage 1-3: episodes
     def prompt_ids(self, i: int, ex: Any) -> list[int]:
-        from sumrl.rl.rollout import encode_prompt_ids
-
         if i not in self._prompt_cache:
-            self._prompt_cache[i] = encode_prompt_ids(self.tok, ex.document, ex.query,
-                                                      max_prompt_tokens=self.cfg.max_prompt_tokens,
-                                                      instruction=self.cfg.instruction)
+            self._prompt_cache[i] = self._encode(ex)
         return self._prompt_cache[i]
 
     def collect(self, step: int, example_indices: list[int], examples: list, timings: dict) -> list:
@@ -279,6 +277,48 @@ class RLTrainer:
         if self.guide is not None:
             timings["time/generate_guide"] = t_guide
         return episodes
+
+    # ------------------------------------------------------------------ held-out evaluation
+    def evaluate(self, examples: list) -> dict[str, float]:
+        """Greedy summaries of the fixed held-out ``examples`` (the policy alone: no guide, no
+        reference trajectories), scored by the training rewards exactly as a rollout is (sequence
+        score + per-token rewards + the no-end-token penalty). Greedy decoding draws no random
+        numbers, so evaluating does not change what a (resumed) run samples."""
+        import torch
+
+        from sumrl.rl.rollout import make_episode, sample, score, summary_totals, truncate_at_eos
+
+        cfg, tok = self.cfg, self.tok
+        if self._eval_prompts is None:
+            self._eval_prompts = [self._encode(ex) for ex in examples]
+        episodes = []
+        for s in range(0, len(examples), cfg.val_batch_size):
+            raw = sample(self.raw.model, self._eval_prompts[s:s + cfg.val_batch_size], max_new_tokens=cfg.max_new_tokens,
+                         temperature=0.0, top_p=1.0, stop_ids=self.stop_ids, pad_id=self.pad_id)
+            for k, r in enumerate(raw):
+                acts, fin = truncate_at_eos(r, self.stop_ids)
+                episodes.append(make_episode(tok, example_index=s + k, group=s + k,
+                                             prompt_ids=self._eval_prompts[s + k], actions=acts, finished=fin))
+        rout = score(self.reward, episodes, examples, tok)
+        totals = summary_totals(episodes, rout, cfg.no_eos_penalty)
+        lens = torch.tensor([len(e.summary_ids) for e in episodes], dtype=torch.float32)
+        self.eval_rows = [{"id": ex.id, "split": cfg.val_split, "summary": e.text, "reference": ex.reference,
+                           "source": "eval (greedy)", "n_tokens": len(e.summary_ids), "finished": e.finished,
+                           "reward": float(totals[i]),
+                           "components": {k: float(v[i]) for k, v in rout.components.items()}}
+                          for i, (ex, e) in enumerate(zip(examples, episodes))]
+        return {
+            "eval/reward": float(totals.mean()),
+            **{f"eval/{k}": float(v.detach().float().mean()) for k, v in rout.components.items()},
+            "eval/mean_length": float(lens.mean()),
+            "eval/no_eos_rate": float(sum(not e.finished for e in episodes) / len(episodes)),
+        }
+
+    def _encode(self, ex: Any) -> list[int]:
+        from sumrl.rl.rollout import encode_prompt_ids
+
+        return encode_prompt_ids(self.tok, ex.document, ex.query, max_prompt_tokens=self.cfg.max_prompt_tokens,
+                                 instruction=self.cfg.instruction)
 
     # ------------------------------------------------------------------ stage 5: forward passes
     def _rows_forward(self, module: Any, traj: Any, **kw) -> dict:
@@ -427,6 +467,13 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                          require_summary=True, limit=cfg.limit, seed=cfg.seed)
     if len(examples) < cfg.batch_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(examples)} training examples")
+    val_examples: list = []
+    if cfg.eval_every:
+        val_examples = load_data(cfg.data, cfg.val_split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
+                                 require_summary=True, limit=cfg.val_examples, seed=cfg.seed)
+        if not val_examples:
+            raise ConfigError(f"--eval-every {cfg.eval_every}: split {cfg.val_split!r} of {cfg.data} has no "
+                              f"examples; name another with --val-split, or pass --eval-every 0")
     if cfg.overwrite:
         clear_previous_run(out, _RUN_FILES, CHECKPOINT_DIR)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,7 +522,24 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                dynamic_ncols=True)
     last: dict = {}
     first: dict = {}
+
+    def held_out() -> dict:
+        t0 = time.perf_counter()
+        m = tr.evaluate(val_examples)
+        m["time/eval"] = time.perf_counter() - t0
+        return m
+
+    def log_eval_samples(step: int) -> None:  # the first n_samples held-out summaries, same documents each time
+        if cfg.sample_every:
+            logger.log_samples(tr.eval_rows[: cfg.n_samples], step)
+
     try:
+        if val_examples and start == 0:  # the policy before any update: the "before" of the curve
+            before = held_out()
+            logger.log(before, 0)
+            log_eval_samples(0)
+            bar.write(f"[step 0] eval/reward {before['eval/reward']:+.3f} on {len(val_examples)} held-out "
+                      f"{cfg.val_split} documents, mean length {before['eval/mean_length']:.0f} tokens")
         for step in range(start, cfg.steps):
             done = step + 1
             t_step = time.perf_counter()
@@ -549,11 +613,14 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                 metrics["val/mean"] = float(F.masked_mean(traj.values, mask))
                 metrics["val/explained_variance"] = float(F.explained_variance(traj.values, traj.returns, mask))
                 metrics["policy/advantage_mean"] = float(F.masked_mean(traj.advantages, mask))
+            if val_examples and (done % cfg.eval_every == 0 or done == cfg.steps):
+                metrics.update(held_out())  # after this step's update
+                log_eval_samples(done)
             metrics = _finite(metrics)
             if not first:
                 first = dict(metrics)
             last = metrics
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % cfg.log_every == 0 or done == cfg.steps or "eval/reward" in metrics:
                 logger.log(metrics, done)
             if cfg.sample_every and (done % cfg.sample_every == 0 or done == 1 or done == cfg.steps):
                 rows = _sample_rows(episodes, examples, traj, cfg.n_samples)
