@@ -151,6 +151,25 @@ def test_length_reference_mode_per_token_beyond_reference(tiny_tokenizer):
     assert LengthReward()(no_tok).totals().item() == pytest.approx(-2.5 * (10 - 5))
 
 
+def test_length_short_penalty_is_a_sequence_score_per_missing_token(tiny_tokenizer):
+    tok = tiny_tokenizer
+    ref = "Alice Smith leads the team in Paris."
+    n_ref = len(tok(ref, add_special_tokens=False)["input_ids"])
+    long = "Alice Smith leads the team in Paris and reports revenue to the board."
+    inp = make_input(tok, [long, "Alice leads."], refs=(ref,))
+    out = LengthReward(per_token_penalty=-2.5, short_penalty=-0.5)(inp)
+    n_long, n_short = len(inp.token_ids[0]), len(inp.token_ids[1])
+    assert n_short < n_ref < n_long
+    # too long: the per-token penalty on the tokens beyond the reference, no score
+    assert out.scores[0].item() == 0.0 and out.totals()[0].item() == pytest.approx(-2.5 * (n_long - n_ref))
+    # too short: no token penalised, -0.5 per missing reference token as the sequence score
+    assert torch.all(out.token_rewards[1] == 0)
+    assert out.scores[1].item() == pytest.approx(-0.5 * (n_ref - n_short))
+    assert out.components["length/short"].tolist() == [0.0, float(n_ref - n_short)]
+    with pytest.raises(ConfigError, match="short_penalty"):
+        LengthReward(short_penalty=0.5)
+
+
 def test_length_ratio_mode_is_zero_at_target_and_symmetric():
     doc = " ".join(["word"] * 1000)
     r = LengthReward(mode="ratio", compression=10.0, coef=1.0)
