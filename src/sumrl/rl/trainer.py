@@ -187,7 +187,6 @@ class RLTrainer:
             self.guide.model.to(self.device)
         self._prompt_cache: dict[int, list[int]] = {}
         self._eval_prompts: list[list[int]] | None = None
-        self.eval_rows: list[dict] = []  # the last held-out evaluation's summaries, for samples.jsonl
         self.torch = torch
 
     # ------------------------------------------------------------------ stage 1-3: episodes
@@ -279,11 +278,12 @@ class RLTrainer:
         return episodes
 
     # ------------------------------------------------------------------ held-out evaluation
-    def evaluate(self, examples: list) -> dict[str, float]:
+    def evaluate(self, examples: list, n_rows: int) -> tuple[dict[str, float], list[dict]]:
         """Greedy summaries of the fixed held-out ``examples`` (the policy alone: no guide, no
         reference trajectories), scored by the training rewards exactly as a rollout is (sequence
-        score + per-token rewards + the no-end-token penalty). Greedy decoding draws no random
-        numbers, so evaluating does not change what a (resumed) run samples."""
+        score + per-token rewards + the no-end-token penalty). Returns the ``eval/*`` metrics and
+        sample rows for the first ``n_rows`` documents. Greedy decoding draws no random numbers, so
+        evaluating does not change what a (resumed) run samples."""
         import torch
 
         from sumrl.rl.rollout import make_episode, sample, score, summary_totals, truncate_at_eos
@@ -297,22 +297,19 @@ class RLTrainer:
                          temperature=0.0, top_p=1.0, stop_ids=self.stop_ids, pad_id=self.pad_id)
             for k, r in enumerate(raw):
                 acts, fin = truncate_at_eos(r, self.stop_ids)
-                episodes.append(make_episode(tok, example_index=s + k, group=s + k,
+                episodes.append(make_episode(tok, example_index=s + k, group=s + k, source="eval (greedy)",
                                              prompt_ids=self._eval_prompts[s + k], actions=acts, finished=fin))
         rout = score(self.reward, episodes, examples, tok)
         totals = summary_totals(episodes, rout, cfg.no_eos_penalty)
+        components = {k: v.detach().float() for k, v in rout.components.items()}
         lens = torch.tensor([len(e.summary_ids) for e in episodes], dtype=torch.float32)
-        self.eval_rows = [{"id": ex.id, "split": cfg.val_split, "summary": e.text, "reference": ex.reference,
-                           "source": "eval (greedy)", "n_tokens": len(e.summary_ids), "finished": e.finished,
-                           "reward": float(totals[i]),
-                           "components": {k: float(v[i]) for k, v in rout.components.items()}}
-                          for i, (ex, e) in enumerate(zip(examples, episodes))]
-        return {
+        metrics = {
             "eval/reward": float(totals.mean()),
-            **{f"eval/{k}": float(v.detach().float().mean()) for k, v in rout.components.items()},
+            **{f"eval/{k}": float(v.mean()) for k, v in components.items()},
             "eval/mean_length": float(lens.mean()),
             "eval/no_eos_rate": float(sum(not e.finished for e in episodes) / len(episodes)),
         }
+        return metrics, _sample_rows(episodes, examples, totals, components, n_rows)
 
     def _encode(self, ex: Any) -> list[int]:
         from sumrl.rl.rollout import encode_prompt_ids
@@ -523,21 +520,20 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     last: dict = {}
     first: dict = {}
 
-    def held_out() -> dict:
+    def held_out(step: int) -> dict:
+        """``eval/*`` of the policy after ``step`` updates; its first held-out summaries (the same
+        documents each time) go to samples.jsonl."""
         t0 = time.perf_counter()
-        m = tr.evaluate(val_examples)
+        m, rows = tr.evaluate(val_examples, cfg.n_samples)
         m["time/eval"] = time.perf_counter() - t0
-        return m
-
-    def log_eval_samples(step: int) -> None:  # the first n_samples held-out summaries, same documents each time
         if cfg.sample_every:
-            logger.log_samples(tr.eval_rows[: cfg.n_samples], step)
+            logger.log_samples(rows, step)
+        return m
 
     try:
         if val_examples and start == 0:  # the policy before any update: the "before" of the curve
-            before = held_out()
+            before = held_out(0)
             logger.log(before, 0)
-            log_eval_samples(0)
             bar.write(f"[step 0] eval/reward {before['eval/reward']:+.3f} on {len(val_examples)} held-out "
                       f"{cfg.val_split} documents, mean length {before['eval/mean_length']:.0f} tokens")
         for step in range(start, cfg.steps):
@@ -614,8 +610,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                 metrics["val/explained_variance"] = float(F.explained_variance(traj.values, traj.returns, mask))
                 metrics["policy/advantage_mean"] = float(F.masked_mean(traj.advantages, mask))
             if val_examples and (done % cfg.eval_every == 0 or done == cfg.steps):
-                metrics.update(held_out())  # after this step's update
-                log_eval_samples(done)
+                metrics.update(held_out(done))  # after this step's update
             metrics = _finite(metrics)
             if not first:
                 first = dict(metrics)
@@ -623,7 +618,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             if done % cfg.log_every == 0 or done == cfg.steps or "eval/reward" in metrics:
                 logger.log(metrics, done)
             if cfg.sample_every and (done % cfg.sample_every == 0 or done == 1 or done == cfg.steps):
-                rows = _sample_rows(episodes, examples, traj, cfg.n_samples)
+                rows = _sample_rows(episodes, examples, traj.totals, traj.components, cfg.n_samples)
                 logger.log_samples(rows, done)
                 if cfg.progress:
                     for r in rows:
@@ -646,15 +641,16 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     return {"out": str(out), "steps": cfg.steps, "start_step": start, "first": first, "last": last}
 
 
-def _sample_rows(episodes: list, examples: list, traj: Any, n: int) -> list[dict]:
+def _sample_rows(episodes: list, examples: list, totals: Any, components: dict, n: int) -> list[dict]:
+    """Sample-table rows of the first ``n`` episodes: ``totals`` (B,) and ``components`` {name: (B,)}."""
     rows = []
     for i, e in enumerate(episodes[:n]):
         ex = examples[e.example_index]
         rows.append({
             "id": ex.id, "document": ex.document[:300], "summary": e.text, "reference": ex.reference,
             "source": e.source, "n_tokens": len(e.summary_ids), "finished": e.finished,
-            "reward": float(traj.totals[i]),
-            "components": {k: float(v[i]) for k, v in traj.components.items()},
+            "reward": float(totals[i]),
+            "components": {k: float(v[i]) for k, v in components.items()},
         })
     return rows
 
