@@ -149,6 +149,10 @@ def build_config(cls: type[T], recipe: dict[str, Any] | None = None, overrides: 
                 hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
                 raise ConfigError(f"{where}: unknown option '{key}' for {cls.__name__}{hint}")
             values[k] = _coerce(k, value, hints[k])
+            choices = next(f for f in dataclasses.fields(cls) if f.name == k).metadata.get("choices")
+            if choices and values[k] is not None and values[k] not in choices:
+                raise ConfigError(f"{where}: option '{key}' must be one of {', '.join(map(str, choices))}, "
+                                  f"got {values[k]!r}")
     try:
         cfg = cls(**values)
     except TypeError as e:

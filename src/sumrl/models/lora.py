@@ -34,15 +34,29 @@ def adapters_disabled(model: Any) -> Iterator[None]:
 
 def disable_dropout(model: Any) -> None:
     """RL needs deterministic log-probs: dropout makes the old/new policy ratio noisy even with
-    identical weights (N+ implementation detail)."""
+    identical weights (N+ implementation detail).
+
+    Setting the config is not enough: Llama/Qwen/Gemma attention modules copy
+    ``config.attention_dropout`` into a float attribute when they are built and pass it to the
+    attention kernel in train mode, so every module's float dropout attributes are zeroed too."""
     import torch
 
+    names = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+             "dropout_rate", "activation_dropout")
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    for attr in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        if hasattr(model.config, attr):
-            setattr(model.config, attr, 0.0)
+        for attr in names:
+            v = getattr(m, attr, None)
+            if isinstance(v, float) and not isinstance(v, bool) and v != 0.0:
+                setattr(m, attr, 0.0)
+        cfg = getattr(m, "config", None)
+        for c in (cfg, getattr(cfg, "text_config", None)):
+            if c is None:
+                continue
+            for attr in names:
+                if isinstance(getattr(c, attr, None), float):
+                    setattr(c, attr, 0.0)
 
 
 def trainable_parameters(model: Any) -> tuple[int, int]:

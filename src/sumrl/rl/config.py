@@ -64,7 +64,12 @@ class RLConfig(DataOptions):
     # --- rollout
     max_prompt_tokens: int = opt(512, "prompt budget in policy tokens; longer documents are truncated exactly like "
                                       "`sumrl eval --strategy truncate --max-input-tokens N`")
-    max_new_tokens: int = opt(64, "summary tokens generated at most (the last-mile recipe uses 100)")
+    max_new_tokens: int = opt(64, "summary tokens generated at most, counting the end token")
+    summary_cap_quantile: typing.Optional[float] = opt(None, "derive --max-new-tokens from the data: this quantile "
+                                                             "of the training references' lengths in policy tokens, "
+                                                             "plus the end token (the last-mile recipe: 0.95, so that "
+                                                             "reference trajectories are whole and the length penalty "
+                                                             "beyond the reference can fire); reported at start")
     temperature: float = opt(0.7, "sampling temperature for rollouts")
     top_p: float = opt(1.0, "nucleus sampling for rollouts (keep 1.0: log-probs are of the full distribution)")
     logprob_temperature: bool = opt(True, "divide logits by the sampling temperature when computing log-probs, so "
@@ -77,7 +82,10 @@ class RLConfig(DataOptions):
                                                  "summaries instead of samples (last-mile recipe: 0.5); for grpo/rloo "
                                                  "the reference replaces one sample per group")
     no_eos_penalty: float = opt(-1.0, "added to the score of a response cut at --max-new-tokens without an end token "
-                                      "(N+ detail; 0 = off)")
+                                      "(N+ detail; 0 = off; the last-mile recipe has none)")
+    no_eos_mode: str = opt("add", "how --no-eos-penalty applies: add = added to the summary's reward (sumrl's default "
+                                  "with metric rewards); replace = the summary's whole reward becomes the penalty "
+                                  "(N+: score := -1)", choices=["add", "replace"])
     # --- rewards and advantages
     kl_coef: float = opt(0.05, "KL coefficient beta (0 = no KL term: LoRA as the implicit prior)")
     kl_estimator: str = opt("k1", "per-token KL estimator (Schulman 2020): k1 = log-ratio, k2, k3",
@@ -90,10 +98,16 @@ class RLConfig(DataOptions):
     lam: float = opt(0.95, "GAE lambda")
     value_target: str = opt("gae", "critic target: gae = GAE returns (A + V); mc = discounted reward-to-go "
                                    "(last-mile recipe)", choices=["gae", "mc"])
-    whiten_rewards: bool = opt(False, "rescale per-token rewards to unit variance over the batch, keeping their mean")
+    whiten_rewards: bool = opt(True, "critic algorithms: rescale per-token rewards to unit variance over the batch, "
+                                     "keeping their mean (N+ masked_whiten(shift_mean=False)), so that raw returns in "
+                                     "the hundreds cannot swamp the policy update through the shared trunk")
     whiten_advantages: bool = opt(True, "normalise advantages to zero mean and unit variance over the batch (N+ detail)")
-    scale_by_std: bool = opt(True, "grpo: divide group-relative advantages by the group's std (--no-scale-by-std = "
-                                   "Dr. GRPO)")
+    scale_by_std: bool = opt(True, "grpo: divide group-relative advantages by the group's std (Dr. GRPO: "
+                                   "--no-scale-by-std with --loss-agg constant)")
+    group_credit: str = opt("position", "grpo/rloo with per-token rewards: position = sumrl's per-token variant (each "
+                                        "position compared with its group at the same position); sequence = the "
+                                        "published form (all rewards folded into one number per completion)",
+                            choices=["position", "sequence"])
     # --- update
     ppo_epochs: int = opt(1, "passes over each rollout batch (N+ uses 4; the last-mile recipe 1)")
     mini_batch_size: typing.Optional[int] = opt(None, "sequences per optimizer step within an epoch (default: the "
@@ -104,8 +118,11 @@ class RLConfig(DataOptions):
     value_clip: float = opt(0.2, "value clipping range around the rollout values (N+ detail; 0 = off)")
     vf_coef: float = opt(0.1, "value-loss coefficient (matters with the shared trunk)")
     entropy_coef: float = opt(0.0, "entropy bonus coefficient (0 = off; >0 computes response logits in full)")
-    loss_agg: str = opt("token_mean", "loss aggregation: token_mean, seq_mean_token_sum, seq_mean_token_mean",
-                        choices=["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"])
+    loss_agg: str = opt("token_mean", "loss aggregation: token_mean, seq_mean_token_sum, seq_mean_token_mean, "
+                                      "constant (sum over tokens / (sequences x --loss-norm-constant): Dr. GRPO)",
+                        choices=["token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "constant"])
+    loss_norm_constant: typing.Optional[int] = opt(None, "--loss-agg constant: tokens per sequence in the constant "
+                                                         "normaliser (default: --max-new-tokens, as in Dr. GRPO)")
     lr: float = opt(5e-5, "learning rate (AdamW)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     adam_eps: float = opt(1e-5, "AdamW epsilon (N+ detail: 1e-5)")
@@ -113,11 +130,19 @@ class RLConfig(DataOptions):
     min_lr_ratio: float = opt(1.0, "cosine decay to this fraction of --lr over the run (1.0 = constant)")
     max_grad_norm: float = opt(1.0, "clip the global gradient norm (0 = off)")
     # --- guided RL (Chang et al. 2023)
-    guide_rollin_prob: typing.Optional[float] = opt(None, "ppo++ / d2lols: probability that an episode starts from "
-                                                          "a prefix written by the guide (default 0.5)")
-    guide_rollout_prob: typing.Optional[float] = opt(None, "aggrevated / d2lols: probability that the guide "
-                                                           "completes an episode from a random step (default: 1.0 "
-                                                           "for aggrevated, 0.5 for d2lols)")
+    guide_rollin_prob: typing.Optional[float] = opt(None, "ppo++ / d2lols: beta, the probability that an episode "
+                                                          "starts from a prefix of the guide's own sample (default "
+                                                          "0.8, TRIL's TL;DR setting)")
+    guide_rollout_prob: typing.Optional[float] = opt(None, "aggrevated / d2lols: beta, the probability that the guide "
+                                                           "completes the policy's sample from a uniform step; other "
+                                                           "episodes are written by the guide alone and train the "
+                                                           "critic only, as in TRIL (default: 1.0 for aggrevated, "
+                                                           "0.8 for d2lols, TRIL's TL;DR settings)")
+    d2lols_tau: typing.Optional[int] = opt(None, "d2lols: outer steps of AggreVaTeD (with a separate guide critic) "
+                                                 "before switching the whole batch to PPO++ (TRIL: tau; default: "
+                                                 "a fifth of --steps, TRIL's TL;DR ratio of 200 of 1000 iterations)")
+    target_coef: float = opt(0.0, "TRIL's target regularisation: add target_coef x the negative log-likelihood of the "
+                                  "batch's reference summaries to the loss (TRIL: 0.1; 0 = off)")
     guide_temperature: float = opt(0.7, "guide sampling temperature (0 = greedy)")
     # --- speed / memory
     bf16: bool = opt(False, "bfloat16 autocast for the trunk (parameters stay float32; log-probs in float32)")
@@ -160,15 +185,19 @@ class RLConfig(DataOptions):
     def rollin_prob(self) -> float:
         if self.algo not in ("ppo++", "d2lols"):
             return 0.0
-        return 0.5 if self.guide_rollin_prob is None else self.guide_rollin_prob
+        return 0.8 if self.guide_rollin_prob is None else self.guide_rollin_prob
 
     @property
     def rollout_prob(self) -> float:
         if self.algo not in ("aggrevated", "d2lols"):
             return 0.0
         if self.guide_rollout_prob is None:
-            return 1.0 if self.algo == "aggrevated" else 0.5
+            return 1.0 if self.algo == "aggrevated" else 0.8
         return self.guide_rollout_prob
+
+    @property
+    def tau(self) -> int:
+        return self.steps // 5 if self.d2lols_tau is None else self.d2lols_tau
 
     @property
     def uses_critic(self) -> bool:
@@ -195,6 +224,16 @@ class RLConfig(DataOptions):
             v = getattr(self, name)
             need(v is None or 0.0 <= v <= 1.0, f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
         need(self.kl_coef >= 0, f"--kl-coef must be >= 0, got {self.kl_coef}")
+        # k2 / k3 as a per-token *reward* are not the reverse KL's gradient (Schulman 2020; Tang & Munos 2025):
+        # only k1 in the reward gives the KL-regularised objective's policy gradient.
+        need(not (self.kl_coef > 0 and not self.kl_in_loss and self.kl_estimator != "k1"),
+             f"--kl-estimator {self.kl_estimator} in the reward is not a KL penalty (its gradient is not the reverse "
+             f"KL's); use k1 in the reward, or --kl-placement loss")
+        need(self.summary_cap_quantile is None or 0.5 <= self.summary_cap_quantile <= 1.0,
+             f"--summary-cap-quantile must be in [0.5, 1], got {self.summary_cap_quantile}")
+        need(self.target_coef >= 0, f"--target-coef must be >= 0, got {self.target_coef}")
+        need(self.d2lols_tau is None or self.d2lols_tau >= 0, "--d2lols-tau must be >= 0")
+        need(self.loss_norm_constant is None or self.loss_norm_constant >= 1, "--loss-norm-constant must be >= 1")
         need(self.max_kl >= 0, f"--max-kl must be >= 0 (0 = never stop), got {self.max_kl}")
         need(0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0, "--gamma and --lam must be in [0, 1]")
         need(self.clip_eps > 0 and self.value_clip >= 0, "--clip-eps must be > 0 and --value-clip >= 0")

@@ -1,24 +1,24 @@
-"""The rollout stages, each a small function (the trainer calls them in this order):
+"""The stage functions of one RL step, pure where they can be (the trainer calls them in order;
+the typed values they return are in :mod:`sumrl.rl.trajectory`):
 
 1. :func:`encode_prompt_ids` -- the same prompt as SFT/eval, document truncated to the budget
-   exactly like ``sumrl eval --strategy truncate``;
-2. :func:`sample` -- generate with temperature (left padding, LoRA adapter on);
-3. :func:`truncate_at_eos` -- cut each response at its first end token (the end token stays: it is
+   exactly like ``sumrl eval --strategy truncate``; :func:`sample` -- generate with temperature;
+2. :func:`truncate_at_eos` -- cut each response at its first end token (the end token stays: it is
    an action the policy must learn); :func:`reference_actions` builds the response of a
-   reference-summary trajectory instead;
-4. :func:`score` -- the configured rewards (sequence-level and per-token) on the decoded summary;
-5. :func:`place_rewards` -- per-token rewards onto the action positions, the sequence score (plus
-   the no-end-token penalty and any guide roll-out return) onto the last action;
-6. :func:`critic_advantages` (KL penalty in the reward, GAE, whitening) or
-   :func:`group_advantages` (GRPO / RLOO; per-token rewards compared position by position).
+   reference-summary trajectory instead; :func:`make_episode` assembles an :class:`Episode`;
+3. :func:`score_rollout` -- the configured rewards (sequence-level and per-token) on the decoded
+   summaries, the no-end-token term, and placement on response positions -> :class:`Scored`;
+5. :func:`critic_advantages` (KL penalty in the reward, GAE, whitening) or
+   :func:`group_advantages` (GRPO / RLOO) -> :class:`Advantages`.
 
+(Stage 4, the no-grad forward passes, needs the model: ``RLTrainer.forward_rollout``.)
 Everything here is deterministic given its inputs (sampling uses torch's global generator), so the
 stages are unit-tested on hand-made inputs (tests/test_rl_rollout.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sumrl.errors import SumrlError
 from sumrl.rl import functional as F
-from sumrl.rl.trajectory import Episode, Trajectory
+from sumrl.rl.trajectory import Advantages, Episode, PolicyPass, Rollout, Scored
 
 
 # ------------------------------------------------------------------------------------ 1 prompts
@@ -48,7 +48,29 @@ def encode_prompt_ids(tokenizer: Any, document: str, query: str | None, *, max_p
     return encode_prompt(tokenizer, build_prompt(tokenizer, document, query, instruction))
 
 
-# ----------------------------------------------------------------------------------- 2 generate
+def neutral_generation_config(*, max_new_tokens: int, temperature: float, top_p: float, stop_ids: Sequence[int],
+                              pad_id: int):
+    """A fresh ``GenerationConfig`` that samples from exactly the distribution whose log-probs the
+    trainer computes: ``softmax(logits / temperature)`` over the whole vocabulary (or greedy).
+
+    It is passed whole to ``generate`` so that nothing in a checkpoint's own ``generation_config``
+    (``repetition_penalty``, ``no_repeat_ngram_size``, ``top_k``, ``min_new_tokens``, bad words...)
+    can reshape the sampling distribution behind the trainer's back."""
+    from transformers import GenerationConfig
+
+    kw: dict[str, Any] = dict(max_new_tokens=int(max_new_tokens), pad_token_id=int(pad_id),
+                              eos_token_id=[int(s) for s in stop_ids], use_cache=True, repetition_penalty=1.0,
+                              no_repeat_ngram_size=0, min_new_tokens=0, num_beams=1)
+    if temperature > 0:
+        kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
+    else:
+        kw.update(do_sample=False)
+    gc = GenerationConfig(**kw)
+    if temperature <= 0:  # greedy: unset the sampling knobs so transformers does not warn about them
+        gc.temperature, gc.top_p, gc.top_k = None, None, None
+    return gc
+
+
 def sample(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int], temperature: float,
            top_p: float, stop_ids: Sequence[int], pad_id: int) -> list[list[int]]:
     """Sample one continuation per prompt; returns the new token ids of each row, cut to the row's
@@ -65,24 +87,20 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
         ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
         mask[r, width - len(p):] = 1
     device = next(model.parameters()).device
-    kwargs: dict[str, Any] = dict(max_new_tokens=max(limits), pad_token_id=pad_id, eos_token_id=list(stop_ids))
-    if temperature > 0:
-        # top_k=0: sample from the full distribution, whose log-probs the trainer computes
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    gc = neutral_generation_config(max_new_tokens=max(limits), temperature=temperature, top_p=top_p,
+                                   stop_ids=stop_ids, pad_id=pad_id)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, **kwargs)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc)
     finally:
         model.train(was_training)
     new = out[:, width:].cpu().tolist()
     return [row[:lim] for row, lim in zip(new, limits)]
 
 
-# ----------------------------------------------------------------------------------- 3 truncate
+# ----------------------------------------------------------------------------------- 2 truncate
 def truncate_at_eos(tokens: Sequence[int], stop_ids: Sequence[int]) -> tuple[list[int], bool]:
     """``(actions, finished)``: tokens up to and including the first end token, and whether there
     was one. Without an end token all tokens are kept (the row hit ``max_new_tokens``)."""
@@ -93,31 +111,36 @@ def truncate_at_eos(tokens: Sequence[int], stop_ids: Sequence[int]) -> tuple[lis
     return [int(x) for x in tokens], False
 
 
-def reference_actions(tokenizer: Any, reference: str, *, max_new_tokens: int, eos_id: int) -> list[int]:
-    """The reference summary as a response: its tokens (cut to ``max_new_tokens - 1``) + the end
-    token that SFT trains the model to emit after a summary (so it is always "finished")."""
-    ids = tokenizer(reference.strip(), add_special_tokens=False)["input_ids"][: max_new_tokens - 1]
+def reference_actions(tokenizer: Any, reference: str, *, max_new_tokens: int, eos_id: int) -> list[int] | None:
+    """The reference summary as a response: its tokens + the end token that SFT trains the model to
+    emit after a summary. ``None`` when the reference and its end token do not fit
+    ``max_new_tokens``: a cut reference must never be given an end token (that would teach the
+    policy to stop mid-sentence), so over-long references are left out of reference batches."""
+    ids = tokenizer(reference.strip(), add_special_tokens=False)["input_ids"]
+    if len(ids) + 1 > max_new_tokens:
+        return None
     return [int(x) for x in ids] + [int(eos_id)]
 
 
-def make_episode(tokenizer: Any, *, example_index: int, group: int, prompt_ids: list[int], actions: list[int],
+def make_episode(tokenizer: Any, *, example_index: int, group: int, prompt_ids: Sequence[int], actions: Sequence[int],
                  finished: bool, source: str = "policy", prefix_ids: Sequence[int] = (),
                  suffix_ids: Sequence[int] = (), suffix_finished: bool | None = None) -> Episode:
     """An :class:`Episode` from its parts. ``prefix_ids`` (guide roll-in, policy tokens) are already
     part of ``prompt_ids``; ``suffix_ids`` (guide roll-out) follow the actions. ``finished`` says
     whether the actions end with an end token; with a roll-out, ``suffix_finished`` says whether
     the guide ended the summary."""
-    text_actions = actions[:-1] if finished else list(actions)
-    summary = [*prefix_ids, *text_actions, *suffix_ids]
+    actions = [int(x) for x in actions]
+    text_actions = actions[:-1] if finished and actions else actions
+    summary = [*[int(x) for x in prefix_ids], *text_actions, *[int(x) for x in suffix_ids]]
     fin = finished if suffix_finished is None else bool(suffix_finished)
-    return Episode(example_index=example_index, group=group, prompt_ids=list(prompt_ids), response_ids=list(actions),
-                   summary_ids=[int(x) for x in summary], finished=fin, n_prefix=len(prefix_ids),
-                   n_suffix=len(suffix_ids), source=source,
+    return Episode(example_index=int(example_index), group=int(group), prompt_ids=tuple(int(x) for x in prompt_ids),
+                   action_ids=tuple(actions), summary_ids=tuple(summary), finished=fin,
+                   suffix_ids=tuple(int(x) for x in suffix_ids), n_prefix=len(prefix_ids), source=source,
                    text=tokenizer.decode(summary, skip_special_tokens=True))
 
 
-# -------------------------------------------------------------------------------------- 4 score
-def score(reward: Any, episodes: Sequence[Episode], examples: Sequence[Any], tokenizer: Any):
+# -------------------------------------------------------------------------------------- 3 score
+def run_rewards(reward: Any, episodes: Sequence[Episode], examples: Sequence[Any], tokenizer: Any):
     """Run the rewards on the decoded summaries (token ids given, so localising rewards can put
     their penalty on tokens). The summary text is ``decode(summary_ids)``, as the contract asks."""
     from sumrl.rewards.base import RewardInput
@@ -135,52 +158,63 @@ def score(reward: Any, episodes: Sequence[Episode], examples: Sequence[Any], tok
     return out
 
 
-# ---------------------------------------------------------------------------------- 5 placement
-def place_rewards(episodes: Sequence[Episode], reward_out: Any, T: int, *, no_eos_penalty: float,
-                  gamma: float = 1.0) -> tuple[Tensor, Tensor]:
-    """``(token_scores (B, T), scores (B,))`` for the trainer.
+NO_EOS_MODES = ("add", "replace")
 
-    * per-token rewards of the *action* tokens go to their positions (the end token gets none:
-      the reward contract has no value for it);
+
+def place_rewards(episodes: Sequence[Episode], reward_out: Any, T: int, *, no_eos_penalty: float,
+                  no_eos_mode: str = "add") -> Scored:
+    """Put the reward functions' output on response positions.
+
+    * per-token rewards of the *actions* and of a guide roll-out go to their own response
+      positions (the end token gets none: the reward contract has no value for it);
     * per-token rewards of a guide roll-in prefix are dropped: those tokens are part of the state,
-      no action of the policy can change them;
-    * per-token rewards of a guide roll-out suffix, the sequence score and the no-end-token
-      penalty are what follows the last action: they are added to the sequence score, which
-      :func:`sumrl.rl.functional.shape_rewards` puts on the last action, discounted by the
-      number of guide tokens between that action and where they were earned.
+      no action of the policy can change them (``totals`` still counts them: it is the reward of
+      the summary as written);
+    * the sequence score is paid on the last response token (by :func:`~sumrl.rl.functional.
+      shape_rewards`); a summary without an end token gets ``no_eos_penalty``: *added* to its
+      score (``add``, sumrl's default for metric rewards), or *replacing* its whole reward
+      (``replace``: N+ sets the score of such a response to ``penalty_reward_value`` = -1; its
+      per-token rewards are dropped too, so its total is the penalty).
     """
+    if no_eos_mode not in NO_EOS_MODES:
+        raise ValueError(f"no_eos_mode must be one of {NO_EOS_MODES}, got {no_eos_mode!r}")
     B = len(episodes)
     token_scores = torch.zeros(B, T, dtype=torch.float32)
     scores = reward_out.scores.detach().float().clone()
+    totals = reward_out.totals().detach().float().clone()
     trs = reward_out.token_rewards
     for i, e in enumerate(episodes):
-        s = scores[i] + (no_eos_penalty if not e.finished else 0.0)
-        n_act = e.n_actions_text
         if trs is not None:
             tr = trs[i].detach().float()
             if tr.numel() != len(e.summary_ids):
                 raise SumrlError(f"reward returned {tr.numel()} token rewards for a summary of {len(e.summary_ids)} tokens")
+            n_act = e.n_actions_text
             token_scores[i, :n_act] = tr[e.n_prefix: e.n_prefix + n_act]
-            suffix = tr[e.n_prefix + n_act:]
-            if suffix.numel():
-                disc = gamma ** torch.arange(1, suffix.numel() + 1, dtype=torch.float32)
-                s = s * gamma ** suffix.numel() + (disc * suffix).sum() if gamma != 1.0 else s + suffix.sum()
-        elif e.n_suffix and gamma != 1.0:
-            s = s * gamma ** e.n_suffix
-        scores[i] = s
-    return token_scores, scores
+            start = len(e.action_ids)  # the suffix follows all actions (it only exists when no end token was taken)
+            token_scores[i, start:start + e.n_suffix] = tr[e.n_prefix + n_act:]
+        if not e.finished:
+            if no_eos_mode == "add":
+                scores[i] += no_eos_penalty
+                totals[i] += no_eos_penalty
+            else:
+                scores[i] = no_eos_penalty
+                totals[i] = no_eos_penalty
+                token_scores[i] = 0.0
+    return Scored(scores=scores, token_scores=token_scores, totals=totals)
 
 
-def summary_totals(episodes: Sequence[Episode], reward_out: Any, no_eos_penalty: float) -> Tensor:
-    """(B,) total reward of each summary as written (score + all its per-token rewards + the
-    no-end-token penalty): what ``objective/reward`` reports."""
-    tot = reward_out.totals().detach().float().clone()
-    pen = torch.tensor([0.0 if e.finished else no_eos_penalty for e in episodes], dtype=torch.float32)
-    return tot + pen
+def score_rollout(reward: Any, rollout: Rollout, examples: Sequence[Any], tokenizer: Any, *, no_eos_penalty: float,
+                  no_eos_mode: str = "add") -> Scored:
+    """Stage 3: rewards of every episode of ``rollout``, placed on its response positions."""
+    out = run_rewards(reward, rollout.episodes, examples, tokenizer)
+    placed = place_rewards(rollout.episodes, out, rollout.response_ids.shape[1], no_eos_penalty=no_eos_penalty,
+                           no_eos_mode=no_eos_mode)
+    return Scored(scores=placed.scores, token_scores=placed.token_scores, totals=placed.totals,
+                  components={k: v.detach().float() for k, v in out.components.items()})
 
 
-# --------------------------------------------------------------------------------- 6 advantages
-@dataclass
+# --------------------------------------------------------------------------------- 5 advantages
+@dataclass(frozen=True)
 class AdvantageSettings:
     kl_coef: float = 0.0
     kl_estimator: str = "k1"
@@ -193,49 +227,85 @@ class AdvantageSettings:
     group_size: int = 1
     algo: str = "ppo"
     scale_by_std: bool = True
+    group_credit: str = "position"  # grpo/rloo with per-token rewards: position | sequence
 
 
-def _ref_or_self(traj: Trajectory) -> Tensor:
-    # No reference log-probs (kl_coef 0 and --no-reference-kl): KL is 0 by definition here.
-    return traj.ref_logprobs if traj.ref_logprobs is not None else traj.logprobs
-
-
-def critic_advantages(traj: Trajectory, s: AdvantageSettings) -> dict[str, Tensor]:
-    """PPO: per-token rewards with the KL penalty, GAE, optional whitening. Fills
-    ``traj.rewards / advantages / returns`` and returns ``{"kl": (B, T)}``."""
-    mask = traj.response_mask
+def kl_rewards(scored: Scored, fwd: PolicyPass, rollout: Rollout, s: AdvantageSettings) -> tuple[Tensor, Tensor]:
+    """``(rewards, kl)`` (B, T): the placed rewards plus ``-beta * KL`` on the policy's actions
+    (guide roll-out tokens are not the policy's: no KL there), the sequence score on the last
+    response token. No reference pass means KL = 0 by definition."""
+    ref = fwd.ref_logprobs if fwd.ref_logprobs is not None else fwd.logprobs
+    rewards, _ = F.shape_rewards(scored.scores, scored.token_scores, fwd.logprobs, fwd.logprobs,
+                                 rollout.response_mask, 0.0)
+    am = rollout.action_mask.to(torch.bool)
+    kl = torch.where(am, F.kl_estimate(fwd.logprobs, ref, s.kl_estimator), torch.zeros((), dtype=rewards.dtype))
     beta = s.kl_coef if s.kl_in_reward else 0.0
-    rewards, kl = F.shape_rewards(traj.scores, traj.token_scores, traj.logprobs, _ref_or_self(traj), mask, beta,
-                                  s.kl_estimator)
+    return rewards - beta * kl, kl
+
+
+def critic_advantages(rollout: Rollout, scored: Scored, fwd: PolicyPass, s: AdvantageSettings, *,
+                      advantage_scale: float | None = None) -> Advantages:
+    """PPO with a critic: per-token rewards with the KL penalty, GAE over every response token
+    (through a guide roll-out too, whose values the critic learns), optional whitening.
+
+    * ``whiten_rewards`` rescales the rewards to unit variance over the batch without moving their
+      mean (N+ ``masked_whiten(..., shift_mean=False)``), so that raw returns in the hundreds
+      cannot swamp the policy gradient through a shared trunk;
+    * ``whiten_advantages`` normalises the advantages of the policy's actions to zero mean and
+      unit variance -- on sampled batches. A *reference* batch is never centred (centring would
+      push down about a third of the reference tokens, i.e. push the reference down): its
+      advantages are divided by ``advantage_scale`` (the advantage std of the last sampled batch)
+      when given, else left as they are.
+    """
+    if fwd.values is None:
+        raise ValueError("critic_advantages needs values")
+    rewards, kl = kl_rewards(scored, fwd, rollout, s)
+    mask = rollout.response_mask
     if s.whiten_rewards:
         rewards = F.masked_whiten(rewards, mask, shift_mean=False)
-    adv, ret = F.gae(rewards, traj.values, mask, s.gamma, s.lam)
+    adv, ret = F.gae(rewards, fwd.values, mask, s.gamma, s.lam)
     if s.value_target == "mc":
         ret = F.discounted_returns(rewards, mask, s.gamma)
-    if s.whiten_advantages:
-        adv = F.masked_whiten(adv, mask, shift_mean=True)
-    traj.rewards, traj.advantages, traj.returns = rewards, adv, ret
-    return {"kl": kl}
+    am = rollout.action_mask
+    if s.whiten_advantages and am.sum() > 1:
+        if rollout.is_reference_batch:
+            if advantage_scale:
+                adv = torch.where(am.bool(), adv / advantage_scale, torch.zeros((), dtype=adv.dtype))
+        else:
+            adv = F.masked_whiten(adv, am, shift_mean=True)
+    adv = torch.where(am.bool(), adv, torch.zeros((), dtype=adv.dtype))
+    return Advantages(rewards=rewards, advantages=adv, returns=ret, kl=kl)
 
 
-def group_advantages(traj: Trajectory, s: AdvantageSettings) -> dict[str, Tensor]:
-    """GRPO / RLOO advantages, with credit assignment for per-token rewards.
+def advantage_std(rollout: Rollout, scored: Scored, fwd: PolicyPass, s: AdvantageSettings) -> float:
+    """Std of the *unwhitened* advantages of a sampled batch's actions: the scale a later reference
+    batch divides by."""
+    raw = critic_advantages(rollout, scored, fwd, replace(s, whiten_advantages=False))
+    return float(F.masked_var(raw.advantages, rollout.action_mask).clamp(min=1e-16).sqrt())
 
-    The sequence score (plus the no-end-token penalty) is the group-relative part as in standard
-    GRPO / RLOO; per-token rewards (and the -beta*KL penalty when the KL term is in the reward) are
-    compared within the group at each response position: :func:`~sumrl.rl.functional.
-    group_token_advantages`. A penalty on token 7 then lowers the advantage of tokens 0..7 of that
-    completion relative to completions that did not pay it, and tokens after it are not blamed.
-    Without per-token rewards this is exactly standard GRPO / RLOO.
+
+def group_advantages(rollout: Rollout, scored: Scored, fwd: PolicyPass, s: AdvantageSettings) -> Advantages:
+    """GRPO / RLOO advantages.
+
+    ``group_credit="position"`` (sumrl's per-token variant, :func:`~sumrl.rl.functional.
+    group_token_advantages`): the sequence score is group-relative as in standard GRPO / RLOO,
+    per-token rewards (and ``-beta*KL`` when the KL is in the reward) are compared within the group
+    at each response position, so a penalty on token 7 lowers tokens 0..7 of that completion only.
+    ``group_credit="sequence"`` is the published form: every reward is folded into one number per
+    completion (score + sum of its per-token rewards) and broadcast over its tokens. Without
+    per-token rewards both are exactly standard GRPO / RLOO.
     """
-    mask = traj.response_mask
-    beta = s.kl_coef if s.kl_in_reward else 0.0
-    rewards, kl = F.shape_rewards(traj.scores, traj.token_scores, traj.logprobs, _ref_or_self(traj), mask, beta,
-                                  s.kl_estimator)
-    # the same per-token rewards without the sequence score on the last token
-    per_token, _ = F.shape_rewards(torch.zeros_like(traj.scores), traj.token_scores, traj.logprobs,
-                                   _ref_or_self(traj), mask, beta, s.kl_estimator)
-    adv = F.group_token_advantages(traj.scores, per_token, mask, s.group_size, kind=s.algo,
-                                   scale_by_std=s.scale_by_std)
-    traj.rewards, traj.advantages, traj.returns = rewards, adv, None
-    return {"kl": kl}
+    rewards, kl = kl_rewards(scored, fwd, rollout, s)
+    mask = rollout.action_mask
+    per_token = rewards - F.shape_rewards(scored.scores, None, fwd.logprobs, fwd.logprobs, rollout.response_mask,
+                                          0.0)[0]
+    if s.group_credit == "sequence":
+        total = scored.scores + F.masked_sum(per_token, rollout.response_mask, dim=1)
+        seq = (F.grpo_advantages(total, s.group_size, scale_by_std=s.scale_by_std) if s.algo == "grpo"
+               else F.rloo_advantages(total, s.group_size))
+        adv = torch.where(mask.bool(), seq[:, None].expand_as(per_token).to(per_token.dtype),
+                          torch.zeros((), dtype=per_token.dtype))
+    else:
+        adv = F.group_token_advantages(scored.scores, per_token, mask, s.group_size, kind=s.algo,
+                                       scale_by_std=s.scale_by_std)
+    return Advantages(rewards=rewards, advantages=adv, returns=None, kl=kl)

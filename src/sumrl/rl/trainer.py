@@ -135,7 +135,26 @@ def _finite(metrics: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------- the trainer
+def reference_lengths(tokenizer: Any, examples: list) -> list[int]:
+    """Policy-token length of each example's (first) reference, without the end token."""
+    return [len(tokenizer(ex.reference.strip(), add_special_tokens=False)["input_ids"]) if ex.references else 0
+            for ex in examples]
+
+
+def summary_cap(lengths: list[int], quantile: float | None, fixed: int) -> int:
+    """The output cap: ``fixed``, or the ``quantile`` of the reference lengths (nearest rank, rounded
+    up) plus one for the end token."""
+    if quantile is None or not lengths:
+        return fixed
+    ordered = sorted(lengths)
+    rank = max(math.ceil(quantile * len(ordered)) - 1, 0)
+    return ordered[rank] + 1
+
+
 class RLTrainer:
+    """Models and the model-bound stages (4: forward passes, 6: update) of one RL run; the loop
+    itself is :func:`train`."""
+
     def __init__(self, cfg: RLConfig):
         import torch
         from accelerate import Accelerator
@@ -143,6 +162,7 @@ class RLTrainer:
         from sumrl.generation.summarize import eos_ids
         from sumrl.models.logprobs import output_head
         from sumrl.rewards.registry import build_reward
+        from sumrl.rl.guided import make_rollout_plan
         from sumrl.rl.value import PolicyValueModule, ValueHead, hidden_size, init_value_head_from_rm
 
         self.cfg = cfg
@@ -163,14 +183,16 @@ class RLTrainer:
         if softcap and self.temperature != 1.0:
             raise ConfigError("this model soft-caps its logits (Gemma): log-probs at a sampling temperature != 1 "
                               "are not supported; use --temperature 1 or --no-logprob-temperature")
-        value_head = None
+        value_head = guide_head = None
         self.rm_note = None
         if cfg.uses_critic:
             value_head = ValueHead(hidden_size(self.policy.model))
             if cfg.value_init_from_rm:
                 self.rm_note = init_value_head_from_rm(value_head, self.reward)
+            if cfg.algo == "d2lols":
+                guide_head = ValueHead(hidden_size(self.policy.model))
         module = PolicyValueModule(self.policy.model, value_head, value_adapter=cfg.value_model == "adapter",
-                                   chunk_size=cfg.logprob_chunk_size, bf16=cfg.bf16)
+                                   chunk_size=cfg.logprob_chunk_size, bf16=cfg.bf16, guide_value_head=guide_head)
         self.module = self.accelerator.prepare(module)
         self.raw = self.accelerator.unwrap_model(self.module)
         self.device = self.accelerator.device
@@ -185,131 +207,19 @@ class RLTrainer:
             self.guide = Guide.load(cfg.guide, max_prompt_tokens=cfg.max_prompt_tokens, instruction=cfg.instruction,
                                     temperature=cfg.guide_temperature)
             self.guide.model.to(self.device)
+        self.plan = make_rollout_plan(cfg)
+        self.max_new_tokens = cfg.max_new_tokens  # replaced by set_summary_cap()
         self._prompt_cache: dict[int, list[int]] = {}
         self._eval_prompts: list[list[int]] | None = None
         self.torch = torch
 
-    # ------------------------------------------------------------------ stage 1-3: episodes
+    def set_summary_cap(self, cap: int) -> None:
+        self.max_new_tokens = int(cap)
+
     def prompt_ids(self, i: int, ex: Any) -> list[int]:
         if i not in self._prompt_cache:
             self._prompt_cache[i] = self._encode(ex)
         return self._prompt_cache[i]
-
-    def collect(self, step: int, example_indices: list[int], examples: list, timings: dict) -> list:
-        """Stages 1-3 for one outer batch: episodes grouped by prompt (``samples_per_prompt`` each,
-        contiguous), in the order the group baselines expect."""
-        import torch
-
-        from sumrl.rl.guided import rollin_prefixes, rollout_completions, sample_guided_plan
-        from sumrl.rl.rollout import make_episode, reference_actions, sample, truncate_at_eos
-
-        cfg, tok = self.cfg, self.tok
-        # Decisions (reference batch, guide roll-in/out) come from a generator seeded by the step, so a
-        # resumed run makes the same ones; sampling itself uses the global RNG saved in checkpoints.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        use_ref = cfg.reference_trajectory_ratio > 0 and float(torch.rand(1, generator=gen)) < cfg.reference_trajectory_ratio
-        G = cfg.group_size
-        slots = [(ei, g, j) for g, ei in enumerate(example_indices) for j in range(G)]
-        episodes: list[Any] = [None] * len(slots)
-        for k, (ei, g, j) in enumerate(slots):
-            if use_ref and (j == 0 or cfg.algo not in GROUP_ALGOS):
-                ex = examples[ei]
-                if not ex.references:
-                    raise SumrlError(f"example {ex.id} has no reference summary for a reference trajectory")
-                acts = reference_actions(tok, ex.reference, max_new_tokens=cfg.max_new_tokens, eos_id=self.eos_id)
-                episodes[k] = make_episode(tok, example_index=ei, group=g, prompt_ids=self.prompt_ids(ei, ex),
-                                           actions=acts, finished=True, source="reference")
-        todo = [k for k in range(len(slots)) if episodes[k] is None]
-        if not todo:
-            return episodes
-        plan = sample_guided_plan(len(todo), rollin_prob=cfg.rollin_prob, rollout_prob=cfg.rollout_prob,
-                                  max_new_tokens=cfg.max_new_tokens, generator=gen)
-        items = [(slots[k][0], examples[slots[k][0]]) for k in todo]
-        prefixes: list[list[int]] = [[] for _ in todo]
-        t0 = time.perf_counter()
-        rin = [n for n, p in enumerate(plan) if p["rollin"]]
-        if rin:
-            res = rollin_prefixes(self.guide, tok, [items[n] for n in rin], [plan[n]["rollin_len"] for n in rin],
-                                  max_new_tokens=cfg.max_new_tokens)
-            for n, (ids, _) in zip(rin, res):
-                prefixes[n] = ids
-        t_guide = time.perf_counter() - t0
-        # per-row action budget; a roll-out row stops after a random step t (its last action)
-        limits = []
-        for n, p in enumerate(plan):
-            budget = cfg.max_new_tokens - len(prefixes[n])
-            if p["rollout"]:
-                budget = 1 + int(torch.randint(0, budget, (1,), generator=gen))
-            limits.append(budget)
-        prompts = [self.prompt_ids(ei, ex) + prefixes[n] for n, (ei, ex) in enumerate(items)]
-        t0 = time.perf_counter()
-        raw = sample(self.raw.model, prompts, max_new_tokens=limits, temperature=cfg.temperature, top_p=cfg.top_p,
-                     stop_ids=self.stop_ids, pad_id=self.pad_id)
-        t_policy = time.perf_counter() - t0
-        cut = [truncate_at_eos(r, self.stop_ids) for r in raw]
-        # roll-out rows whose policy did not already finish (or fill the budget) go to the guide
-        rout = [n for n, p in enumerate(plan) if p["rollout"] and not cut[n][1]
-                and cfg.max_new_tokens - len(prefixes[n]) - len(cut[n][0]) > 0]
-        suffixes: dict[int, tuple[list[int], bool]] = {}
-        if rout:
-            t0 = time.perf_counter()
-            res = rollout_completions(self.guide, tok, [items[n] for n in rout],
-                                      [prefixes[n] + cut[n][0] for n in rout],
-                                      [cfg.max_new_tokens - len(prefixes[n]) - len(cut[n][0]) for n in rout])
-            suffixes = dict(zip(rout, res))
-            t_guide += time.perf_counter() - t0
-        for n, k in enumerate(todo):
-            ei, g, _ = slots[k]
-            acts, fin = cut[n]
-            suf, suf_fin = suffixes.get(n, ([], None))
-            source = "policy"
-            if prefixes[n] and n in suffixes:
-                source = "guide-rollin+rollout"
-            elif prefixes[n]:
-                source = "guide-rollin"
-            elif n in suffixes:
-                source = "guide-rollout"
-            episodes[k] = make_episode(tok, example_index=ei, group=g, prompt_ids=prompts[n], actions=acts,
-                                       finished=fin, source=source, prefix_ids=prefixes[n], suffix_ids=suf,
-                                       suffix_finished=suf_fin)
-        timings["time/generate_policy"] = t_policy
-        if self.guide is not None:
-            timings["time/generate_guide"] = t_guide
-        return episodes
-
-    # ------------------------------------------------------------------ held-out evaluation
-    def evaluate(self, examples: list, n_rows: int) -> tuple[dict[str, float], list[dict]]:
-        """Greedy summaries of the fixed held-out ``examples`` (the policy alone: no guide, no
-        reference trajectories), scored by the training rewards exactly as a rollout is (sequence
-        score + per-token rewards + the no-end-token penalty). Returns the ``eval/*`` metrics and
-        sample rows for the first ``n_rows`` documents. Greedy decoding draws no random numbers, so
-        evaluating does not change what a (resumed) run samples."""
-        import torch
-
-        from sumrl.rl.rollout import make_episode, sample, score, summary_totals, truncate_at_eos
-
-        cfg, tok = self.cfg, self.tok
-        if self._eval_prompts is None:
-            self._eval_prompts = [self._encode(ex) for ex in examples]
-        episodes = []
-        for s in range(0, len(examples), cfg.val_batch_size):
-            raw = sample(self.raw.model, self._eval_prompts[s:s + cfg.val_batch_size], max_new_tokens=cfg.max_new_tokens,
-                         temperature=0.0, top_p=1.0, stop_ids=self.stop_ids, pad_id=self.pad_id)
-            for k, r in enumerate(raw):
-                acts, fin = truncate_at_eos(r, self.stop_ids)
-                episodes.append(make_episode(tok, example_index=s + k, group=s + k, source="eval (greedy)",
-                                             prompt_ids=self._eval_prompts[s + k], actions=acts, finished=fin))
-        rout = score(self.reward, episodes, examples, tok)
-        totals = summary_totals(episodes, rout, cfg.no_eos_penalty)
-        components = {k: v.detach().float() for k, v in rout.components.items()}
-        lens = torch.tensor([len(e.summary_ids) for e in episodes], dtype=torch.float32)
-        metrics = {
-            "eval/reward": float(totals.mean()),
-            **{f"eval/{k}": float(v.mean()) for k, v in components.items()},
-            "eval/mean_length": float(lens.mean()),
-            "eval/no_eos_rate": float(sum(not e.finished for e in episodes) / len(episodes)),
-        }
-        return metrics, _sample_rows(episodes, examples, totals, components, n_rows)
 
     def _encode(self, ex: Any) -> list[int]:
         from sumrl.rl.rollout import encode_prompt_ids
@@ -317,20 +227,103 @@ class RLTrainer:
         return encode_prompt_ids(self.tok, ex.document, ex.query, max_prompt_tokens=self.cfg.max_prompt_tokens,
                                  instruction=self.cfg.instruction)
 
-    # ------------------------------------------------------------------ stage 5: forward passes
-    def _rows_forward(self, module: Any, traj: Any, **kw) -> dict:
-        """Run ``module`` over the trajectory in micro-batches of rows (full width, no grad)."""
+    def rollout_context(self):
+        from sumrl.rl.guided import RolloutContext
+
+        cfg = self.cfg
+        return RolloutContext(policy=self.raw.model, tokenizer=self.tok, prompt_ids=self.prompt_ids,
+                              stop_ids=self.stop_ids, pad_id=self.pad_id, eos_id=self.eos_id,
+                              max_new_tokens=self.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              group_size=cfg.group_size, guide=self.guide)
+
+    # ------------------------------------------------------------------ held-out evaluation
+    def evaluate(self, examples: list, n_rows: int) -> tuple[dict[str, float], list[dict]]:
+        """Greedy summaries of the fixed held-out ``examples`` (the policy alone: no guide, no
+        reference trajectories), scored by the training rewards exactly as a rollout is (sequence
+        score + per-token rewards + the no-end-token term). Returns the ``eval/*`` metrics and
+        sample rows for the first ``n_rows`` documents. Greedy decoding draws no random numbers, so
+        evaluating does not change what a (resumed) run samples."""
+        import torch
+
+        from sumrl.rl.rollout import make_episode, sample, score_rollout, truncate_at_eos
+        from sumrl.rl.trajectory import collate
+
+        cfg, tok = self.cfg, self.tok
+        if self._eval_prompts is None:
+            self._eval_prompts = [self._encode(ex) for ex in examples]
+        episodes = []
+        for s in range(0, len(examples), cfg.val_batch_size):
+            raw = sample(self.raw.model, self._eval_prompts[s:s + cfg.val_batch_size], max_new_tokens=self.max_new_tokens,
+                         temperature=0.0, top_p=1.0, stop_ids=self.stop_ids, pad_id=self.pad_id)
+            for k, r in enumerate(raw):
+                acts, fin = truncate_at_eos(r, self.stop_ids)
+                episodes.append(make_episode(tok, example_index=s + k, group=s + k, source="eval (greedy)",
+                                             prompt_ids=self._eval_prompts[s + k], actions=acts, finished=fin))
+        rollout = collate(episodes, self.pad_id)
+        scored = score_rollout(self.reward, rollout, examples, tok, no_eos_penalty=cfg.no_eos_penalty,
+                               no_eos_mode=cfg.no_eos_mode)
+        lens = torch.tensor([len(e.summary_ids) for e in episodes], dtype=torch.float32)
+        metrics = {
+            "eval/reward": float(scored.totals.mean()),
+            **{f"eval/{k}": float(v.mean()) for k, v in scored.components.items()},
+            "eval/mean_length": float(lens.mean()),
+            "eval/no_eos_rate": float(sum(not e.finished for e in episodes) / len(episodes)),
+        }
+        return metrics, _sample_rows(episodes, examples, scored.totals, scored.components, n_rows)
+
+    # ------------------------------------------------------------------ stage 4: forward passes
+    def _rows_forward(self, module: Any, rollout: Any, **kw) -> dict:
+        """Run ``module`` over the rollout in micro-batches of rows (full width, no grad)."""
         import torch
 
         outs: dict[str, list] = {}
-        n, mb = len(traj), self.cfg.micro_batch_size
+        n, mb = len(rollout), self.cfg.micro_batch_size
+        dev = self.device
         with torch.no_grad():
             for s in range(0, n, mb):
-                o = module(traj.query_ids[s:s + mb], traj.query_mask[s:s + mb], traj.response_ids[s:s + mb],
-                           traj.response_mask[s:s + mb], temperature=self.temperature, **kw)
+                o = module(rollout.query_ids[s:s + mb].to(dev), rollout.query_mask[s:s + mb].to(dev),
+                           rollout.response_ids[s:s + mb].to(dev), rollout.response_mask[s:s + mb].to(dev),
+                           temperature=self.temperature, **kw)
                 for k, v in o.items():
-                    outs.setdefault(k, []).append(v.float())
+                    outs.setdefault(k, []).append(v.float().cpu())
         return {k: torch.cat(v, dim=0) for k, v in outs.items()}
+
+    def can_defer_policy_pass(self) -> bool:
+        """With one PPO epoch of one mini-batch and nothing that needs the policy's log-probs
+        before the update (no critic, no KL in the reward), the "old" log-probs *are* the detached
+        log-probs of the update's own forward pass (ratio 1): skip the separate no-grad pass (TRL
+        does the same when ``num_iterations == 1``)."""
+        cfg = self.cfg
+        one_update = cfg.ppo_epochs == 1 and (cfg.mini_batch_size is None
+                                              or cfg.mini_batch_size >= cfg.batch_size * cfg.group_size)
+        # reference batches may have fewer rows, never more: one mini-batch still holds them all
+        kl_in_reward = cfg.kl_coef > 0 and not cfg.kl_in_loss
+        return one_update and not cfg.uses_critic and not kl_in_reward and cfg.target_coef == 0
+
+    def forward_rollout(self, rollout: Any, *, defer: bool = False):
+        """Stage 4 (no grad): the policy's log-probs, entropy and values of every response token,
+        and the reference policy's log-probs (adapters off, or the frozen copy). ``defer``: leave
+        the policy's log-probs (NaN) and entropy to the update's own forward pass."""
+        import torch
+
+        from sumrl.rl.trajectory import PolicyPass
+
+        self.module.eval()
+        if defer:
+            lp = ent = None
+            values = None
+        else:
+            o = self._rows_forward(self.raw, rollout, with_values=self.cfg.uses_critic, with_entropy=True,
+                                   critic=rollout.critic)
+            lp, ent, values = o["logprobs"], o["entropy"], o.get("values")
+        ref = None
+        if self.need_ref():
+            with self.reference() as m:
+                ref = self._rows_forward(m, rollout)["logprobs"]
+        if lp is None:  # deferred: placeholders (nothing before the update reads them: see can_defer_policy_pass)
+            lp = torch.zeros(rollout.response_ids.shape)
+            ent = torch.zeros(rollout.response_ids.shape)
+        return PolicyPass(logprobs=lp, entropy=ent, values=values, ref_logprobs=ref)
 
     @contextmanager
     def reference(self) -> Iterator[Any]:
@@ -346,64 +339,138 @@ class RLTrainer:
     def need_ref(self) -> bool:
         return self.cfg.kl_coef > 0 or self.cfg.reference_kl
 
-    # ------------------------------------------------------------------ stage 7: update
-    def update(self, traj: Any, optimizer: Any, scheduler: Any, params: list, step: int) -> dict:
+    # ------------------------------------------------------------------ stage 6: update
+    def _target_loss(self, example_index: list[int], examples: list, norm_tokens: int) -> Any:
+        """TRIL's target regularisation: the NLL of the rows' reference summaries (TRIL ``ppo.py``:
+        ``-sum(target log-probs * target_masks) / n_target``), summed over ``example_index`` and
+        divided by ``norm_tokens`` (the mini-batch's reference tokens)."""
+        from sumrl.rl.rollout import make_episode, reference_actions
+        from sumrl.rl.trajectory import collate
+
+        eps = []
+        for i in example_index:
+            ex = examples[i]
+            acts = reference_actions(self.tok, ex.reference, max_new_tokens=self.max_new_tokens, eos_id=self.eos_id)
+            if acts is not None:
+                eps.append(make_episode(self.tok, example_index=i, group=i, prompt_ids=self.prompt_ids(i, ex),
+                                        actions=acts, finished=True, source="reference"))
+        if not eps:
+            return None
+        r = collate(eps, self.pad_id)
+        dev = self.device
+        out = self.module(r.query_ids.to(dev), r.query_mask.to(dev), r.response_ids.to(dev),
+                          r.response_mask.to(dev), temperature=1.0)
+        return -(out["logprobs"] * r.response_mask.to(dev)).sum() / max(norm_tokens, 1)
+
+    def _target_tokens(self, example_index: list[int], examples: list) -> int:
+        from sumrl.rl.rollout import reference_actions
+
+        n = 0
+        for i in example_index:
+            acts = reference_actions(self.tok, examples[i].reference, max_new_tokens=self.max_new_tokens,
+                                     eos_id=self.eos_id)
+            n += len(acts) if acts is not None else 0
+        return n
+
+    def update(self, batch: Any, optimizer: Any, scheduler: Any, params: list, step: int,
+               examples: list | None = None, *, deferred: bool = False) -> tuple[dict, Any]:
+        """Stage 6: PPO epochs over mini-batches, gradient accumulation over micro-batches with the
+        exact normaliser of the mini-batch. Returns ``(metrics, fresh)`` where ``fresh`` holds the
+        detached (B, T) log-probs and entropy of the first epoch's forward passes (the "old"
+        log-probs when the no-grad policy pass was deferred)."""
         import torch
 
         from sumrl.rl import functional as F
 
         cfg, acc = self.cfg, self.accelerator
-        N = len(traj)
+        N = len(batch)
         mb = min(cfg.mini_batch_size or N, N)
         gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
+        T = batch.response_ids.shape[1]
+        fresh_lp = torch.zeros(N, T)
+        fresh_ent = torch.zeros(N, T)
 
         def add(name: str, value: float, w: float) -> None:
             sums[name] = sums.get(name, 0.0) + value * w
             weights[name] = weights.get(name, 0.0) + w
+
+        def normaliser(mini: Any, n_tok: int) -> float:
+            if cfg.loss_agg == "token_mean":
+                return n_tok
+            if cfg.loss_agg == "constant":
+                return len(mini) * (cfg.loss_norm_constant or self.max_new_tokens)
+            return len(mini)
 
         n_updates = 0
         self.module.train()
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(N, generator=gen).tolist()
             for s in range(0, N, mb):
-                mini = traj.select(perm[s:s + mb])
-                n_tok = mini.n_tokens()
-                if n_tok == 0:
+                rows = perm[s:s + mb]
+                mini = batch.select(rows)
+                n_act, n_val = mini.n_actions(), mini.n_values()
+                if n_act == 0 and (n_val == 0 or not cfg.uses_critic):
                     continue
-                # exact normaliser of the whole mini-batch, so accumulating micro-batches = one big batch
-                norm = n_tok if cfg.loss_agg == "token_mean" else len(mini)
+                # exact normalisers of the whole mini-batch, so accumulating micro-batches = one big batch
+                norm = normaliser(mini, n_act)
+                vnorm = normaliser(mini, n_val)
                 for ms in range(0, len(mini), cfg.micro_batch_size):
-                    mt = mini.select(list(range(ms, min(ms + cfg.micro_batch_size, len(mini)))))
-                    mask = mt.response_mask
-                    w = float(mt.n_tokens())
-                    out = self.module(mt.query_ids, mt.query_mask, mt.response_ids, mask, temperature=self.temperature,
-                                      with_values=cfg.uses_critic, entropy_grad=cfg.entropy_coef > 0)
-                    pg, st = F.ppo_policy_loss(out["logprobs"], mt.logprobs, mt.advantages, mask, cfg.clip_eps,
-                                               cfg.loss_agg, norm)
-                    loss = pg
-                    add("policy/loss", float(pg.detach()), 1.0)
-                    for k in ("clipfrac", "approx_kl", "ratio_mean"):
-                        add(f"policy/{k}", float(st[k]), w)
-                    if cfg.uses_critic:
-                        vl, vst = F.value_loss(out["values"], mt.values, mt.returns, mask,
-                                               cfg.value_clip if cfg.value_clip > 0 else None, cfg.loss_agg, norm)
+                    sub = list(range(ms, min(ms + cfg.micro_batch_size, len(mini))))
+                    mt = mini.select(sub).to(self.device)
+                    amask = mt.action_mask
+                    w = float(amask.sum())
+                    out = self.module(mt.query_ids, mt.query_mask, mt.response_ids, mt.response_mask,
+                                      temperature=self.temperature, with_values=cfg.uses_critic,
+                                      with_entropy=deferred and epoch == 0, entropy_grad=cfg.entropy_coef > 0,
+                                      critic=mt.critic)
+                    if epoch == 0:
+                        width = out["logprobs"].shape[1]
+                        idx = torch.tensor([rows[ms + j] for j in range(len(sub))])
+                        fresh_lp[idx, :width] = out["logprobs"].detach().float().cpu()
+                        if "entropy" in out:
+                            fresh_ent[idx, :width] = out["entropy"].detach().float().cpu()
+                    old = out["logprobs"].detach() if deferred else mt.old_logprobs
+                    loss = out["logprobs"].new_zeros(())
+                    if n_act:
+                        pg, st = F.ppo_policy_loss(out["logprobs"], old, mt.advantages, amask, cfg.clip_eps,
+                                                   cfg.loss_agg, norm)
+                        loss = loss + pg
+                        add("policy/loss", float(pg.detach()), 1.0)
+                        for k in ("clipfrac", "approx_kl", "ratio_mean"):
+                            add(f"policy/{k}", float(st[k]), w)
+                    if cfg.uses_critic and n_val:
+                        vmask = mt.value_mask
+                        vl, vst = F.value_loss(out["values"], mt.old_values, mt.returns, vmask,
+                                               cfg.value_clip if cfg.value_clip > 0 else None, cfg.loss_agg, vnorm)
                         loss = loss + cfg.vf_coef * vl
-                        add("val/value_loss", float(vl.detach()), 1.0)
-                        add("val/clipfrac", float(vst["vf_clipfrac"]), w)
-                    if cfg.kl_in_loss and cfg.kl_coef > 0:
+                        add("value/loss", float(vl.detach()), 1.0)
+                        add("value/clipfrac", float(vst["vf_clipfrac"]), float(vmask.sum()))
+                    if cfg.kl_in_loss and cfg.kl_coef > 0 and n_act:
                         klm = F.kl_estimate(out["logprobs"], mt.ref_logprobs, "k3")
-                        kl_loss = F.aggregate(klm, mask, cfg.loss_agg, norm)
+                        kl_loss = F.aggregate(klm, amask, cfg.loss_agg, norm)
                         loss = loss + cfg.kl_coef * kl_loss
                         add("policy/kl_loss", float(kl_loss.detach()), 1.0)
-                    if cfg.entropy_coef > 0:
-                        ent = F.aggregate(out["entropy"], mask, cfg.loss_agg, norm)
+                    if cfg.entropy_coef > 0 and n_act:
+                        ent = F.aggregate(out["entropy"], amask, cfg.loss_agg, norm)
                         loss = loss - cfg.entropy_coef * ent
                     lv = float(loss.detach())
                     if not math.isfinite(lv):
                         raise TrainingDiverged(self._diverged_msg(f"the loss is {lv}", step))
                     acc.backward(loss)
+                if cfg.target_coef > 0 and examples is not None:
+                    # TRIL: the references of the mini-batch's rows (one per row, as in its buffer)
+                    ex_rows = [int(i) for i in mini.example_index.tolist()]
+                    n_target = self._target_tokens(ex_rows, examples)
+                    for ms in range(0, len(ex_rows), cfg.micro_batch_size):
+                        tl = self._target_loss(ex_rows[ms:ms + cfg.micro_batch_size], examples, n_target)
+                        if tl is None:
+                            continue
+                        if not math.isfinite(float(tl.detach())):
+                            raise TrainingDiverged(self._diverged_msg("the target loss is not finite", step))
+                        acc.backward(cfg.target_coef * tl)
+                        add("policy/target_loss", float(tl.detach()), 1.0)
                 grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 gn = float(grad_norm)
                 if not math.isfinite(gn):
@@ -415,12 +482,12 @@ class RLTrainer:
                 optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
         out = {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
-        # policy/loss and val/value_loss were summed over micro-batches: report per optimizer step
-        for k in ("policy/loss", "val/value_loss", "policy/kl_loss"):
+        # losses were summed over micro-batches: report per optimizer step
+        for k in ("policy/loss", "value/loss", "policy/kl_loss", "policy/target_loss"):
             if k in out:
                 out[k] = sums[k] / max(n_updates, 1)
         out["train/optimizer_steps"] = n_updates
-        return out
+        return out, (fresh_lp, fresh_ent)
 
     def _diverged_msg(self, what: str, step: int) -> str:
         from sumrl.training.checkpoint import last_checkpoint
@@ -435,6 +502,11 @@ class RLTrainer:
 def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict:
     """Run RL; returns a summary (steps, last metrics, output folder).
 
+    One outer step reads top to bottom: ``# 1 generate``, ``# 2`` (truncation happens inside the
+    rollout strategy), ``# 3 score``, ``# 4 forward``, ``# 5 advantages``, ``# 6 update``,
+    ``# 7 check and checkpoint``, ``# 8 log``. Each stage returns a new typed value
+    (:mod:`sumrl.rl.trajectory`).
+
     ``callbacks`` are called after each step (logging and checkpointing done) with
     ``(step, metrics)``; an exception raised there stops training like a kill.
     """
@@ -444,12 +516,12 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
 
     from sumrl.data import load_data
     from sumrl.rl import functional as F
-    from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages, place_rewards, score,
-                                  summary_totals)
-    from sumrl.rl.trajectory import collate
+    from sumrl.rl.rollout import (AdvantageSettings, advantage_std, critic_advantages, group_advantages,
+                                  score_rollout)
+    from sumrl.rl.trajectory import TrainBatch
     from sumrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from sumrl.training.optim import build_optimizer, build_scheduler, trainable
-    from sumrl.training.sft import StepSampler, publish_model
+    from sumrl.training.sft import StepSampler
     from sumrl.utils.io import read_json, write_json
     from sumrl.utils.logging import MetricLogger
 
@@ -477,6 +549,20 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
 
     tr = RLTrainer(cfg)
+    # The output cap, from the data when asked; reference batches only use references that fit it whole.
+    ref_lens = reference_lengths(tr.tok, examples)
+    cap = summary_cap(ref_lens, cfg.summary_cap_quantile, cfg.max_new_tokens)
+    tr.set_summary_cap(cap)
+    fitting = [i for i, n in enumerate(ref_lens) if 0 < n and n + 1 <= cap]
+    q = sorted(ref_lens)
+    print(f"rl: training references are {q[len(q) // 2]} policy tokens at the median, "
+          f"{q[max(math.ceil(0.95 * len(q)) - 1, 0)]} at the 95th percentile; summaries capped at {cap} tokens "
+          f"({'from --summary-cap-quantile %g' % cfg.summary_cap_quantile if cfg.summary_cap_quantile else '--max-new-tokens'})"
+          + (f"; {len(examples) - len(fitting)} of {len(examples)} references do not fit whole and are left out of "
+             f"reference batches" if cfg.reference_trajectory_ratio > 0 else ""))
+    if cfg.reference_trajectory_ratio > 0 and len(fitting) < cfg.batch_size:
+        raise ConfigError(f"only {len(fitting)} training references fit --max-new-tokens {cap} whole, fewer than "
+                          f"--batch-size {cfg.batch_size}: raise the cap (e.g. --summary-cap-quantile 0.95)")
     params = trainable(tr.raw)
     optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     N = cfg.batch_size * cfg.group_size  # episodes per outer step
@@ -484,10 +570,14 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps * per_step,
                                 min_lr_ratio=cfg.min_lr_ratio)
     start = 0
+    advantage_scale: float | None = None  # advantage std of the last sampled batch (reference batches use it)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model=tr.raw, optimizer=optimizer, scheduler=scheduler)
         start = int(state["step"])
+        advantage_scale = state.get("advantage_scale")
     sampler = StepSampler(len(examples), cfg.batch_size, cfg.seed)
+    ref_sampler = StepSampler(max(len(fitting), 1), cfg.batch_size, cfg.seed + 1)
+    plan = tr.plan
     logger = MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None)
     n_train = sum(p.numel() for _, p in params)
     n_all = sum(p.numel() for p in tr.raw.parameters())
@@ -499,9 +589,10 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     adv_settings = AdvantageSettings(kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, kl_in_reward=not cfg.kl_in_loss,
                                      gamma=cfg.gamma, lam=cfg.lam, value_target=cfg.value_target,
                                      whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages,
-                                     group_size=cfg.group_size, algo=cfg.algo, scale_by_std=cfg.scale_by_std)
+                                     group_size=cfg.group_size, algo=cfg.algo, scale_by_std=cfg.scale_by_std,
+                                     group_credit=cfg.group_credit)
 
-    def checkpoint(step: int, rng: dict | None = None) -> None:
+    def checkpoint(step: int, rng: dict | None = None, scale: float | None = None) -> None:
         # ``rng``: the generator state at the end of ``step`` (a deferred save happens later, after
         # the next rollout has used the generator; the checkpoint must hold the state to resume from).
         now = rng_state() if rng is not None else None
@@ -509,16 +600,32 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             set_rng_state(rng)
         try:
             save_checkpoint(out / CHECKPOINT_DIR, step, model=tr.raw, optimizer=optimizer, scheduler=scheduler,
-                            keep=cfg.keep_checkpoints, state={"config": dataclasses.asdict(cfg)})
+                            keep=cfg.keep_checkpoints, state={"config": dataclasses.asdict(cfg),
+                                                              "advantage_scale": scale})
         finally:
             if now is not None:
                 set_rng_state(now)
 
-    pending: tuple[int, dict] | None = None  # a checkpoint waiting for the next rollout's KL check
+    pending: tuple[int, dict, float | None] | None = None  # a checkpoint waiting for the next sampled KL check
     bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algo}", unit="step", disable=not cfg.progress,
                dynamic_ncols=True)
     last: dict = {}
     first: dict = {}
+
+    def kl_check(kl_tok: Any, amask: Any, is_ref: bool, done: int) -> float:
+        """Mean KL per summary of the actions. On a sampled batch: stop the run when it is not finite
+        or exceeds ``max_kl``, else write the checkpoint waiting for this confirmation. A reference
+        batch's log-ratio is not a KL of the policy: it neither stops the run nor confirms."""
+        nonlocal pending
+        kl = float(F.masked_sum(kl_tok, amask, dim=1).mean())
+        if not is_ref:
+            if not math.isfinite(kl) or (cfg.max_kl > 0 and kl > cfg.max_kl):
+                raise TrainingDiverged(tr._diverged_msg(
+                    f"objective/kl = {kl:.4g} nats per summary exceeds --max-kl {cfg.max_kl:g}", done))
+            if pending is not None:
+                checkpoint(*pending)
+                pending = None
+        return kl
 
     def held_out(step: int) -> dict:
         """``eval/*`` of the policy after ``step`` updates; its first held-out summaries (the same
@@ -540,75 +647,95 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             done = step + 1
             t_step = time.perf_counter()
             timings: dict[str, float] = {}
-            idx = sampler.indices(step)
-            # 1-3 generate (or reference / guided), truncate at the first end token
+            is_ref = plan.is_reference_step(step)
+            n_ref_before = sum(plan.is_reference_step(s) for s in range(step))
+            if is_ref:
+                idx = [fitting[i] for i in ref_sampler.indices(n_ref_before)]
+            else:
+                idx = sampler.indices(step - n_ref_before)
+            # Decisions (guide roll-in/out, switch points) come from a generator seeded by the step, so
+            # a resumed run makes the same ones; sampling uses the global RNG saved in checkpoints.
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            # 1 generate (policy samples, reference summaries or guided), 2 truncate at the first end token
             t0 = time.perf_counter()
-            episodes = tr.collect(step, idx, examples, timings)
+            rollout = plan.collect(step, tr.rollout_context(), idx, examples, gen, timings)
             timings["time/generate"] = time.perf_counter() - t0
-            # 4 score; 3 no-EOS penalty and reward placement
+            # 3 score: rewards, no-end-token term, placement on response positions
             t0 = time.perf_counter()
-            rout = score(tr.reward, episodes, examples, tr.tok)
-            traj = collate(episodes, tr.pad_id)
-            traj.token_scores, traj.scores = place_rewards(episodes, rout, traj.response_ids.shape[1],
-                                                           no_eos_penalty=cfg.no_eos_penalty, gamma=cfg.gamma)
-            traj.totals = summary_totals(episodes, rout, cfg.no_eos_penalty)
-            traj.components = {k: v.detach().float() for k, v in rout.components.items()}
+            scored = score_rollout(tr.reward, rollout, examples, tr.tok, no_eos_penalty=cfg.no_eos_penalty,
+                                   no_eos_mode=cfg.no_eos_mode)
             timings["time/score"] = time.perf_counter() - t0
-            # 5 old log-probs, entropy, values; reference log-probs with the adapters off
+            # 4 forward (no grad): log-probs, entropy, values; reference log-probs with the adapters off.
+            # Skipped for the policy when the update's own forward gives the same log-probs -- except
+            # when a checkpoint waits for this rollout's KL check, which must come before the update.
+            defer = tr.can_defer_policy_pass() and (pending is None or is_ref)
             t0 = time.perf_counter()
-            traj.to(tr.device)
-            tr.module.eval()
-            o = tr._rows_forward(tr.raw, traj, with_values=cfg.uses_critic, with_entropy=True)
-            traj.logprobs, traj.entropy = o["logprobs"], o["entropy"]
-            traj.values = o.get("values")
-            if tr.need_ref():
-                with tr.reference() as ref:
-                    traj.ref_logprobs = tr._rows_forward(ref, traj)["logprobs"]
+            fwd = tr.forward_rollout(rollout, defer=defer)
             timings["time/forward"] = time.perf_counter() - t0
-            # 6 per-token rewards with the KL penalty, advantages
-            extra = (group_advantages if cfg.algo in GROUP_ALGOS else critic_advantages)(traj, adv_settings)
-            mask = traj.response_mask
-            kl_seq = F.masked_sum(extra["kl"], mask, dim=1)
-            kl_mean = float(kl_seq.mean())
-            for name, t in (("log-probs", traj.logprobs), ("values", traj.values), ("advantages", traj.advantages)):
-                if t is not None and not bool(torch.isfinite(t[mask.bool()]).all()):
+            # 5 advantages: per-token rewards with the KL term; GAE or group baselines
+            if cfg.algo in GROUP_ALGOS:
+                adv = group_advantages(rollout, scored, fwd, adv_settings)
+            else:
+                adv = critic_advantages(rollout, scored, fwd, adv_settings,
+                                        advantage_scale=advantage_scale if is_ref else None)
+                if not is_ref and cfg.whiten_advantages:
+                    advantage_scale = advantage_std(rollout, scored, fwd, adv_settings)
+            amask = rollout.action_mask.bool()
+            for name, t in (("log-probs", None if defer else fwd.logprobs),
+                            ("values", fwd.values), ("advantages", adv.advantages)):
+                if t is not None and not bool(torch.isfinite(t[amask]).all()):
                     raise TrainingDiverged(tr._diverged_msg(f"the rollout {name} are not finite", done))
-            if not math.isfinite(kl_mean) or (cfg.max_kl > 0 and kl_mean > cfg.max_kl):
-                raise TrainingDiverged(tr._diverged_msg(
-                    f"objective/kl = {kl_mean:.4g} nats per summary exceeds --max-kl {cfg.max_kl:g}", done))
-            if pending is not None:  # the policy of the pending checkpoint just passed the KL check
-                checkpoint(*pending)
-                pending = None
-            # 7 PPO epochs over mini-batches
+            # 6 check: a sampled batch's KL (of the policy before this step's update) confirms the
+            # pending checkpoint; a reference batch's log-ratio is not a KL of the policy
+            if not defer:
+                kl_mean = kl_check(adv.kl, amask, is_ref, done)
+            # 7 update: PPO epochs over mini-batches
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
-            upd = tr.update(traj, optimizer, scheduler, [p for _, p in params], done)
+            upd, (fresh_lp, fresh_ent) = tr.update(TrainBatch.build(rollout, fwd, adv), optimizer, scheduler,
+                                                   [p for _, p in params], done, examples, deferred=defer)
             timings["time/train"] = time.perf_counter() - t0
+            entropy = fwd.entropy
+            if defer:  # the update's first forward (before its optimizer step) gave the rollout-time log-probs
+                entropy = fresh_ent
+                ref = fwd.ref_logprobs if fwd.ref_logprobs is not None else fresh_lp
+                kl_mean = kl_check(torch.where(amask, F.kl_estimate(fresh_lp, ref, cfg.kl_estimator), torch.zeros(())),
+                                   amask, is_ref, done)
             timings["time/step"] = time.perf_counter() - t_step
             # 8 log
+            episodes = rollout.episodes
             lens = torch.tensor([len(e.summary_ids) for e in episodes], dtype=torch.float32)
             metrics: dict[str, Any] = {
-                "objective/reward": float(traj.totals.mean()),
-                "objective/kl": kl_mean,
-                "objective/entropy": float(F.masked_mean(traj.entropy, mask)),
-                "objective/rlhf_reward": float(traj.totals.mean()) - (cfg.kl_coef * kl_mean if not cfg.kl_in_loss else 0.0),
-                "objective/scores": float(traj.scores.mean()),
+                "objective/reward": float(scored.totals.mean()),
+                "objective/entropy": float(F.masked_mean(entropy, amask)) if amask.any() else 0.0,
+                "objective/scores": float(scored.scores.mean()),
                 "completions/mean_length": float(lens.mean()),
                 "completions/min_length": float(lens.min()),
                 "completions/max_length": float(lens.max()),
-                "completions/no_eos_rate": float((~traj.finished).float().mean()),
-                "completions/reference_fraction": float(traj.is_reference.float().mean()),
+                "completions/no_eos_rate": float((~rollout.finished).float().mean()),
+                "completions/reference_fraction": sum(e.is_reference for e in episodes) / len(episodes),
                 "train/lr": lr,
-                **{k: float(v.mean()) for k, v in traj.components.items()},
+                "train/max_new_tokens": tr.max_new_tokens,
+                **{k: float(v.mean()) for k, v in scored.components.items()},
                 **upd, **timings,
             }
+            if is_ref:
+                metrics["reference/logratio"] = kl_mean
+            else:
+                metrics["objective/kl"] = kl_mean
+                metrics["objective/rlhf_reward"] = float(scored.totals.mean()) - (
+                    cfg.kl_coef * kl_mean if not cfg.kl_in_loss else 0.0)
             if tr.guide is not None:
                 metrics["guide/rollin_fraction"] = sum(e.n_prefix > 0 for e in episodes) / len(episodes)
                 metrics["guide/rollout_fraction"] = sum(e.n_suffix > 0 for e in episodes) / len(episodes)
-            if cfg.uses_critic:
-                metrics["val/mean"] = float(F.masked_mean(traj.values, mask))
-                metrics["val/explained_variance"] = float(F.explained_variance(traj.values, traj.returns, mask))
-                metrics["policy/advantage_mean"] = float(F.masked_mean(traj.advantages, mask))
+                metrics["guide/critic"] = 1.0 if rollout.critic == "guide" else 0.0
+            if cfg.uses_critic and fwd.values is not None:
+                vmask = rollout.value_mask.bool()
+                if vmask.any():
+                    metrics["value/mean"] = float(F.masked_mean(fwd.values, vmask))
+                    metrics["value/explained_variance"] = float(F.explained_variance(fwd.values, adv.returns, vmask))
+                if amask.any():
+                    metrics["policy/advantage_mean"] = float(F.masked_mean(adv.advantages, amask))
             if val_examples and (done % cfg.eval_every == 0 or done == cfg.steps):
                 metrics.update(held_out(done))  # after this step's update
             metrics = _finite(metrics)
@@ -618,7 +745,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             if done % cfg.log_every == 0 or done == cfg.steps or "eval/reward" in metrics:
                 logger.log(metrics, done)
             if cfg.sample_every and (done % cfg.sample_every == 0 or done == 1 or done == cfg.steps):
-                rows = _sample_rows(episodes, examples, traj.totals, traj.components, cfg.n_samples)
+                rows = _sample_rows(list(episodes), examples, scored.totals, scored.components, cfg.n_samples)
                 logger.log_samples(rows, done)
                 if cfg.progress:
                     for r in rows:
@@ -628,9 +755,9 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                             len=f"{metrics['completions/mean_length']:.0f}", refresh=False)
             bar.update(1)
             if done == cfg.steps:
-                checkpoint(done)
+                checkpoint(done, scale=advantage_scale)
             elif done % cfg.save_every == 0:
-                pending = (done, rng_state())
+                pending = (done, rng_state(), advantage_scale)
             for cb in callbacks or []:
                 cb(done, metrics)
     finally:

@@ -113,10 +113,12 @@ class PolicyValueModule(torch.nn.Module):
     """
 
     def __init__(self, model: Any, value_head: ValueHead | None = None, *, value_adapter: bool = False,
-                 chunk_size: int = 512, bf16: bool = False):
+                 chunk_size: int = 512, bf16: bool = False, guide_value_head: ValueHead | None = None):
         super().__init__()
         self.model = model
         self.value_head = value_head
+        # D2LOLS's separate guide critic (TRIL create_guide_critic): a second head on the same trunk
+        self.guide_value_head = guide_value_head
         self.value_adapter = bool(value_adapter)
         self.chunk_size = int(chunk_size)
         self.bf16 = bool(bf16)
@@ -131,7 +133,7 @@ class PolicyValueModule(torch.nn.Module):
 
     def forward(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor, *,
                 temperature: float = 1.0, with_values: bool = False, with_entropy: bool = False,
-                entropy_grad: bool = False) -> dict[str, Tensor]:
+                entropy_grad: bool = False, critic: str = "policy") -> dict[str, Tensor]:
         Lq, T = query_ids.shape[1], response_ids.shape[1]
         ids = torch.cat([query_ids, response_ids], dim=1)
         mask = torch.cat([query_mask, response_mask], dim=1)
@@ -158,12 +160,13 @@ class PolicyValueModule(torch.nn.Module):
             ent = torch.zeros(response_ids.shape, dtype=torch.float32, device=h.device)
             out["entropy"] = ent.masked_scatter(m, entropy_from_logits(logits).float())
         if with_values:
-            if self.value_head is None:
-                raise RuntimeError("this module has no value head")
+            head = self.guide_value_head if critic == "guide" else self.value_head
+            if head is None:
+                raise RuntimeError(f"this module has no {critic} value head")
             if self.value_adapter:
                 with active_adapter(self.model, VALUE_ADAPTER, self._adapter_params):
                     hv = self._trunk(ids, mask)[:, Lq - 1: Lq - 1 + T]
             else:
                 hv = h
-            out["values"] = self.value_head(hv.float())
+            out["values"] = head(hv.float())
         return out
