@@ -454,3 +454,19 @@ def test_group_token_advantages_credit_the_completion_that_stopped():
 def test_group_token_advantages_check_the_group_size():
     with pytest.raises(ValueError, match="groups of 4"):
         F.group_token_advantages(torch.zeros(6), torch.zeros(6, 2), torch.ones(6, 2), 4)
+
+
+def test_batch_normalizer_makes_micro_batches_sum_to_the_mini_batch():
+    torch.manual_seed(0)
+    loss = torch.randn(4, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+    for mode in F.AGG_MODES:
+        norm = F.batch_normalizer(mode, n_rows=4, n_tokens=int(mask.sum()), tokens_per_row=8)
+        whole = F.aggregate(loss, mask, mode, norm)
+        parts = F.aggregate(loss[:2], mask[:2], mode, norm) + F.aggregate(loss[2:], mask[2:], mode, norm)
+        assert torch.allclose(whole, parts)
+    # by hand: Dr. GRPO's constant = rows x generation budget; token_mean = valid tokens
+    assert F.batch_normalizer("constant", 4, 11, 8) == 32.0 and F.batch_normalizer("token_mean", 4, 11) == 11.0
+    assert F.aggregate(loss, mask, "constant", 32.0) == pytest.approx(float((loss * mask).sum() / 32))
+    with pytest.raises(ValueError, match="tokens_per_row"):
+        F.batch_normalizer("constant", 4, 11)

@@ -400,6 +400,21 @@ def aggregate(
     return num / torch.as_tensor(denom, device=loss_mat.device).to(loss_mat.dtype)
 
 
+def batch_normalizer(mode: str, n_rows: int, n_tokens: int, tokens_per_row: int | None = None) -> float:
+    """The ``normalizer`` :func:`aggregate` needs so that micro-batch losses sum to the loss of the
+    whole mini-batch: its valid tokens (``token_mean``), its rows (``seq_mean_*``), or rows x a
+    constant number of tokens per row (``constant``; Dr. GRPO uses the generation budget)."""
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {AGG_MODES}")
+    if mode == "token_mean":
+        return float(n_tokens)
+    if mode == "constant":
+        if not tokens_per_row:
+            raise ValueError("aggregate mode 'constant' needs tokens_per_row (e.g. max_new_tokens)")
+        return float(n_rows * tokens_per_row)
+    return float(n_rows)
+
+
 # --------------------------------------------------------------------------------------------
 # PPO losses
 # --------------------------------------------------------------------------------------------

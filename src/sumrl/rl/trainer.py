@@ -397,11 +397,7 @@ class RLTrainer:
             weights[name] = weights.get(name, 0.0) + w
 
         def normaliser(mini: Any, n_tok: int) -> float:
-            if cfg.loss_agg == "token_mean":
-                return n_tok
-            if cfg.loss_agg == "constant":
-                return len(mini) * (cfg.loss_norm_constant or self.max_new_tokens)
-            return len(mini)
+            return F.batch_normalizer(cfg.loss_agg, len(mini), n_tok, cfg.loss_norm_constant or self.max_new_tokens)
 
         n_updates = 0
         self.module.train()
