@@ -61,7 +61,22 @@ for stage in "$@"; do
         --guide "$OUT/sft" --out "$OUT/ppo++" --steps 10 --max-new-tokens 160 --lr 1e-4 --save-every 4 \
         --sample-every 4 $(again "$OUT/ppo++")
       evaluate ppo++ "$OUT/ppo++" ;;
+    rm-lastmile)
+      # The last-mile token-level reward model (recipes/rm_lastmile.yaml: policy backbone + LoRA, the
+      # paper's five negative classes); recipes/rl_lastmile.yaml reads it from runs/rm_lastmile.
+      [ -f runs/rm_lastmile/metrics.json ] || timed rm-lastmile "$SUMRL" rm train --config recipes/rm_lastmile.yaml \
+        --out runs/rm_lastmile ;;
+    lastmile)
+      # The corrected last-mile recipe from the SFT model of the sft stage: cap from the data (p95 of the
+      # references + 1), whole references on alternate steps, per-token RM rewards, no end-token penalty.
+      # SFT and RL are evaluated with a 256-token cap (above the RL cap), so neither is cut by the eval.
+      [ -f "$OUT/lastmile/sumrl_model.json" ] || timed lastmile "$SUMRL" rl --config recipes/rl_lastmile.yaml \
+        --policy "$OUT/sft" --out "$OUT/lastmile" --steps "${LASTMILE_STEPS:-16}" --batch-size 2 \
+        --micro-batch-size 2 --eval-every 4 --val-examples 4 --save-every 2 --sample-every 2 $(again "$OUT/lastmile")
+      EVAL=(--data scisummnet --split test --limit 16 --max-input-tokens 512 --max-new-tokens 256 --batch-size 8 --seed 0)
+      evaluate sft256 "$OUT/sft"
+      evaluate lastmile "$OUT/lastmile" ;;
     *)
-      echo "unknown stage $stage (base, sft, ppo, grpo, ppo++)" >&2; exit 2 ;;
+      echo "unknown stage $stage (base, sft, ppo, grpo, ppo++, rm-lastmile, lastmile)" >&2; exit 2 ;;
   esac
 done

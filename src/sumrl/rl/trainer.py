@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -167,7 +168,10 @@ class RLTrainer:
 
         self.cfg = cfg
         self.accelerator = Accelerator()
-        if self.accelerator.num_processes > 1:
+        # torchrun / accelerate launch on CPU set WORLD_SIZE without Accelerate joining a process group:
+        # num_processes stays 1 and every process would run the whole job into the same folder
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if self.accelerator.num_processes > 1 or world > 1:
             raise ConfigError("sumrl rl runs in one process (one GPU or the CPU); launch it without "
                               "accelerate launch --num_processes > 1")
         self.reward = build_reward(cfg.reward)
