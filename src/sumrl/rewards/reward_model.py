@@ -85,9 +85,15 @@ class RewardModel(torch.nn.Module):
                 raise ConfigError("--backbone policy needs --model (a policy-family model spec)")
             lm, tok = load_model(arch["model"])
             disable_dropout(lm)
-            self.lm = add_lora(lm, r=int(arch.get("lora_r", 8)), alpha=2 * int(arch.get("lora_r", 8)))
-            self.tokenizer = tok
             cfg = getattr(lm.config, "text_config", None) or lm.config
+            n_layers = int(cfg.num_hidden_layers)
+            k = int(arch.get("lora_layers", -1))
+            layers = None if k < 0 or k >= n_layers else list(range(n_layers - k, n_layers))
+            if k == 0:
+                raise ConfigError("--lora-layers must be -1 (all) or at least 1")
+            self.lm = add_lora(lm, r=int(arch.get("lora_r", 8)), alpha=2 * int(arch.get("lora_r", 8)),
+                               layers_to_transform=layers)
+            self.tokenizer = tok
             hidden = cfg.hidden_size
         else:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose minilm or policy")
@@ -129,14 +135,18 @@ class RewardModel(torch.nn.Module):
         rows, masks, spans = [], [], []
         head_ids = tok("Document:\n", add_special_tokens=False)["input_ids"]
         tail_ids = tok("\n\nSummary:\n", add_special_tokens=False)["input_ids"]
+        # a fixed document budget (not "whatever the summary leaves"): with a budget that shrinks as
+        # the summary grows, appending tokens after position k would cut the document and change
+        # the values at positions <= k -- the causal RM would not be causal any more
+        budget = max(0, self.max_length - self.max_summary_tokens - len(head_ids) - len(tail_ids))
         for first, s in zip(firsts, sums):
             se = tok(s, add_special_tokens=False, return_offsets_mapping=True)
-            s_ids = list(se["input_ids"])
-            budget = max(0, self.max_length - len(s_ids) - len(head_ids) - len(tail_ids))
+            # re-tokenising the cut text can (rarely) merge differently at the cut: keep the window
+            s_ids = list(se["input_ids"])[:self.max_summary_tokens]
             d_ids = tok(first, add_special_tokens=False)["input_ids"][:budget]
             ids = head_ids + d_ids + tail_ids + s_ids
             m = [False] * (len(ids) - len(s_ids)) + [True] * len(s_ids)
-            sp = [tuple(o) for o in se["offset_mapping"]]
+            sp = [tuple(o) for o in se["offset_mapping"]][:self.max_summary_tokens]
             if not s_ids:  # empty summary: value of the last prompt token
                 m[-1] = True
                 sp = [(0, 0)]
@@ -149,6 +159,22 @@ class RewardModel(torch.nn.Module):
         attn = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
         mask = torch.tensor([m + [False] * (T - len(m)) for m in masks], dtype=torch.bool)
         return {"input_ids": input_ids, "attention_mask": attn}, mask, spans
+
+    @property
+    def causal(self) -> bool:
+        """True when a summary token's value depends only on the document and the summary up to
+        that token (the policy-family decoder); MiniLM attends in both directions."""
+        return self.backbone == "policy"
+
+    def summary_ids(self, summary: str) -> list[int]:
+        """The summary token ids the RM reads (after the ``max_summary_tokens`` cut): two texts with
+        the same ids are the same input to the RM."""
+        ids = self.tokenizer(self._cut_summary(summary or ""), add_special_tokens=False, verbose=False)["input_ids"]
+        return list(ids)[:self.max_summary_tokens]
+
+    def n_summary_tokens(self, summary: str) -> int:
+        """Length of the summary in the RM's tokens, before any cut."""
+        return len(self.tokenizer(summary or "", add_special_tokens=False, verbose=False)["input_ids"])
 
     # ------------------------------------------------------------------ forward
 
@@ -184,6 +210,20 @@ class RewardModel(torch.nn.Module):
         for s in range(0, len(summaries), batch_size):
             v, m, _ = self.forward_values(documents[s:s + batch_size], summaries[s:s + batch_size], queries[s:s + batch_size])
             out.extend(self.sequence_scores(v, m).tolist())
+        self.train(was)
+        return out
+
+    @torch.inference_mode()
+    def token_values(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None,
+                     batch_size: int = 16) -> list[torch.Tensor]:
+        """The raw value of every summary token the RM reads, one 1-D tensor per summary."""
+        was = self.training
+        self.eval()
+        queries = list(queries) if queries is not None else [None] * len(summaries)
+        out: list[torch.Tensor] = []
+        for s in range(0, len(summaries), batch_size):
+            v, m, _ = self.forward_values(documents[s:s + batch_size], summaries[s:s + batch_size], queries[s:s + batch_size])
+            out.extend(v[b][m[b]].float().cpu() for b in range(v.shape[0]))
         self.train(was)
         return out
 
@@ -325,7 +365,7 @@ def _set_seed(seed: int) -> None:
 def _arch_from(cfg: Any) -> dict[str, Any]:
     return {"backbone": cfg.backbone, "model": cfg.model if cfg.backbone == "policy" else None,
             "max_length": cfg.max_length, "max_summary_tokens": cfg.max_summary_tokens,
-            "train_layers": cfg.train_layers, "lora_r": cfg.lora_r}
+            "train_layers": cfg.train_layers, "lora_r": cfg.lora_r, "lora_layers": getattr(cfg, "lora_layers", -1)}
 
 
 def _init_model(cfg: Any) -> RewardModel:
@@ -369,15 +409,75 @@ def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[fl
         _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
 
 
+def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: RewardModel, opt: Any, params: list,
+                      micro: int, history: list[float], step: int, steps: int, t0: float) -> None:
+    """One optimizer step on the mean over ``items`` of each item's per-token squared error
+    (:func:`_token_mse`), computed in micro-batches of similar length (padding a 60-token summary to
+    a 250-token one wastes CPU time); gradients accumulate so the step equals the full-batch one."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    chunks = [order[s:s + micro] for s in range(0, len(order), micro)] if micro > 0 else [order]
+    opt.zero_grad()
+    total = 0.0
+    for ch in chunks:
+        d, sm, q, tg = zip(*(items[i] for i in ch))
+        values, mask, _ = model.forward_values(list(d), list(sm), list(q))
+        loss = _token_mse(values, mask, torch.tensor(tg, device=values.device)) * (len(ch) / len(items))
+        if not torch.isfinite(loss):
+            raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
+        loss.backward()
+        total += loss.item()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    history.append(total)
+    if step == 1 or step % max(1, steps // 20) == 0 or step == steps:
+        _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
+
+
+def drop_unseen_negatives(model: RewardModel, examples: Sequence[Any], negatives: dict[str, list[str | None]]
+                          ) -> dict[str, dict[str, int]]:
+    """Set to None, in place, every negative that is the same RM input as its positive (same
+    summary token ids after the ``max_summary_tokens`` cut: e.g. a truncation or a repeated ending
+    that starts past the window). Training on such a pair asks the RM for 1 and 0 on one input.
+    Returns ``{class: {"kept", "dropped_same_as_positive", "not_applicable"}}``."""
+    pos = [model.summary_ids(e.references[0]) for e in examples]
+    counts: dict[str, dict[str, int]] = {}
+    for c, col in negatives.items():
+        kept = dropped = na = 0
+        for i, neg in enumerate(col):
+            if neg is None:
+                na += 1
+            elif model.summary_ids(neg) == pos[i]:
+                col[i] = None
+                dropped += 1
+            else:
+                kept += 1
+        counts[c] = {"kept": kept, "dropped_same_as_positive": dropped, "not_applicable": na}
+    return counts
+
+
+def balanced_negative_slots(classes: Sequence[str], pools: dict[str, list[int]], n: int, start: int,
+                            rng: random.Random) -> list[tuple[str, int]]:
+    """``n`` (class, example index) negatives: classes in turn from position ``start`` (so over a
+    run each class gets the same share, 1/K, of the negatives: the paper's weighting exactly, not
+    only in expectation), the example drawn uniformly among those the class applies to."""
+    usable = [c for c in classes if pools[c]]
+    out = []
+    for j in range(n):
+        c = usable[(start + j) % len(usable)]
+        out.append((c, pools[c][rng.randrange(len(pools[c]))]))
+    return out
+
+
 def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     """Train the token-level RM on (document, reference) positives and generated negatives.
 
-    Each step takes ``batch_size`` training examples; each contributes its positive (all tokens
-    target 1) and one negative (all tokens target 0) of a class drawn uniformly among the classes
-    that apply to it. Positives and negatives are thus equally many, and each of the K classes
-    gets 1/K of the negative weight -- in expectation the paper's weighting (positives weight 1,
-    each negative class 1/K), with lower variance than materialising all K negatives per step.
-    Squared loss per token. Returns the metrics written to ``metrics.json``.
+    Each step takes ``batch_size`` positives (random training examples, every token target 1) and
+    ``batch_size`` negatives (every token target 0), each negative with its own document. The
+    negatives' classes go in turn through ``classes`` (:func:`balanced_negative_slots`), so each of
+    the K classes is exactly 1/K of the negative weight (the last-mile paper: positives weight 1,
+    each of its five negative classes 1/5). Negatives the RM cannot tell from their positive (same
+    tokens after the summary cut) are dropped and counted per class. Squared loss per token.
+    Returns the metrics written to ``metrics.json``.
     """
     from sumrl.data import load_data
     from sumrl.rewards.negatives import NEGATIVE_CLASSES, make_negatives
@@ -393,56 +493,73 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     test = [e for e in load_data(cfg.data, cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed) if e.references and e.references[0].strip()]
     if len(train) < 2:
         raise SumrlError(f"{cfg.data}: the synthetic RM needs at least 2 training examples with a reference")
+    model = _init_model(cfg)
+    cut = sum(model.n_summary_tokens(e.references[0]) > model.max_summary_tokens for e in train)
+    _log(f"{len(train)} training references; {cut} ({100 * cut / len(train):.1f}%) are longer than "
+         f"max_summary_tokens={model.max_summary_tokens} and are cut (the RM sees their beginning only)")
     neg_train = make_negatives(train, classes, seed=cfg.seed)
     neg_test = make_negatives(test, classes, seed=cfg.seed + 1) if test else {c: [] for c in classes}
-    applicable = [[c for c in classes if neg_train[c][i] is not None] for i in range(len(train))]
-    model = _init_model(cfg)
+    counts_train = drop_unseen_negatives(model, train, neg_train)
+    counts_test = drop_unseen_negatives(model, test, neg_test) if test else {}
+    _log("negatives per class (train): " + ", ".join(
+        f"{c} {v['kept']} kept / {v['dropped_same_as_positive']} dropped as identical to the positive / "
+        f"{v['not_applicable']} n/a" for c, v in counts_train.items()))
+    pools = {c: [i for i, n in enumerate(neg_train[c]) if n is not None] for c in classes}
+    if not any(pools.values()):
+        raise SumrlError(f"{cfg.data}: no usable negative of any class {', '.join(classes)}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
-    history = []
+    history: list[float] = []
     for step in range(1, cfg.steps + 1):
-        idx = [rng.randrange(len(train)) for _ in range(cfg.batch_size)]
-        docs, sums, qs, tg = [], [], [], []
-        for i in idx:
-            ex = train[i]
-            docs.append(ex.document), sums.append(ex.references[0]), qs.append(ex.query), tg.append(1.0)
-            if applicable[i]:
-                c = rng.choice(applicable[i])
-                docs.append(ex.document), sums.append(neg_train[c][i]), qs.append(ex.query), tg.append(0.0)
-        values, mask, _ = model.forward_values(docs, sums, qs)
-        loss = _token_mse(values, mask, torch.tensor(tg, device=values.device))
-        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0)
+        items = []
+        for i in (rng.randrange(len(train)) for _ in range(cfg.batch_size)):
+            items.append((train[i].document, train[i].references[0], train[i].query, 1.0))
+        for c, i in balanced_negative_slots(classes, pools, cfg.batch_size, (step - 1) * cfg.batch_size, rng):
+            items.append((train[i].document, neg_train[c][i], train[i].query, 0.0))
+        _accumulated_step(items, model, opt, params, cfg.micro_batch_size, history, step, cfg.steps, t0)
     model.eval()
-    # held-out: positive scored above its negative, per class
+    _log(f"trained {cfg.steps} steps in {time.time() - t0:.0f}s; held-out evaluation on {len(test)} {cfg.eval_split} papers")
+    # held-out: positive scored above its negative, per class, on documents never trained on
     per_class: dict[str, dict[str, Any]] = {}
+    pos_mean = None
     if test:
         pos = model.score([e.document for e in test], [e.references[0] for e in test], [e.query for e in test])
         for c in classes:
             items = [(i, s) for i, s in enumerate(neg_test[c]) if s is not None]
             if not items:
-                per_class[c] = {"accuracy": None, "n": 0}
+                per_class[c] = {"accuracy": None, "n": 0, **counts_test.get(c, {})}
                 continue
             neg = model.score([test[i].document for i, _ in items], [s for _, s in items], [test[i].query for i, _ in items])
             wins = sum(1.0 if pos[i] > n else 0.5 if pos[i] == n else 0.0 for (i, _), n in zip(items, neg))
             per_class[c] = {"accuracy": wins / len(items), "n": len(items),
-                            "mean_margin": sum(pos[i] - n for (i, _), n in zip(items, neg)) / len(items)}
+                            "mean_margin": sum(pos[i] - n for (i, _), n in zip(items, neg)) / len(items),
+                            "dropped_same_as_positive": counts_test[c]["dropped_same_as_positive"]}
         pos_mean = sum(pos) / len(pos)
-    else:
-        pos_mean = None
     accs = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
-    norm_scores = model.score([e.document for e in val], [e.references[0] for e in val], [e.query for e in val]) if val else []
-    normalization = {**_mean_std(norm_scores), "on": f"{cfg.data} val references"}
+    # normalisation statistics on held-out references: of the sequence scores (mean token value,
+    # for the sequence-level reward) and of the individual token values (for the per-token reward)
+    vals = model.token_values([e.document for e in val], [e.references[0] for e in val], [e.query for e in val]) if val else []
+    normalization = {**_mean_std([float(v.mean()) for v in vals if v.numel()]), "on": f"{cfg.data} val references"}
+    token_normalization = {**_mean_std([x for v in vals for x in v.tolist()]),
+                           "on": f"{cfg.data} val references, every summary token"}
     metrics = {
         "kind": "synthetic", "data": cfg.data, "eval_split": cfg.eval_split, "n_train": len(train), "n_test": len(test),
-        "steps": cfg.steps, "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
+        "classes": classes, "steps": cfg.steps, "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
+        "train_references_cut": cut, "max_summary_tokens": model.max_summary_tokens,
+        "negatives_train": counts_train,
         "heldout_accuracy_per_class": per_class,
         "heldout_accuracy_mean": sum(accs) / len(accs) if accs else None,
         "heldout_positive_mean_score": pos_mean,
-        "normalization": normalization, "seconds": round(time.time() - t0, 1),
+        "normalization": normalization, "token_normalization": token_normalization,
+        # the paper's -2.5 per extra token is in raw RM units (reference token +1); in the units of
+        # the per-token reward (v - mean) / std the same net cost of an extra token is (2.5 - mean) / std
+        "paper_equivalent_length_penalty": -(2.5 - token_normalization["mean"]) / token_normalization["std"],
+        "seconds": round(time.time() - t0, 1),
     }
-    model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization}, metrics)
+    model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization,
+                         "token_normalization": token_normalization}, metrics)
     return metrics
 
 
