@@ -12,20 +12,22 @@ sequence score is the mean of those values (the last-mile paper's token-level re
   top ``train_layers`` transformer layers and the head are trained (-1 = all layers).
 * ``backbone="policy"``: a causal LM (``--model``, any sumrl model spec) with LoRA adapters and
   a scalar head on the last hidden states; input ``"Document:\\n{doc}\\n\\nSummary:\\n{summary}"``
-  with the same truncation rule counted in the LM's tokens. A summary token's value sees the
-  document prefix and the summary up to that token.
+  the summary keeps its first ``max_summary_tokens`` tokens and the document a *fixed* budget
+  (``max_length - max_summary_tokens`` minus the prompt words), so a summary token's value sees
+  the document prefix and the summary up to that token, and appending tokens never changes the
+  values before them: this RM is causal (MiniLM is bidirectional). ``lora_layers`` puts the LoRA
+  on the top N layers only.
 
-Per-token rewards for RL: :meth:`RewardModel.token_scores` maps RM token values onto the
-*policy's* tokens by character spans: each RM token's share ``value / n_rm_tokens`` is spread
-evenly over the policy tokens overlapping its characters, so the per-token values sum exactly
-to the sequence score (whatever the two tokenizers are). Policy tokens beyond the RM's summary
-window get 0.
+Per-token rewards for RL (:class:`RewardModelReward` with ``per_token``): each policy token gets
+the RM's value at that token (:func:`map_token_values`), normalised with the mean/std of token
+values on held-out references; the sequence score is then 0. Only causal RMs are accepted.
 
 Saved folder: ``config.json`` (architecture, training config, normalisation), ``model.safetensors``
 (only the trained tensors: head + trained layers, or head + LoRA), ``metrics.json``.
-Normalisation: mean/std of the RM's scores on reference summaries (synthetic RM: held-out
-``val`` references; preference RM: the training pairs' summaries), so RL can use
-``(score - mean) / std``.
+Normalisation: ``normalization`` = mean/std of the RM's sequence scores on reference summaries
+(synthetic RM: held-out ``val`` references; preference RM: the training pairs' summaries), so RL
+can use ``(score - mean) / std``; ``token_normalization`` (synthetic RM) = mean/std of the
+individual token values on the same references, for the per-token reward.
 """
 
 from __future__ import annotations
@@ -47,6 +49,24 @@ FORMAT = "sumrl-reward-model"
 
 
 # =========================================================================== model
+
+
+def map_token_values(policy_spans: Sequence[tuple[int, int]], rm_spans: Sequence[tuple[int, int]],
+                     rm_values: Sequence[float]) -> list[float | None]:
+    """One value per policy token: the mean of the values of the RM tokens whose characters overlap
+    the policy token's characters; None when none does (an empty span -- a special token, or a
+    byte that only starts a UTF-8 character -- or text past the RM's summary window).
+
+    With the policy backbone the RM tokenizer is the policy's, so each policy token usually gets
+    exactly its own RM value; with another tokenizer a policy token inside a longer RM token gets
+    that token's value (not a share of it): a per-token reward is a value per position, not a
+    total to be split."""
+    out: list[float | None] = []
+    for a, b in policy_spans:
+        hit = [v for (c, d), v in zip(rm_spans, rm_values) if b > a and d > c and c < b and d > a]
+        out.append(sum(hit) / len(hit) if hit else None)
+    return out
+
 
 
 class RewardModel(torch.nn.Module):
@@ -231,27 +251,48 @@ class RewardModel(torch.nn.Module):
     def token_scores(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None,
                      tokenizer: Any = None, token_ids: Sequence[Sequence[int]] | None = None,
                      batch_size: int = 16) -> list[dict[str, Any]]:
-        """Per summary: ``{"score", "values" (RM tokens), "spans" (their char spans)}`` and, with
-        ``tokenizer`` + ``token_ids`` (the policy's), ``"policy_values"``: one value per policy token,
-        summing exactly to ``score`` (see the module docstring)."""
-        from sumrl.rewards.align import spread_penalties, token_char_spans
+        """Per summary: ``{"score" (mean token value), "values" (raw value of each RM token),
+        "spans" (their char spans in the summary)}`` and, with ``tokenizer`` + ``token_ids`` (the
+        policy's), ``"policy_values"``: one raw value or None per policy token
+        (:func:`map_token_values`). With ``token_ids`` the RM reads ``decode(token_ids)`` (special
+        tokens skipped), so both sets of spans index the same text; when the RM's token ids of that
+        text are the policy's own (same tokenizer), the mapping is by position instead: exact, and
+        a multi-byte character split over several tokens keeps one value per token."""
+        from sumrl.rewards.align import token_char_spans
 
-        self.eval()
         queries = list(queries) if queries is not None else [None] * len(summaries)
+        texts = list(summaries)
+        if tokenizer is not None and token_ids is not None:
+            texts = [tokenizer.decode([int(t) for t in ids], skip_special_tokens=True) for ids in token_ids]
         res: list[dict[str, Any]] = []
-        for s in range(0, len(summaries), batch_size):
-            v, m, spans = self.forward_values(documents[s:s + batch_size], summaries[s:s + batch_size], queries[s:s + batch_size])
+        was = self.training
+        self.eval()
+        for s in range(0, len(texts), batch_size):
+            v, m, spans = self.forward_values(documents[s:s + batch_size], texts[s:s + batch_size], queries[s:s + batch_size])
             for b in range(v.shape[0]):
                 vals = v[b][m[b]].float().cpu()
                 res.append({"score": float(vals.mean()) if vals.numel() else 0.0, "values": vals, "spans": spans[b]})
+        self.train(was)
         if tokenizer is not None and token_ids is not None:
+            special = set(getattr(tokenizer, "all_special_ids", []) or [])
             for i, r in enumerate(res):
-                pspans = token_char_spans(tokenizer, token_ids[i])
-                n_rm = max(len(r["spans"]), 1)
-                shares = [(sp, float(val) / n_rm) for sp, val in zip(r["spans"], r["values"].tolist())]
-                per_tok, leftover = spread_penalties(len(pspans), pspans, shares)
-                r["policy_values"] = torch.tensor(per_tok)
-                r["leftover"] = leftover  # RM tokens no policy token carries (empty summary): goes to the score
+                ids = [int(t) for t in token_ids[i]]
+                plain = [t for t in ids if t not in special]
+                rm_ids = self.summary_ids(texts[i])
+                if rm_ids and plain[:len(rm_ids)] == rm_ids:
+                    # the RM read exactly the policy's tokens (same tokenizer, as with the policy
+                    # backbone): value k belongs to the k-th non-special policy token
+                    vals, k, pv = r["values"].tolist(), 0, []
+                    for t in ids:
+                        if t in special:
+                            pv.append(None)
+                        else:
+                            pv.append(vals[k] if k < len(vals) else None)
+                            k += 1
+                    r["policy_values"] = pv
+                else:
+                    pspans = token_char_spans(tokenizer, ids, text=texts[i])
+                    r["policy_values"] = map_token_values(pspans, r["spans"], r["values"].tolist())
         return res
 
     # ------------------------------------------------------------------ persistence
@@ -303,6 +344,7 @@ class LoadedRewardModel:
     def __init__(self, model: RewardModel, config: dict, path: Path):
         self.model, self.config, self.path = model, config, path
         self.normalization = config.get("normalization") or None
+        self.token_normalization = config.get("token_normalization") or None
 
     def score(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None) -> list[float]:
         return self.model.score(list(documents), list(summaries), queries)
@@ -314,13 +356,32 @@ class LoadedRewardModel:
 _LOADED: dict[str, LoadedRewardModel] = {}
 
 
+def _stats(norm: dict | None) -> tuple[float, float] | None:
+    if not norm or not norm.get("std"):
+        return None
+    return float(norm["mean"]), max(float(norm["std"]), 1e-6)
+
+
 class RewardModelReward:
     """The ``rm:<path>`` registry entry.
 
-    Options: ``normalize`` (default true: ``(score - mean) / std`` with the statistics stored in
-    the folder), ``per_token`` (default false: sequence score only; true: the score spread over
-    the policy tokens as in :meth:`RewardModel.token_scores`, the normalisation offset going to the
-    sequence score).
+    Options: ``normalize`` (default true) and ``per_token`` (default false).
+
+    * Sequence level (``per_token: false``): score = ``(s - mu_seq) / sd_seq`` where ``s`` is the
+      RM's sequence score (mean of its token values) and ``mu_seq, sd_seq`` its mean/std over
+      held-out reference summaries (stored as ``normalization``). No token rewards.
+    * Per token (``per_token: true``): **policy token t gets ``(v_t - mu_tok) / sd_tok``**, where
+      ``v_t`` is the RM's value at that token (:func:`map_token_values`) and ``mu_tok, sd_tok`` the
+      mean/std of the individual token values over held-out reference summaries (stored as
+      ``token_normalization``). The sequence score is 0: all the reward is in the tokens, nothing
+      is lumped on the last token, and a typical reference token earns about 0 wherever it stands.
+      Policy tokens the RM does not read (special tokens, past its ``max_summary_tokens`` window)
+      get 0. Without token ids the score is the sum of the normalised RM token values (the same
+      total when the tokenizers agree). Needs a causal RM (``sumrl rm --backbone policy``): with a
+      bidirectional one the value at token k depends on tokens after k, which biases reward-to-go
+      credit; building such a reward is refused.
+
+    ``normalize: false`` uses the raw values (``mu = 0, sd = 1``).
     """
 
     def __init__(self, name: str = "rm", path: str = "", normalize: bool = True, per_token: bool = False):
@@ -329,24 +390,39 @@ class RewardModelReward:
         if key not in _LOADED:  # one copy per process even when several rewards name the same RM
             _LOADED[key] = load_reward_model(self.path)
         self.rm = _LOADED[key]
+        if self.per_token and not self.rm.model.causal:
+            raise ConfigError(f"reward 'rm' ({self.path}): per_token needs a causal reward model, but this one has the "
+                              f"bidirectional {self.rm.model.backbone} backbone (its value at token k depends on later "
+                              f"tokens, which biases reward-to-go credit); train one with `sumrl rm --backbone policy`")
+        if self.per_token and self.normalize and _stats(self.rm.token_normalization) is None:
+            raise ConfigError(f"reward 'rm' ({self.path}): per_token with normalize needs per-token statistics "
+                              f"(token_normalization in config.json), which this RM folder predates; retrain it "
+                              f"with `sumrl rm` or set normalize: false")
 
     @classmethod
     def options(cls) -> list[str]:
         return ["path", "normalize", "per_token"]
 
+    def stats(self) -> tuple[float, float]:
+        """``(mean, std)`` this reward subtracts and divides by (token or sequence statistics)."""
+        if not self.normalize:
+            return 0.0, 1.0
+        st = _stats(self.rm.token_normalization if self.per_token else self.rm.normalization)
+        return st if st is not None else (0.0, 1.0)
+
     def __call__(self, inp: RewardInput) -> RewardOutput:
-        mean, std = 0.0, 1.0
-        norm = self.rm.normalization
-        if self.normalize and norm and norm.get("std"):
-            mean, std = float(norm["mean"]), max(float(norm["std"]), 1e-6)
-        if self.per_token and inp.token_ids is not None:
-            if inp.tokenizer is None:
+        mean, std = self.stats()
+        if self.per_token:
+            if inp.token_ids is not None and inp.tokenizer is None:
                 raise SumrlError("reward 'rm' with per_token needs RewardInput.tokenizer")
             res = self.rm.token_scores(inp.documents, inp.summaries, inp.queries, inp.tokenizer, inp.token_ids)
             raw = torch.tensor([r["score"] for r in res])
-            scores = torch.tensor([r["leftover"] / std - mean / std for r in res])
-            token_rewards = [r["policy_values"] / std for r in res]
-            out = RewardOutput(scores=scores, token_rewards=token_rewards)
+            if inp.token_ids is not None:
+                token_rewards = [torch.tensor([0.0 if v is None else (v - mean) / std for v in r["policy_values"]])
+                                 for r in res]
+                out = RewardOutput(scores=torch.zeros(len(res)), token_rewards=token_rewards)
+            else:
+                out = RewardOutput(scores=torch.tensor([float(((r["values"] - mean) / std).sum()) for r in res]))
         else:
             raw = torch.tensor(self.rm.score(inp.documents, inp.summaries, inp.queries))
             out = RewardOutput(scores=(raw - mean) / std)
@@ -652,15 +728,20 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
         rj = model.score([r["document"] for r in test], [r["rejected"] for r in test], [r.get("query") for r in test])
         acc = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(c, rj)) / len(test)
     sample = train[:cfg.norm_limit] if cfg.norm_limit else train
-    norm_scores = model.score([r["document"] for r in sample] * 2, [r["chosen"] for r in sample] + [r["rejected"] for r in sample],
+    vals = model.token_values([r["document"] for r in sample] * 2, [r["chosen"] for r in sample] + [r["rejected"] for r in sample],
                               [r.get("query") for r in sample] * 2) if sample else []
-    normalization = {**_mean_std(norm_scores), "on": "training pairs (chosen and rejected summaries)"}
+    normalization = {**_mean_std([float(v.mean()) for v in vals if v.numel()]),
+                     "on": "training pairs (chosen and rejected summaries)"}
+    token_normalization = {**_mean_std([x for v in vals for x in v.tolist()]),
+                           "on": "training pairs (chosen and rejected summaries), every summary token"}
     by_source: dict[str, int] = {}
     for r in test:
         by_source[str(r.get("source"))] = by_source.get(str(r.get("source")), 0) + 1
     metrics = {"kind": "preference", "pairs": str(cfg.pairs), "n_train_pairs": len(train), "n_test_pairs": len(test),
                "test_pairs_by_source": by_source, "steps": cfg.steps,
                "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
-               "heldout_pairwise_accuracy": acc, "normalization": normalization, "seconds": round(time.time() - t0, 1)}
-    model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization}, metrics)
+               "heldout_pairwise_accuracy": acc, "normalization": normalization,
+               "token_normalization": token_normalization, "seconds": round(time.time() - t0, 1)}
+    model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization,
+                         "token_normalization": token_normalization}, metrics)
     return metrics
