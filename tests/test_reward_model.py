@@ -12,7 +12,8 @@ from sumrl.errors import ConfigError, DataError
 from sumrl.rewards.align import token_char_spans
 from sumrl.rewards.base import RewardInput
 from sumrl.rewards.registry import build_reward
-from sumrl.rewards.reward_model import RewardModel, load_reward_model, map_token_values, read_pairs
+from sumrl.rewards.reward_model import (RewardModel, balanced_negative_slots, drop_unseen_negatives, load_reward_model,
+                                       map_token_values, read_pairs)
 
 
 def _docs():
@@ -48,7 +49,7 @@ def pairs_file(tmp_path):
     return p
 
 
-def test_synthetic_policy_backbone_trains_saves_and_loads(tiny_model_dir, data_file, tmp_path, capsys):
+def test_synthetic_policy_backbone_trains_saves_and_loads(tiny_model_dir, tiny_tokenizer, data_file, tmp_path, capsys):
     out = tmp_path / "rm"
     rc = main(["rm", "train", "--kind", "synthetic", "--data", str(data_file), "--out", str(out),
                "--backbone", "policy", "--model", str(tiny_model_dir), "--steps", "3", "--batch-size", "2",
@@ -65,7 +66,48 @@ def test_synthetic_policy_backbone_trains_saves_and_loads(tiny_model_dir, data_f
     s1 = rm.score([rows[0]["document"]], [rows[0]["summary"]])
     s2 = rm.score([rows[0]["document"]], [rows[0]["summary"]])
     assert s1 == pytest.approx(s2) and len(s1) == 1  # deterministic after loading
-    assert "held-out accuracy per negative class" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out accuracy per negative class" in printed
+    # references longer than the 48-token summary window are counted (the tiny BPE makes some long)
+    cut = sum(len(tiny_tokenizer(r["summary"], add_special_tokens=False)["input_ids"]) > 48 for r in _docs()[:4])
+    assert cut >= 1 and m["train_references_cut"] == cut
+    assert f"{cut} ({100 * cut / 4:.1f}%) are longer than max_summary_tokens=48" in printed
+    assert m["negatives_train"]["random"] == {"kept": 4, "dropped_same_as_positive": 0, "not_applicable": 0}
+    assert cfg["token_normalization"]["n"] > cfg["normalization"]["n"]  # every token of the val reference
+    tn = cfg["token_normalization"]
+    assert m["paper_equivalent_length_penalty"] == pytest.approx(-(2.5 - tn["mean"]) / tn["std"])
+
+
+def test_balanced_negative_slots_give_each_class_exactly_its_share():
+    import random
+
+    pools = {"a": [0], "b": [1, 2], "c": []}  # c applies to no example: left out
+    slots = balanced_negative_slots(["a", "b", "c"], pools, 5, 1, random.Random(0))
+    assert [c for c, _ in slots] == ["b", "a", "b", "a", "b"]
+    assert all(i in pools[c] for c, i in slots)
+    # over consecutive steps (start = step * n) the classes stay in turn: 12 negatives, 4 classes -> 3 each
+    pools = {k: [0, 1] for k in "wxyz"}
+    rng = random.Random(1)
+    run = [c for step in range(4) for c, _ in balanced_negative_slots(list("wxyz"), pools, 3, step * 3, rng)]
+    assert {k: run.count(k) for k in "wxyz"} == {"w": 3, "x": 3, "y": 3, "z": 3}
+
+
+def test_negatives_identical_to_the_positive_after_the_cut_are_dropped(tiny_model_dir):
+    from sumrl.data.schema import Example
+
+    model = RewardModel({"backbone": "policy", "model": str(tiny_model_dir), "max_length": 64, "max_summary_tokens": 6})
+    ref = "Alice Smith studied robots for twelve long years in Paris."
+    assert model.n_summary_tokens(ref) > 6
+    ex = [Example(id="a", document="doc", references=[ref])]
+    same_window = ref.split(" in ")[0] + " in Rome."           # differs only after the 6-token window
+    early = "Bob " + ref                                         # differs at the first token
+    negs = {"truncate": [same_window], "repair": [early], "shuffle": [None]}
+    counts = drop_unseen_negatives(model, ex, negs)
+    assert model.summary_ids(same_window) == model.summary_ids(ref)
+    assert negs == {"truncate": [None], "repair": [early], "shuffle": [None]}
+    assert counts["truncate"] == {"kept": 0, "dropped_same_as_positive": 1, "not_applicable": 0}
+    assert counts["repair"] == {"kept": 1, "dropped_same_as_positive": 0, "not_applicable": 0}
+    assert counts["shuffle"] == {"kept": 0, "dropped_same_as_positive": 0, "not_applicable": 1}
 
 
 def test_map_token_values_by_character_overlap():

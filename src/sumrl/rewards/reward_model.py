@@ -223,15 +223,8 @@ class RewardModel(torch.nn.Module):
     def score(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None,
               batch_size: int = 16) -> list[float]:
         """Sequence score of each summary (mean of its token values; not normalised)."""
-        was = self.training
-        self.eval()
-        queries = list(queries) if queries is not None else [None] * len(summaries)
-        out: list[float] = []
-        for s in range(0, len(summaries), batch_size):
-            v, m, _ = self.forward_values(documents[s:s + batch_size], summaries[s:s + batch_size], queries[s:s + batch_size])
-            out.extend(self.sequence_scores(v, m).tolist())
-        self.train(was)
-        return out
+        return [float(v.mean()) if v.numel() else 0.0
+                for v in self.token_values(documents, summaries, queries, batch_size=batch_size)]
 
     @torch.inference_mode()
     def token_values(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None,
@@ -240,12 +233,17 @@ class RewardModel(torch.nn.Module):
         was = self.training
         self.eval()
         queries = list(queries) if queries is not None else [None] * len(summaries)
-        out: list[torch.Tensor] = []
-        for s in range(0, len(summaries), batch_size):
-            v, m, _ = self.forward_values(documents[s:s + batch_size], summaries[s:s + batch_size], queries[s:s + batch_size])
-            out.extend(v[b][m[b]].float().cpu() for b in range(v.shape[0]))
+        out: list[torch.Tensor | None] = [None] * len(summaries)
+        # batches of similar summary length: padding every batch to its longest summary would
+        # otherwise cost up to twice the compute (each value depends only on its own row)
+        order = sorted(range(len(summaries)), key=lambda i: len(summaries[i] or ""))
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            v, m, _ = self.forward_values([documents[i] for i in idx], [summaries[i] for i in idx], [queries[i] for i in idx])
+            for b, i in enumerate(idx):
+                out[i] = v[b][m[b]].float().cpu()
         self.train(was)
-        return out
+        return out  # type: ignore[return-value]
 
     @torch.inference_mode()
     def token_scores(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None,
