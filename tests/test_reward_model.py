@@ -75,7 +75,8 @@ def test_synthetic_policy_backbone_trains_saves_and_loads(tiny_model_dir, tiny_t
     assert m["negatives_train"]["random"] == {"kept": 4, "dropped_same_as_positive": 0, "not_applicable": 0}
     assert cfg["token_normalization"]["n"] > cfg["normalization"]["n"]  # every token of the val reference
     tn = cfg["token_normalization"]
-    assert m["paper_equivalent_length_penalty"] == pytest.approx(-(2.5 - tn["mean"]) / tn["std"])
+    assert m["paper_equivalent_length"] == pytest.approx(
+        {"per_token_penalty": (-2.5 + tn["mean"]) / tn["std"], "short_penalty": -tn["mean"] / tn["std"]})
 
 
 def test_balanced_negative_slots_give_each_class_exactly_its_share():

@@ -102,8 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             margin = "" if v.get("mean_margin") is None else f"  mean margin {v['mean_margin']:+.3f}"
             print(f"  {c:16s} {acc:>6s}  (n={v['n']}){margin}")
         tn = metrics["token_normalization"]
-        print(f"token values on val references: mean {tn['mean']:.4f}, std {tn['std']:.4f} (n={tn['n']}); "
-              f"paper-equivalent length penalty per extra token: {metrics['paper_equivalent_length_penalty']:.2f}")
+        pe = metrics["paper_equivalent_length"]
+        print(f"token values on val references: mean {tn['mean']:.4f}, std {tn['std']:.4f} (n={tn['n']}); the paper's "
+              f"-2.5 length penalty in these units: length reward per_token_penalty {pe['per_token_penalty']:.2f}, "
+              f"short_penalty {pe['short_penalty']:.2f}")
     else:
         acc = metrics["heldout_pairwise_accuracy"]
         print(f"held-out pairwise accuracy: {'n/a' if acc is None else f'{acc:.3f}'} (n={metrics['n_test_pairs']})")

@@ -354,6 +354,25 @@ class LoadedRewardModel:
 _LOADED: dict[str, LoadedRewardModel] = {}
 
 
+PAPER_LENGTH_PENALTY = -2.5  # per token beyond the reference length, in raw RM units (reference token = 1)
+
+
+def paper_length_penalties(token_normalization: dict, paper_penalty: float = PAPER_LENGTH_PENALTY) -> dict[str, float]:
+    """The ``length`` reward options that make the per-token normalised RM reward equivalent to
+    the paper's raw one. The paper: token reward ``v_t`` (about 1 on a reference token) and
+    ``paper_penalty`` (-2.5) per token beyond the reference length ``n_ref``. Ours: ``(v_t - mu) / sd``.
+    With ``per_token_penalty = (paper_penalty + mu) / sd`` and ``short_penalty = -mu / sd`` per
+    missing reference token, a summary of ``n`` tokens gets
+
+        ours = paper / sd - n_ref * mu / sd        (for n >= n_ref and for n < n_ref alike)
+
+    -- the paper's total on a positive scale minus a per-document constant, which changes no
+    preference between two summaries of the same document. Without ``short_penalty`` a
+    reference-like token earns about 0 and stopping early would cost nothing."""
+    mu, sd = float(token_normalization["mean"]), max(float(token_normalization["std"]), 1e-6)
+    return {"per_token_penalty": (paper_penalty + mu) / sd, "short_penalty": -mu / sd}
+
+
 def _stats(norm: dict | None) -> tuple[float, float] | None:
     if not norm or not norm.get("std"):
         return None
@@ -627,9 +646,9 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
         "heldout_accuracy_mean": sum(accs) / len(accs) if accs else None,
         "heldout_positive_mean_score": pos_mean,
         "normalization": normalization, "token_normalization": token_normalization,
-        # the paper's -2.5 per extra token is in raw RM units (reference token +1); in the units of
-        # the per-token reward (v - mean) / std the same net cost of an extra token is (2.5 - mean) / std
-        "paper_equivalent_length_penalty": -(2.5 - token_normalization["mean"]) / token_normalization["std"],
+        # the paper's -2.5 per extra token is in raw RM units (reference token +1): the length-reward
+        # options that give the same preferences with the per-token reward (v - mean) / std
+        "paper_equivalent_length": paper_length_penalties(token_normalization),
         "seconds": round(time.time() - t0, 1),
     }
     model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization,
