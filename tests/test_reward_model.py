@@ -287,3 +287,22 @@ def test_eval_rewards_table(pairs_file, tmp_path, capsys):
     assert table["repetition"]["accuracy"] == 1.0
     assert table["eos"]["ties"] == 2 and table["eos"]["accuracy"] == 0.5  # no EOS info: every pair a tie
     assert "| rouge |" in capsys.readouterr().out
+
+
+def test_lastmile_recipes():
+    from pathlib import Path
+
+    from sumrl.config import build_config, load_recipe
+    from sumrl.rewards.cli import RMTrainConfig
+    from sumrl.rewards.negatives import PAPER_CLASSES
+
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    rm = build_config(RMTrainConfig, load_recipe(root / "rm_lastmile.yaml"), {"out": "x"})
+    rm.validate()
+    assert rm.backbone == "policy" and rm.model == "default" and rm.classes == PAPER_CLASSES
+    # ScisummNet abstracts in SmolLM2 tokens: p95 245 on train (docs/rewards.md)
+    assert rm.max_summary_tokens >= 245 and rm.eval_split == "test"
+    rl = load_recipe(root / "rl_lastmile.yaml")
+    entries = {r["name"]: r for r in rl["reward"]}
+    assert entries["rm"]["path"] == "runs/rm_lastmile" and entries["rm"]["per_token"] is True
+    assert entries["length"]["per_token_penalty"] < entries["length"]["short_penalty"] < 0
