@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from sumrl.cli import main
-from sumrl.errors import DataError
+from sumrl.errors import ConfigError, DataError
+from sumrl.rewards.align import token_char_spans
 from sumrl.rewards.base import RewardInput
 from sumrl.rewards.registry import build_reward
-from sumrl.rewards.reward_model import RewardModel, load_reward_model, read_pairs
+from sumrl.rewards.reward_model import (RewardModel, balanced_negative_slots, drop_unseen_negatives, load_reward_model,
+                                       map_token_values, read_pairs)
 
 
 def _docs():
@@ -47,7 +49,7 @@ def pairs_file(tmp_path):
     return p
 
 
-def test_synthetic_policy_backbone_trains_saves_and_loads(tiny_model_dir, data_file, tmp_path, capsys):
+def test_synthetic_policy_backbone_trains_saves_and_loads(tiny_model_dir, tiny_tokenizer, data_file, tmp_path, capsys):
     out = tmp_path / "rm"
     rc = main(["rm", "train", "--kind", "synthetic", "--data", str(data_file), "--out", str(out),
                "--backbone", "policy", "--model", str(tiny_model_dir), "--steps", "3", "--batch-size", "2",
@@ -64,10 +66,62 @@ def test_synthetic_policy_backbone_trains_saves_and_loads(tiny_model_dir, data_f
     s1 = rm.score([rows[0]["document"]], [rows[0]["summary"]])
     s2 = rm.score([rows[0]["document"]], [rows[0]["summary"]])
     assert s1 == pytest.approx(s2) and len(s1) == 1  # deterministic after loading
-    assert "held-out accuracy per negative class" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out accuracy per negative class" in printed
+    # references longer than the 48-token summary window are counted (the tiny BPE makes some long)
+    cut = sum(len(tiny_tokenizer(r["summary"], add_special_tokens=False)["input_ids"]) > 48 for r in _docs()[:4])
+    assert cut >= 1 and m["train_references_cut"] == cut
+    assert f"{cut} ({100 * cut / 4:.1f}%) are longer than max_summary_tokens=48" in printed
+    assert m["negatives_train"]["random"] == {"kept": 4, "dropped_same_as_positive": 0, "not_applicable": 0}
+    assert cfg["token_normalization"]["n"] > cfg["normalization"]["n"]  # every token of the val reference
+    tn = cfg["token_normalization"]
+    assert m["paper_equivalent_length"] == pytest.approx(
+        {"per_token_penalty": (-2.5 + tn["mean"]) / tn["std"], "short_penalty": -tn["mean"] / tn["std"]})
 
 
-def test_token_scores_map_onto_policy_tokens_and_sum_to_score(tiny_model_dir, tiny_tokenizer, tmp_path):
+def test_balanced_negative_slots_give_each_class_exactly_its_share():
+    import random
+
+    pools = {"a": [0], "b": [1, 2], "c": []}  # c applies to no example: left out
+    slots = balanced_negative_slots(["a", "b", "c"], pools, 5, 1, random.Random(0))
+    assert [c for c, _ in slots] == ["b", "a", "b", "a", "b"]
+    assert all(i in pools[c] for c, i in slots)
+    # over consecutive steps (start = step * n) the classes stay in turn: 12 negatives, 4 classes -> 3 each
+    pools = {k: [0, 1] for k in "wxyz"}
+    rng = random.Random(1)
+    run = [c for step in range(4) for c, _ in balanced_negative_slots(list("wxyz"), pools, 3, step * 3, rng)]
+    assert {k: run.count(k) for k in "wxyz"} == {"w": 3, "x": 3, "y": 3, "z": 3}
+
+
+def test_negatives_identical_to_the_positive_after_the_cut_are_dropped(tiny_model_dir):
+    from sumrl.data.schema import Example
+
+    model = RewardModel({"backbone": "policy", "model": str(tiny_model_dir), "max_length": 64, "max_summary_tokens": 6})
+    ref = "Alice Smith studied robots for twelve long years in Paris."
+    assert model.n_summary_tokens(ref) > 6
+    ex = [Example(id="a", document="doc", references=[ref])]
+    same_window = ref.split(" in ")[0] + " in Rome."           # differs only after the 6-token window
+    early = "Bob " + ref                                         # differs at the first token
+    negs = {"truncate": [same_window], "repair": [early], "shuffle": [None]}
+    counts = drop_unseen_negatives(model, ex, negs)
+    assert model.summary_ids(same_window) == model.summary_ids(ref)
+    assert negs == {"truncate": [None], "repair": [early], "shuffle": [None]}
+    assert counts["truncate"] == {"kept": 0, "dropped_same_as_positive": 1, "not_applicable": 0}
+    assert counts["repair"] == {"kept": 1, "dropped_same_as_positive": 0, "not_applicable": 0}
+    assert counts["shuffle"] == {"kept": 0, "dropped_same_as_positive": 0, "not_applicable": 1}
+
+
+def test_map_token_values_by_character_overlap():
+    # policy tokens: "abc" | (special, empty) | "defgh" | "ijkl" (past the RM window)
+    # RM tokens:     "abc" = 1.0, "de" = 0.2, "fgh" = 0.6
+    got = map_token_values([(0, 3), (3, 3), (3, 8), (8, 12)], [(0, 3), (3, 5), (5, 8)], [1.0, 0.2, 0.6])
+    assert got[0] == 1.0 and got[1] is None and got[3] is None
+    assert got[2] == pytest.approx(0.4)  # mean of the two RM tokens inside it: (0.2 + 0.6) / 2
+    # an RM token spanning two policy tokens gives both its value (not half each)
+    assert map_token_values([(0, 2), (2, 4)], [(0, 4)], [0.8]) == [0.8, 0.8]
+
+
+def test_token_scores_give_each_policy_token_its_own_rm_value(tiny_model_dir, tiny_tokenizer):
     model = RewardModel({"backbone": "policy", "model": str(tiny_model_dir), "max_length": 96,
                          "max_summary_tokens": 48})
     torch.nn.init.normal_(model.head.weight, std=0.5)
@@ -75,9 +129,90 @@ def test_token_scores_map_onto_policy_tokens_and_sum_to_score(tiny_model_dir, ti
     summary = "Alice Smith studied robots – for 12 years (café)."
     ids = tiny_tokenizer(summary, add_special_tokens=False)["input_ids"]
     res = model.token_scores([doc], [summary], None, tokenizer=tiny_tokenizer, token_ids=[ids])[0]
-    assert len(res["policy_values"]) == len(ids)
-    assert res["policy_values"].sum().item() + res["leftover"] == pytest.approx(res["score"], abs=1e-5)
+    # same tokenizer: policy token k gets RM value k, also for the byte-level pieces of "–" and "é"
+    pv = res["policy_values"]
+    assert len(pv) == len(ids) == len(res["values"])
+    assert pv == pytest.approx(res["values"].tolist(), abs=1e-6)
     assert res["score"] == pytest.approx(model.score([doc], [summary])[0], abs=1e-5)
+    # a special token (EOS) in the middle of the ids has no value; the others keep theirs
+    with_eos = ids + [tiny_tokenizer.eos_token_id]
+    res2 = model.token_scores([doc], [summary], None, tokenizer=tiny_tokenizer, token_ids=[with_eos])[0]
+    assert res2["policy_values"][-1] is None and res2["policy_values"][:-1] == pytest.approx(pv, abs=1e-6)
+
+
+def _save_rm(model, out, token_norm=True):
+    norm = {"normalization": {"mean": 0.7, "std": 0.5, "n": 3}}
+    if token_norm:
+        norm["token_normalization"] = {"mean": 0.5, "std": 0.25, "n": 40}
+    model.save(out, {"kind": "synthetic", **norm}, {})
+    return out
+
+
+def test_rm_reward_per_token_is_normalised_token_values_with_no_lump(tiny_model_dir, tiny_tokenizer, tmp_path):
+    model = RewardModel({"backbone": "policy", "model": str(tiny_model_dir), "max_length": 96,
+                         "max_summary_tokens": 48})
+    with torch.no_grad():  # every token value 0.9 whatever the input
+        model.head.weight.zero_()
+        model.head.bias.fill_(0.9)
+    out = _save_rm(model, tmp_path / "rm")
+    summaries = ["Alice Smith studied robots.", "the the the the"]
+    ids = [tiny_tokenizer(s, add_special_tokens=False)["input_ids"] for s in summaries]
+    base = dict(documents=[_docs()[0]["document"]] * 2, summaries=summaries, references=[[]] * 2, queries=[None] * 2)
+    tok = build_reward([{"name": "rm", "path": str(out), "per_token": True}])(
+        RewardInput(**base, token_ids=ids, tokenizer=tiny_tokenizer))
+    # token statistics mean 0.5, std 0.25: every token (the last one too) gets (0.9 - 0.5) / 0.25 = 1.6
+    assert tok.scores.tolist() == [0.0, 0.0]
+    for t, i in zip(tok.token_rewards, ids):
+        assert t.tolist() == pytest.approx([1.6] * len(i))
+    assert tok.totals().tolist() == pytest.approx([1.6 * len(ids[0]), 1.6 * len(ids[1])])
+    # without token ids: the same sum, as a sequence score (the RM reads the same tokens)
+    no_ids = build_reward([{"name": "rm", "path": str(out), "per_token": True}])(RewardInput(**base))
+    assert no_ids.token_rewards is None and no_ids.totals().tolist() == pytest.approx(tok.totals().tolist())
+    # sequence level: (mean value - 0.7) / 0.5 = 0.4, the sequence statistics
+    seq = build_reward(f"rm:{out}")(RewardInput(**base))
+    assert seq.token_rewards is None and seq.totals().tolist() == pytest.approx([0.4, 0.4])
+    # a special token (EOS, no characters) gets 0, not a value
+    eos = build_reward([{"name": "rm", "path": str(out), "per_token": True}])(
+        RewardInput(**base, token_ids=[i + [tiny_tokenizer.eos_token_id] for i in ids], tokenizer=tiny_tokenizer))
+    assert eos.token_rewards[0][-1].item() == 0.0 and eos.token_rewards[0][-2].item() == pytest.approx(1.6)
+
+
+def test_rm_reward_per_token_refuses_bidirectional_and_old_folders(tiny_model_dir, tmp_path):
+    mini = _save_rm(RewardModel({"backbone": "minilm", "max_length": 64, "max_summary_tokens": 32}), tmp_path / "mini")
+    with pytest.raises(ConfigError, match="per_token needs a causal reward model.*bidirectional minilm"):
+        build_reward([{"name": "rm", "path": str(mini), "per_token": True}])
+    build_reward([{"name": "rm", "path": str(mini)}])  # sequence level is fine
+    old = _save_rm(RewardModel({"backbone": "policy", "model": str(tiny_model_dir), "max_length": 96,
+                                "max_summary_tokens": 48}), tmp_path / "old", token_norm=False)
+    with pytest.raises(ConfigError, match="token_normalization"):
+        build_reward([{"name": "rm", "path": str(old), "per_token": True}])
+    build_reward([{"name": "rm", "path": str(old), "per_token": True, "normalize": False}])
+
+
+def _summary_values(model, doc, summary):
+    v, m, _ = model.forward_values([doc], [summary], [None])
+    return v[0][m[0]].detach()
+
+
+def test_policy_rm_is_causal_and_minilm_is_not(tiny_model_dir, tiny_tokenizer):
+    doc = _docs()[1]["document"]
+    a = "Bob Jones studied rivers for 30 years."
+    b = "Bob Jones studied rivers and wrote a very long report about many other things at length."
+    k = len(tiny_tokenizer("Bob Jones studied rivers", add_special_tokens=False)["input_ids"])
+    pol = RewardModel({"backbone": "policy", "model": str(tiny_model_dir), "max_length": 96, "max_summary_tokens": 48})
+    torch.nn.init.normal_(pol.head.weight, std=0.5)
+    ia, ib = pol.summary_ids(a), pol.summary_ids(b)
+    assert ia[:k] == ib[:k] and ia[k] != ib[k] and len(ib) > len(ia)
+    va, vb = _summary_values(pol, doc, a), _summary_values(pol, doc, b)
+    assert torch.allclose(va[:k], vb[:k], atol=1e-5)  # tokens after k change nothing at <= k
+    assert not torch.allclose(va[k], vb[k], atol=1e-5)
+    assert pol.causal
+    mini = RewardModel({"backbone": "minilm", "max_length": 64, "max_summary_tokens": 32})
+    torch.nn.init.normal_(mini.head.weight, std=0.5)
+    km = len(mini.tokenizer("Bob Jones studied rivers", add_special_tokens=False)["input_ids"])
+    ma, mb = _summary_values(mini, doc, a), _summary_values(mini, doc, b)
+    assert not torch.allclose(ma[:km], mb[:km], atol=1e-5)  # the test can tell: MiniLM looks ahead
+    assert not mini.causal
 
 
 def test_preference_cli_legacy_form_and_rm_reward(pairs_file, tiny_model_dir, tiny_tokenizer, tmp_path, capsys):
@@ -89,16 +224,24 @@ def test_preference_cli_legacy_form_and_rm_reward(pairs_file, tiny_model_dir, ti
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_train_pairs"] == 4 and m["n_test_pairs"] == 2
     assert 0.0 <= m["heldout_pairwise_accuracy"] <= 1.0
-    # the rm:<path> registry entry, sequence-level and per-token give the same totals
+    # the rm:<path> registry entry: sequence level = (mean value - mu_seq) / sd_seq; per token =
+    # (v_t - mu_tok) / sd_tok on each token, with both statistics stored by training
     summaries = ["Alice Smith studied robots.", "the the the the"]
     ids = [tiny_tokenizer(s, add_special_tokens=False)["input_ids"] for s in summaries]
     doc = _docs()[0]["document"]
     base = dict(documents=[doc] * 2, summaries=summaries, references=[[]] * 2, queries=[None] * 2)
+    cfg = json.loads((out / "config.json").read_text())
+    sn, tn = cfg["normalization"], cfg["token_normalization"]
+    assert tn["n"] > sn["n"] == 8  # 4 training pairs x 2 summaries; every one of their tokens
+    rm = load_reward_model(out)
+    vals = rm.model.token_values([doc] * 2, summaries)
     seq = build_reward(f"rm:{out}")(RewardInput(**base))
+    assert seq.totals().tolist() == pytest.approx([(float(v.mean()) - sn["mean"]) / sn["std"] for v in vals], abs=1e-5)
     tok = build_reward([{"name": "rm", "path": str(out), "per_token": True}])(
         RewardInput(**base, token_ids=ids, tokenizer=tiny_tokenizer))
-    assert tok.token_rewards is not None and len(tok.token_rewards[1]) == len(ids[1])
-    assert tok.totals().tolist() == pytest.approx(seq.totals().tolist(), abs=1e-4)
+    assert tok.scores.tolist() == [0.0, 0.0]
+    for t, v in zip(tok.token_rewards, vals):
+        assert t.tolist() == pytest.approx(((v - tn["mean"]) / tn["std"]).tolist(), abs=1e-5)
     assert "rewards/rm" in seq.components and "rewards/rm/raw" in seq.components
 
 
@@ -144,3 +287,22 @@ def test_eval_rewards_table(pairs_file, tmp_path, capsys):
     assert table["repetition"]["accuracy"] == 1.0
     assert table["eos"]["ties"] == 2 and table["eos"]["accuracy"] == 0.5  # no EOS info: every pair a tie
     assert "| rouge |" in capsys.readouterr().out
+
+
+def test_lastmile_recipes():
+    from pathlib import Path
+
+    from sumrl.config import build_config, load_recipe
+    from sumrl.rewards.cli import RMTrainConfig
+    from sumrl.rewards.negatives import PAPER_CLASSES
+
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    rm = build_config(RMTrainConfig, load_recipe(root / "rm_lastmile.yaml"), {"out": "x"})
+    rm.validate()
+    assert rm.backbone == "policy" and rm.model == "default" and rm.classes == PAPER_CLASSES
+    # ScisummNet abstracts in SmolLM2 tokens: p95 245 on train (docs/rewards.md)
+    assert rm.max_summary_tokens >= 245 and rm.eval_split == "test"
+    rl = load_recipe(root / "rl_lastmile.yaml")
+    entries = {r["name"]: r for r in rl["reward"]}
+    assert entries["rm"]["path"] == "runs/rm_lastmile" and entries["rm"]["per_token"] is True
+    assert entries["length"]["per_token_penalty"] < entries["length"]["short_penalty"] < 0

@@ -249,3 +249,31 @@ def test_composite_sums_weighted_rewards_and_exposes_components(tiny_tokenizer):
     assert out.totals().tolist() == pytest.approx([-2.0, -0.5])
     assert out.components["rewards/total"].tolist() == pytest.approx([-2.0, -0.5])
     assert out.token_rewards is not None and len(out.token_rewards[0]) == len(inp.token_ids[0])
+
+
+def test_length_penalties_in_rm_token_units_reproduce_the_paper_reward(tiny_tokenizer):
+    """Hand-made RM token values: token statistics mean 0.8, std 0.2 give per_token_penalty
+    (-2.5 + 0.8) / 0.2 = -8.5 and short_penalty -0.8 / 0.2 = -4; then for any length the
+    normalised RM reward plus the length reward = paper reward / 0.2 - n_ref * 0.8 / 0.2."""
+    from sumrl.rewards.reward_model import paper_length_penalties
+
+    pen = paper_length_penalties({"mean": 0.8, "std": 0.2})
+    assert pen == pytest.approx({"per_token_penalty": -8.5, "short_penalty": -4.0})
+    tok = tiny_tokenizer
+    ref = "Alice Smith leads the team."
+    n_ref = len(tok(ref, add_special_tokens=False)["input_ids"])
+    long = "Alice Smith leads the team in Paris and reports revenue."
+    short = "Alice leads."
+    inp = make_input(tok, [long, short], refs=(ref,))
+    out = LengthReward(**pen)(inp)
+    n_long, n_short = len(inp.token_ids[0]), len(inp.token_ids[1])
+    assert n_short < n_ref < n_long
+    # the tokens past the reference get exactly -8.5 each; the short one -4 per missing token
+    assert out.token_rewards[0][n_ref:].tolist() == pytest.approx([-8.5] * (n_long - n_ref))
+    assert out.scores[1].item() == pytest.approx(-4.0 * (n_ref - n_short))
+    for i, n in enumerate((n_long, n_short)):
+        v = [0.9, 0.3, 1.0, 0.6] * n  # any raw RM token values
+        v = v[:n]
+        paper = sum(v) + -2.5 * max(0, n - n_ref)
+        ours = sum((x - 0.8) / 0.2 for x in v) + out.totals()[i].item()
+        assert ours == pytest.approx(paper / 0.2 - n_ref * 0.8 / 0.2)

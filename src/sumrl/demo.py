@@ -31,6 +31,7 @@ from sumrl.config import add_dataclass_args, build_config, config_from_args, opt
 from sumrl.errors import ConfigError
 
 LASTMILE_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "rl_lastmile.yaml"
+RM_LASTMILE_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "rm_lastmile.yaml"
 
 # Every preset uses the same pipeline; only sizes change. CPU presets truncate the documents to a
 # prompt budget this machine handles quickly; `full` is sized for one GPU.
@@ -265,11 +266,14 @@ def _rm(cfg: DemoConfig, folder: Path) -> dict:
     from sumrl.rewards.cli import RMTrainConfig
     from sumrl.rewards.reward_model import train_synthetic_rm
 
-    rc = build_config(RMTrainConfig, overrides=dict(kind="synthetic", data=cfg.data, out=str(folder),
-                                                    backbone="minilm", steps=cfg.rm_steps, seed=cfg.seed,
-                                                    # held-out per-class accuracy and score normalisation
-                                                    # sets scale with the preset (they cost MiniLM passes)
-                                                    eval_limit=max(12, 2 * cfg.n_test), norm_limit=max(8, cfg.n_test)))
+    from sumrl.config import load_recipe
+
+    # the last-mile RM (recipes/rm_lastmile.yaml: the policy's base + LoRA, causal, as per-token
+    # rewards need) on the demo's model; the held-out per-class accuracy and normalisation sets
+    # scale with the preset (they cost RM passes)
+    rc = build_config(RMTrainConfig, load_recipe(RM_LASTMILE_RECIPE),
+                      overrides=dict(data=cfg.data, out=str(folder), model=cfg.model, steps=cfg.rm_steps,
+                                     seed=cfg.seed, eval_limit=max(12, 2 * cfg.n_test), norm_limit=max(8, cfg.n_test)))
     m = train_synthetic_rm(rc)
     return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
 
@@ -289,8 +293,16 @@ def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path) -> dict:
     from sumrl.rl.config import RLConfig
     from sumrl.rl.trainer import train
 
-    recipe = {**load_recipe(LASTMILE_RECIPE), "reward": [{"name": "rm", "path": str(rm_dir), "per_token": True, "normalize": True},
-                                   {"name": "length", "mode": "reference", "per_token_penalty": -2.5}]}
+    import json
+
+    from sumrl.rewards.reward_model import paper_length_penalties
+
+    recipe = load_recipe(LASTMILE_RECIPE)
+    # the recipe's rewards on the demo's own RM; the length penalties are the paper's -2.5 in the
+    # units of *this* RM's token values (docs/rewards.md), as the recipe's are for its RM
+    pen = paper_length_penalties(json.loads((rm_dir / "config.json").read_text(encoding="utf-8"))["token_normalization"])
+    recipe["reward"] = [{**r, "path": str(rm_dir)} if r.get("name") == "rm" else {**r, **pen} if r.get("name") == "length"
+                        else r for r in recipe["reward"]]
     over = dict(policy=policy, steps=cfg.ppo_steps, batch_size=cfg.ppo_batch, micro_batch_size=cfg.ppo_batch,
                 **_rl_common(cfg, folder))
     rc = build_config(RLConfig, recipe, over)

@@ -14,11 +14,15 @@ def default_target_modules(model: Any) -> list[str]:
 
 
 def add_lora(model: Any, r: int = 16, alpha: int = 32, dropout: float = 0.0,
-             target_modules: list[str] | None = None, adapter_name: str = "default") -> Any:
+             target_modules: list[str] | None = None, adapter_name: str = "default",
+             layers_to_transform: list[int] | None = None) -> Any:
+    """``layers_to_transform``: adapt only these decoder layers (None = all); the layers below the
+    lowest adapted one then need no backward pass, which is what makes CPU training affordable."""
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
-                     target_modules=target_modules or default_target_modules(model))
+                     target_modules=target_modules or default_target_modules(model),
+                     layers_to_transform=layers_to_transform)
     return get_peft_model(model, cfg, adapter_name=adapter_name)
 
 

@@ -39,6 +39,10 @@ class RMTrainConfig:
     max_summary_tokens: int = opt(128, "summary tokens kept (the document prefix gets the rest)")
     train_layers: int = opt(2, "minilm: top transformer layers trained (-1 = all, 0 = head only)")
     lora_r: int = opt(8, "policy: LoRA rank")
+    lora_layers: int = opt(-1, "policy: LoRA on the top N decoder layers only (-1 = all); the layers below need no "
+                               "backward pass (CPU time)")
+    micro_batch_size: int = opt(0, "synthetic: forward/backward this many sequences at a time, grouped by length, "
+                                   "gradients accumulated (0 = the whole step at once); same step, less padding")
     classes: list[str] = opt(None, "synthetic: negative classes", default_factory=lambda: list(ALL_CLASSES))
     limit: int | None = opt(None, "use at most N training examples / pairs")
     eval_split: str = opt("test", "synthetic: split for the held-out per-class accuracy")
@@ -60,6 +64,8 @@ class RMTrainConfig:
             raise ConfigError("--lr must be positive")
         if self.max_summary_tokens < 1 or self.max_summary_tokens > self.max_length - 16:
             raise ConfigError("--max-summary-tokens must be between 1 and --max-length - 16")
+        if self.micro_batch_size < 0:
+            raise ConfigError("--micro-batch-size must be 0 (whole step) or positive")
         bad = [c for c in self.classes if c not in ALL_CLASSES]
         if bad or not self.classes:
             raise ConfigError(f"--classes: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(ALL_CLASSES)}")
@@ -89,10 +95,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(RMTrainConfig, args)
     metrics = train_synthetic_rm(cfg) if cfg.kind == "synthetic" else train_preference_rm(cfg)
     if cfg.kind == "synthetic":
-        print("held-out accuracy per negative class (positive scored above its negative):")
+        print(f"held-out accuracy per negative class ({metrics['eval_split']} split: reference scored above its "
+              f"negative; documents never trained on):")
         for c, v in metrics["heldout_accuracy_per_class"].items():
             acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
-            print(f"  {c:16s} {acc:>6s}  (n={v['n']})")
+            margin = "" if v.get("mean_margin") is None else f"  mean margin {v['mean_margin']:+.3f}"
+            print(f"  {c:16s} {acc:>6s}  (n={v['n']}){margin}")
+        tn = metrics["token_normalization"]
+        pe = metrics["paper_equivalent_length"]
+        print(f"token values on val references: mean {tn['mean']:.4f}, std {tn['std']:.4f} (n={tn['n']}); the paper's "
+              f"-2.5 length penalty in these units: length reward per_token_penalty {pe['per_token_penalty']:.2f}, "
+              f"short_penalty {pe['short_penalty']:.2f}")
     else:
         acc = metrics["heldout_pairwise_accuracy"]
         print(f"held-out pairwise accuracy: {'n/a' if acc is None else f'{acc:.3f}'} (n={metrics['n_test_pairs']})")

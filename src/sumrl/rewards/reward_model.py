@@ -12,20 +12,22 @@ sequence score is the mean of those values (the last-mile paper's token-level re
   top ``train_layers`` transformer layers and the head are trained (-1 = all layers).
 * ``backbone="policy"``: a causal LM (``--model``, any sumrl model spec) with LoRA adapters and
   a scalar head on the last hidden states; input ``"Document:\\n{doc}\\n\\nSummary:\\n{summary}"``
-  with the same truncation rule counted in the LM's tokens. A summary token's value sees the
-  document prefix and the summary up to that token.
+  the summary keeps its first ``max_summary_tokens`` tokens and the document a *fixed* budget
+  (``max_length - max_summary_tokens`` minus the prompt words), so a summary token's value sees
+  the document prefix and the summary up to that token, and appending tokens never changes the
+  values before them: this RM is causal (MiniLM is bidirectional). ``lora_layers`` puts the LoRA
+  on the top N layers only.
 
-Per-token rewards for RL: :meth:`RewardModel.token_scores` maps RM token values onto the
-*policy's* tokens by character spans: each RM token's share ``value / n_rm_tokens`` is spread
-evenly over the policy tokens overlapping its characters, so the per-token values sum exactly
-to the sequence score (whatever the two tokenizers are). Policy tokens beyond the RM's summary
-window get 0.
+Per-token rewards for RL (:class:`RewardModelReward` with ``per_token``): each policy token gets
+the RM's value at that token (:func:`map_token_values`), normalised with the mean/std of token
+values on held-out references; the sequence score is then 0. Only causal RMs are accepted.
 
 Saved folder: ``config.json`` (architecture, training config, normalisation), ``model.safetensors``
 (only the trained tensors: head + trained layers, or head + LoRA), ``metrics.json``.
-Normalisation: mean/std of the RM's scores on reference summaries (synthetic RM: held-out
-``val`` references; preference RM: the training pairs' summaries), so RL can use
-``(score - mean) / std``.
+Normalisation: ``normalization`` = mean/std of the RM's sequence scores on reference summaries
+(synthetic RM: held-out ``val`` references; preference RM: the training pairs' summaries), so RL
+can use ``(score - mean) / std``; ``token_normalization`` (synthetic RM) = mean/std of the
+individual token values on the same references, for the per-token reward.
 """
 
 from __future__ import annotations
@@ -47,6 +49,24 @@ FORMAT = "sumrl-reward-model"
 
 
 # =========================================================================== model
+
+
+def map_token_values(policy_spans: Sequence[tuple[int, int]], rm_spans: Sequence[tuple[int, int]],
+                     rm_values: Sequence[float]) -> list[float | None]:
+    """One value per policy token: the mean of the values of the RM tokens whose characters overlap
+    the policy token's characters; None when none does (an empty span -- a special token, or a
+    byte that only starts a UTF-8 character -- or text past the RM's summary window).
+
+    With the policy backbone the RM tokenizer is the policy's, so each policy token usually gets
+    exactly its own RM value; with another tokenizer a policy token inside a longer RM token gets
+    that token's value (not a share of it): a per-token reward is a value per position, not a
+    total to be split."""
+    out: list[float | None] = []
+    for a, b in policy_spans:
+        hit = [v for (c, d), v in zip(rm_spans, rm_values) if b > a and d > c and c < b and d > a]
+        out.append(sum(hit) / len(hit) if hit else None)
+    return out
+
 
 
 class RewardModel(torch.nn.Module):
@@ -85,9 +105,15 @@ class RewardModel(torch.nn.Module):
                 raise ConfigError("--backbone policy needs --model (a policy-family model spec)")
             lm, tok = load_model(arch["model"])
             disable_dropout(lm)
-            self.lm = add_lora(lm, r=int(arch.get("lora_r", 8)), alpha=2 * int(arch.get("lora_r", 8)))
-            self.tokenizer = tok
             cfg = getattr(lm.config, "text_config", None) or lm.config
+            n_layers = int(cfg.num_hidden_layers)
+            k = int(arch.get("lora_layers", -1))
+            layers = None if k < 0 or k >= n_layers else list(range(n_layers - k, n_layers))
+            if k == 0:
+                raise ConfigError("--lora-layers must be -1 (all) or at least 1")
+            self.lm = add_lora(lm, r=int(arch.get("lora_r", 8)), alpha=2 * int(arch.get("lora_r", 8)),
+                               layers_to_transform=layers)
+            self.tokenizer = tok
             hidden = cfg.hidden_size
         else:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose minilm or policy")
@@ -129,14 +155,18 @@ class RewardModel(torch.nn.Module):
         rows, masks, spans = [], [], []
         head_ids = tok("Document:\n", add_special_tokens=False)["input_ids"]
         tail_ids = tok("\n\nSummary:\n", add_special_tokens=False)["input_ids"]
+        # a fixed document budget (not "whatever the summary leaves"): with a budget that shrinks as
+        # the summary grows, appending tokens after position k would cut the document and change
+        # the values at positions <= k -- the causal RM would not be causal any more
+        budget = max(0, self.max_length - self.max_summary_tokens - len(head_ids) - len(tail_ids))
         for first, s in zip(firsts, sums):
             se = tok(s, add_special_tokens=False, return_offsets_mapping=True)
-            s_ids = list(se["input_ids"])
-            budget = max(0, self.max_length - len(s_ids) - len(head_ids) - len(tail_ids))
+            # re-tokenising the cut text can (rarely) merge differently at the cut: keep the window
+            s_ids = list(se["input_ids"])[:self.max_summary_tokens]
             d_ids = tok(first, add_special_tokens=False)["input_ids"][:budget]
             ids = head_ids + d_ids + tail_ids + s_ids
             m = [False] * (len(ids) - len(s_ids)) + [True] * len(s_ids)
-            sp = [tuple(o) for o in se["offset_mapping"]]
+            sp = [tuple(o) for o in se["offset_mapping"]][:self.max_summary_tokens]
             if not s_ids:  # empty summary: value of the last prompt token
                 m[-1] = True
                 sp = [(0, 0)]
@@ -149,6 +179,22 @@ class RewardModel(torch.nn.Module):
         attn = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
         mask = torch.tensor([m + [False] * (T - len(m)) for m in masks], dtype=torch.bool)
         return {"input_ids": input_ids, "attention_mask": attn}, mask, spans
+
+    @property
+    def causal(self) -> bool:
+        """True when a summary token's value depends only on the document and the summary up to
+        that token (the policy-family decoder); MiniLM attends in both directions."""
+        return self.backbone == "policy"
+
+    def summary_ids(self, summary: str) -> list[int]:
+        """The summary token ids the RM reads (after the ``max_summary_tokens`` cut): two texts with
+        the same ids are the same input to the RM."""
+        ids = self.tokenizer(self._cut_summary(summary or ""), add_special_tokens=False, verbose=False)["input_ids"]
+        return list(ids)[:self.max_summary_tokens]
+
+    def n_summary_tokens(self, summary: str) -> int:
+        """Length of the summary in the RM's tokens, before any cut."""
+        return len(self.tokenizer(summary or "", add_special_tokens=False, verbose=False)["input_ids"])
 
     # ------------------------------------------------------------------ forward
 
@@ -177,41 +223,74 @@ class RewardModel(torch.nn.Module):
     def score(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None,
               batch_size: int = 16) -> list[float]:
         """Sequence score of each summary (mean of its token values; not normalised)."""
+        return [float(v.mean()) if v.numel() else 0.0
+                for v in self.token_values(documents, summaries, queries, batch_size=batch_size)]
+
+    @torch.inference_mode()
+    def token_values(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None,
+                     batch_size: int = 16) -> list[torch.Tensor]:
+        """The raw value of every summary token the RM reads, one 1-D tensor per summary."""
         was = self.training
         self.eval()
         queries = list(queries) if queries is not None else [None] * len(summaries)
-        out: list[float] = []
-        for s in range(0, len(summaries), batch_size):
-            v, m, _ = self.forward_values(documents[s:s + batch_size], summaries[s:s + batch_size], queries[s:s + batch_size])
-            out.extend(self.sequence_scores(v, m).tolist())
+        out: list[torch.Tensor | None] = [None] * len(summaries)
+        # batches of similar summary length: padding every batch to its longest summary would
+        # otherwise cost up to twice the compute (each value depends only on its own row)
+        order = sorted(range(len(summaries)), key=lambda i: len(summaries[i] or ""))
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            v, m, _ = self.forward_values([documents[i] for i in idx], [summaries[i] for i in idx], [queries[i] for i in idx])
+            for b, i in enumerate(idx):
+                out[i] = v[b][m[b]].float().cpu()
         self.train(was)
-        return out
+        return out  # type: ignore[return-value]
 
     @torch.inference_mode()
     def token_scores(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None,
                      tokenizer: Any = None, token_ids: Sequence[Sequence[int]] | None = None,
                      batch_size: int = 16) -> list[dict[str, Any]]:
-        """Per summary: ``{"score", "values" (RM tokens), "spans" (their char spans)}`` and, with
-        ``tokenizer`` + ``token_ids`` (the policy's), ``"policy_values"``: one value per policy token,
-        summing exactly to ``score`` (see the module docstring)."""
-        from sumrl.rewards.align import spread_penalties, token_char_spans
+        """Per summary: ``{"score" (mean token value), "values" (raw value of each RM token),
+        "spans" (their char spans in the summary)}`` and, with ``tokenizer`` + ``token_ids`` (the
+        policy's), ``"policy_values"``: one raw value or None per policy token
+        (:func:`map_token_values`). With ``token_ids`` the RM reads ``decode(token_ids)`` (special
+        tokens skipped), so both sets of spans index the same text; when the RM's token ids of that
+        text are the policy's own (same tokenizer), the mapping is by position instead: exact, and
+        a multi-byte character split over several tokens keeps one value per token."""
+        from sumrl.rewards.align import token_char_spans
 
-        self.eval()
         queries = list(queries) if queries is not None else [None] * len(summaries)
+        texts = list(summaries)
+        if tokenizer is not None and token_ids is not None:
+            texts = [tokenizer.decode([int(t) for t in ids], skip_special_tokens=True) for ids in token_ids]
         res: list[dict[str, Any]] = []
-        for s in range(0, len(summaries), batch_size):
-            v, m, spans = self.forward_values(documents[s:s + batch_size], summaries[s:s + batch_size], queries[s:s + batch_size])
+        was = self.training
+        self.eval()
+        for s in range(0, len(texts), batch_size):
+            v, m, spans = self.forward_values(documents[s:s + batch_size], texts[s:s + batch_size], queries[s:s + batch_size])
             for b in range(v.shape[0]):
                 vals = v[b][m[b]].float().cpu()
                 res.append({"score": float(vals.mean()) if vals.numel() else 0.0, "values": vals, "spans": spans[b]})
+        self.train(was)
         if tokenizer is not None and token_ids is not None:
+            special = set(getattr(tokenizer, "all_special_ids", []) or [])
             for i, r in enumerate(res):
-                pspans = token_char_spans(tokenizer, token_ids[i])
-                n_rm = max(len(r["spans"]), 1)
-                shares = [(sp, float(val) / n_rm) for sp, val in zip(r["spans"], r["values"].tolist())]
-                per_tok, leftover = spread_penalties(len(pspans), pspans, shares)
-                r["policy_values"] = torch.tensor(per_tok)
-                r["leftover"] = leftover  # RM tokens no policy token carries (empty summary): goes to the score
+                ids = [int(t) for t in token_ids[i]]
+                plain = [t for t in ids if t not in special]
+                rm_ids = self.summary_ids(texts[i])
+                if rm_ids and plain[:len(rm_ids)] == rm_ids:
+                    # the RM read exactly the policy's tokens (same tokenizer, as with the policy
+                    # backbone): value k belongs to the k-th non-special policy token
+                    vals, k, pv = r["values"].tolist(), 0, []
+                    for t in ids:
+                        if t in special:
+                            pv.append(None)
+                        else:
+                            pv.append(vals[k] if k < len(vals) else None)
+                            k += 1
+                    r["policy_values"] = pv
+                else:
+                    pspans = token_char_spans(tokenizer, ids, text=texts[i])
+                    r["policy_values"] = map_token_values(pspans, r["spans"], r["values"].tolist())
         return res
 
     # ------------------------------------------------------------------ persistence
@@ -263,6 +342,7 @@ class LoadedRewardModel:
     def __init__(self, model: RewardModel, config: dict, path: Path):
         self.model, self.config, self.path = model, config, path
         self.normalization = config.get("normalization") or None
+        self.token_normalization = config.get("token_normalization") or None
 
     def score(self, documents: Sequence[str], summaries: Sequence[str], queries: Sequence[str | None] | None = None) -> list[float]:
         return self.model.score(list(documents), list(summaries), queries)
@@ -274,13 +354,51 @@ class LoadedRewardModel:
 _LOADED: dict[str, LoadedRewardModel] = {}
 
 
+PAPER_LENGTH_PENALTY = -2.5  # per token beyond the reference length, in raw RM units (reference token = 1)
+
+
+def paper_length_penalties(token_normalization: dict, paper_penalty: float = PAPER_LENGTH_PENALTY) -> dict[str, float]:
+    """The ``length`` reward options that make the per-token normalised RM reward equivalent to
+    the paper's raw one. The paper: token reward ``v_t`` (about 1 on a reference token) and
+    ``paper_penalty`` (-2.5) per token beyond the reference length ``n_ref``. Ours: ``(v_t - mu) / sd``.
+    With ``per_token_penalty = (paper_penalty + mu) / sd`` and ``short_penalty = -mu / sd`` per
+    missing reference token, a summary of ``n`` tokens gets
+
+        ours = paper / sd - n_ref * mu / sd        (for n >= n_ref and for n < n_ref alike)
+
+    -- the paper's total on a positive scale minus a per-document constant, which changes no
+    preference between two summaries of the same document. Without ``short_penalty`` a
+    reference-like token earns about 0 and stopping early would cost nothing."""
+    mu, sd = float(token_normalization["mean"]), max(float(token_normalization["std"]), 1e-6)
+    return {"per_token_penalty": (paper_penalty + mu) / sd, "short_penalty": -mu / sd}
+
+
+def _stats(norm: dict | None) -> tuple[float, float] | None:
+    if not norm or not norm.get("std"):
+        return None
+    return float(norm["mean"]), max(float(norm["std"]), 1e-6)
+
+
 class RewardModelReward:
     """The ``rm:<path>`` registry entry.
 
-    Options: ``normalize`` (default true: ``(score - mean) / std`` with the statistics stored in
-    the folder), ``per_token`` (default false: sequence score only; true: the score spread over
-    the policy tokens as in :meth:`RewardModel.token_scores`, the normalisation offset going to the
-    sequence score).
+    Options: ``normalize`` (default true) and ``per_token`` (default false).
+
+    * Sequence level (``per_token: false``): score = ``(s - mu_seq) / sd_seq`` where ``s`` is the
+      RM's sequence score (mean of its token values) and ``mu_seq, sd_seq`` its mean/std over
+      held-out reference summaries (stored as ``normalization``). No token rewards.
+    * Per token (``per_token: true``): **policy token t gets ``(v_t - mu_tok) / sd_tok``**, where
+      ``v_t`` is the RM's value at that token (:func:`map_token_values`) and ``mu_tok, sd_tok`` the
+      mean/std of the individual token values over held-out reference summaries (stored as
+      ``token_normalization``). The sequence score is 0: all the reward is in the tokens, nothing
+      is lumped on the last token, and a typical reference token earns about 0 wherever it stands.
+      Policy tokens the RM does not read (special tokens, past its ``max_summary_tokens`` window)
+      get 0. Without token ids the score is the sum of the normalised RM token values (the same
+      total when the tokenizers agree). Needs a causal RM (``sumrl rm --backbone policy``): with a
+      bidirectional one the value at token k depends on tokens after k, which biases reward-to-go
+      credit; building such a reward is refused.
+
+    ``normalize: false`` uses the raw values (``mu = 0, sd = 1``).
     """
 
     def __init__(self, name: str = "rm", path: str = "", normalize: bool = True, per_token: bool = False):
@@ -289,24 +407,39 @@ class RewardModelReward:
         if key not in _LOADED:  # one copy per process even when several rewards name the same RM
             _LOADED[key] = load_reward_model(self.path)
         self.rm = _LOADED[key]
+        if self.per_token and not self.rm.model.causal:
+            raise ConfigError(f"reward 'rm' ({self.path}): per_token needs a causal reward model, but this one has the "
+                              f"bidirectional {self.rm.model.backbone} backbone (its value at token k depends on later "
+                              f"tokens, which biases reward-to-go credit); train one with `sumrl rm --backbone policy`")
+        if self.per_token and self.normalize and _stats(self.rm.token_normalization) is None:
+            raise ConfigError(f"reward 'rm' ({self.path}): per_token with normalize needs per-token statistics "
+                              f"(token_normalization in config.json), which this RM folder predates; retrain it "
+                              f"with `sumrl rm` or set normalize: false")
 
     @classmethod
     def options(cls) -> list[str]:
         return ["path", "normalize", "per_token"]
 
+    def stats(self) -> tuple[float, float]:
+        """``(mean, std)`` this reward subtracts and divides by (token or sequence statistics)."""
+        if not self.normalize:
+            return 0.0, 1.0
+        st = _stats(self.rm.token_normalization if self.per_token else self.rm.normalization)
+        return st if st is not None else (0.0, 1.0)
+
     def __call__(self, inp: RewardInput) -> RewardOutput:
-        mean, std = 0.0, 1.0
-        norm = self.rm.normalization
-        if self.normalize and norm and norm.get("std"):
-            mean, std = float(norm["mean"]), max(float(norm["std"]), 1e-6)
-        if self.per_token and inp.token_ids is not None:
-            if inp.tokenizer is None:
+        mean, std = self.stats()
+        if self.per_token:
+            if inp.token_ids is not None and inp.tokenizer is None:
                 raise SumrlError("reward 'rm' with per_token needs RewardInput.tokenizer")
             res = self.rm.token_scores(inp.documents, inp.summaries, inp.queries, inp.tokenizer, inp.token_ids)
             raw = torch.tensor([r["score"] for r in res])
-            scores = torch.tensor([r["leftover"] / std - mean / std for r in res])
-            token_rewards = [r["policy_values"] / std for r in res]
-            out = RewardOutput(scores=scores, token_rewards=token_rewards)
+            if inp.token_ids is not None:
+                token_rewards = [torch.tensor([0.0 if v is None else (v - mean) / std for v in r["policy_values"]])
+                                 for r in res]
+                out = RewardOutput(scores=torch.zeros(len(res)), token_rewards=token_rewards)
+            else:
+                out = RewardOutput(scores=torch.tensor([float(((r["values"] - mean) / std).sum()) for r in res]))
         else:
             raw = torch.tensor(self.rm.score(inp.documents, inp.summaries, inp.queries))
             out = RewardOutput(scores=(raw - mean) / std)
@@ -325,7 +458,7 @@ def _set_seed(seed: int) -> None:
 def _arch_from(cfg: Any) -> dict[str, Any]:
     return {"backbone": cfg.backbone, "model": cfg.model if cfg.backbone == "policy" else None,
             "max_length": cfg.max_length, "max_summary_tokens": cfg.max_summary_tokens,
-            "train_layers": cfg.train_layers, "lora_r": cfg.lora_r}
+            "train_layers": cfg.train_layers, "lora_r": cfg.lora_r, "lora_layers": getattr(cfg, "lora_layers", -1)}
 
 
 def _init_model(cfg: Any) -> RewardModel:
@@ -369,15 +502,75 @@ def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[fl
         _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
 
 
+def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: RewardModel, opt: Any, params: list,
+                      micro: int, history: list[float], step: int, steps: int, t0: float) -> None:
+    """One optimizer step on the mean over ``items`` of each item's per-token squared error
+    (:func:`_token_mse`), computed in micro-batches of similar length (padding a 60-token summary to
+    a 250-token one wastes CPU time); gradients accumulate so the step equals the full-batch one."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    chunks = [order[s:s + micro] for s in range(0, len(order), micro)] if micro > 0 else [order]
+    opt.zero_grad()
+    total = 0.0
+    for ch in chunks:
+        d, sm, q, tg = zip(*(items[i] for i in ch))
+        values, mask, _ = model.forward_values(list(d), list(sm), list(q))
+        loss = _token_mse(values, mask, torch.tensor(tg, device=values.device)) * (len(ch) / len(items))
+        if not torch.isfinite(loss):
+            raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
+        loss.backward()
+        total += loss.item()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    history.append(total)
+    if step == 1 or step % max(1, steps // 20) == 0 or step == steps:
+        _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
+
+
+def drop_unseen_negatives(model: RewardModel, examples: Sequence[Any], negatives: dict[str, list[str | None]]
+                          ) -> dict[str, dict[str, int]]:
+    """Set to None, in place, every negative that is the same RM input as its positive (same
+    summary token ids after the ``max_summary_tokens`` cut: e.g. a truncation or a repeated ending
+    that starts past the window). Training on such a pair asks the RM for 1 and 0 on one input.
+    Returns ``{class: {"kept", "dropped_same_as_positive", "not_applicable"}}``."""
+    pos = [model.summary_ids(e.references[0]) for e in examples]
+    counts: dict[str, dict[str, int]] = {}
+    for c, col in negatives.items():
+        kept = dropped = na = 0
+        for i, neg in enumerate(col):
+            if neg is None:
+                na += 1
+            elif model.summary_ids(neg) == pos[i]:
+                col[i] = None
+                dropped += 1
+            else:
+                kept += 1
+        counts[c] = {"kept": kept, "dropped_same_as_positive": dropped, "not_applicable": na}
+    return counts
+
+
+def balanced_negative_slots(classes: Sequence[str], pools: dict[str, list[int]], n: int, start: int,
+                            rng: random.Random) -> list[tuple[str, int]]:
+    """``n`` (class, example index) negatives: classes in turn from position ``start`` (so over a
+    run each class gets the same share, 1/K, of the negatives: the paper's weighting exactly, not
+    only in expectation), the example drawn uniformly among those the class applies to."""
+    usable = [c for c in classes if pools[c]]
+    out = []
+    for j in range(n):
+        c = usable[(start + j) % len(usable)]
+        out.append((c, pools[c][rng.randrange(len(pools[c]))]))
+    return out
+
+
 def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     """Train the token-level RM on (document, reference) positives and generated negatives.
 
-    Each step takes ``batch_size`` training examples; each contributes its positive (all tokens
-    target 1) and one negative (all tokens target 0) of a class drawn uniformly among the classes
-    that apply to it. Positives and negatives are thus equally many, and each of the K classes
-    gets 1/K of the negative weight -- in expectation the paper's weighting (positives weight 1,
-    each negative class 1/K), with lower variance than materialising all K negatives per step.
-    Squared loss per token. Returns the metrics written to ``metrics.json``.
+    Each step takes ``batch_size`` positives (random training examples, every token target 1) and
+    ``batch_size`` negatives (every token target 0), each negative with its own document. The
+    negatives' classes go in turn through ``classes`` (:func:`balanced_negative_slots`), so each of
+    the K classes is exactly 1/K of the negative weight (the last-mile paper: positives weight 1,
+    each of its five negative classes 1/5). Negatives the RM cannot tell from their positive (same
+    tokens after the summary cut) are dropped and counted per class. Squared loss per token.
+    Returns the metrics written to ``metrics.json``.
     """
     from sumrl.data import load_data
     from sumrl.rewards.negatives import NEGATIVE_CLASSES, make_negatives
@@ -393,56 +586,73 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     test = [e for e in load_data(cfg.data, cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed) if e.references and e.references[0].strip()]
     if len(train) < 2:
         raise SumrlError(f"{cfg.data}: the synthetic RM needs at least 2 training examples with a reference")
+    model = _init_model(cfg)
+    cut = sum(model.n_summary_tokens(e.references[0]) > model.max_summary_tokens for e in train)
+    _log(f"{len(train)} training references; {cut} ({100 * cut / len(train):.1f}%) are longer than "
+         f"max_summary_tokens={model.max_summary_tokens} and are cut (the RM sees their beginning only)")
     neg_train = make_negatives(train, classes, seed=cfg.seed)
     neg_test = make_negatives(test, classes, seed=cfg.seed + 1) if test else {c: [] for c in classes}
-    applicable = [[c for c in classes if neg_train[c][i] is not None] for i in range(len(train))]
-    model = _init_model(cfg)
+    counts_train = drop_unseen_negatives(model, train, neg_train)
+    counts_test = drop_unseen_negatives(model, test, neg_test) if test else {}
+    _log("negatives per class (train): " + ", ".join(
+        f"{c} {v['kept']} kept / {v['dropped_same_as_positive']} dropped as identical to the positive / "
+        f"{v['not_applicable']} n/a" for c, v in counts_train.items()))
+    pools = {c: [i for i, n in enumerate(neg_train[c]) if n is not None] for c in classes}
+    if not any(pools.values()):
+        raise SumrlError(f"{cfg.data}: no usable negative of any class {', '.join(classes)}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
-    history = []
+    history: list[float] = []
     for step in range(1, cfg.steps + 1):
-        idx = [rng.randrange(len(train)) for _ in range(cfg.batch_size)]
-        docs, sums, qs, tg = [], [], [], []
-        for i in idx:
-            ex = train[i]
-            docs.append(ex.document), sums.append(ex.references[0]), qs.append(ex.query), tg.append(1.0)
-            if applicable[i]:
-                c = rng.choice(applicable[i])
-                docs.append(ex.document), sums.append(neg_train[c][i]), qs.append(ex.query), tg.append(0.0)
-        values, mask, _ = model.forward_values(docs, sums, qs)
-        loss = _token_mse(values, mask, torch.tensor(tg, device=values.device))
-        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0)
+        items = []
+        for i in (rng.randrange(len(train)) for _ in range(cfg.batch_size)):
+            items.append((train[i].document, train[i].references[0], train[i].query, 1.0))
+        for c, i in balanced_negative_slots(classes, pools, cfg.batch_size, (step - 1) * cfg.batch_size, rng):
+            items.append((train[i].document, neg_train[c][i], train[i].query, 0.0))
+        _accumulated_step(items, model, opt, params, cfg.micro_batch_size, history, step, cfg.steps, t0)
     model.eval()
-    # held-out: positive scored above its negative, per class
+    _log(f"trained {cfg.steps} steps in {time.time() - t0:.0f}s; held-out evaluation on {len(test)} {cfg.eval_split} papers")
+    # held-out: positive scored above its negative, per class, on documents never trained on
     per_class: dict[str, dict[str, Any]] = {}
+    pos_mean = None
     if test:
         pos = model.score([e.document for e in test], [e.references[0] for e in test], [e.query for e in test])
         for c in classes:
             items = [(i, s) for i, s in enumerate(neg_test[c]) if s is not None]
             if not items:
-                per_class[c] = {"accuracy": None, "n": 0}
+                per_class[c] = {"accuracy": None, "n": 0, **counts_test.get(c, {})}
                 continue
             neg = model.score([test[i].document for i, _ in items], [s for _, s in items], [test[i].query for i, _ in items])
             wins = sum(1.0 if pos[i] > n else 0.5 if pos[i] == n else 0.0 for (i, _), n in zip(items, neg))
             per_class[c] = {"accuracy": wins / len(items), "n": len(items),
-                            "mean_margin": sum(pos[i] - n for (i, _), n in zip(items, neg)) / len(items)}
+                            "mean_margin": sum(pos[i] - n for (i, _), n in zip(items, neg)) / len(items),
+                            "dropped_same_as_positive": counts_test[c]["dropped_same_as_positive"]}
         pos_mean = sum(pos) / len(pos)
-    else:
-        pos_mean = None
     accs = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
-    norm_scores = model.score([e.document for e in val], [e.references[0] for e in val], [e.query for e in val]) if val else []
-    normalization = {**_mean_std(norm_scores), "on": f"{cfg.data} val references"}
+    # normalisation statistics on held-out references: of the sequence scores (mean token value,
+    # for the sequence-level reward) and of the individual token values (for the per-token reward)
+    vals = model.token_values([e.document for e in val], [e.references[0] for e in val], [e.query for e in val]) if val else []
+    normalization = {**_mean_std([float(v.mean()) for v in vals if v.numel()]), "on": f"{cfg.data} val references"}
+    token_normalization = {**_mean_std([x for v in vals for x in v.tolist()]),
+                           "on": f"{cfg.data} val references, every summary token"}
     metrics = {
         "kind": "synthetic", "data": cfg.data, "eval_split": cfg.eval_split, "n_train": len(train), "n_test": len(test),
-        "steps": cfg.steps, "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
+        "classes": classes, "steps": cfg.steps, "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
+        "train_references_cut": cut, "max_summary_tokens": model.max_summary_tokens,
+        "negatives_train": counts_train,
         "heldout_accuracy_per_class": per_class,
         "heldout_accuracy_mean": sum(accs) / len(accs) if accs else None,
         "heldout_positive_mean_score": pos_mean,
-        "normalization": normalization, "seconds": round(time.time() - t0, 1),
+        "normalization": normalization, "token_normalization": token_normalization,
+        # the paper's -2.5 per extra token is in raw RM units (reference token +1): the length-reward
+        # options that give the same preferences with the per-token reward (v - mean) / std
+        "paper_equivalent_length": paper_length_penalties(token_normalization),
+        "seconds": round(time.time() - t0, 1),
     }
-    model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization}, metrics)
+    model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization,
+                         "token_normalization": token_normalization}, metrics)
     return metrics
 
 
@@ -535,15 +745,20 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
         rj = model.score([r["document"] for r in test], [r["rejected"] for r in test], [r.get("query") for r in test])
         acc = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(c, rj)) / len(test)
     sample = train[:cfg.norm_limit] if cfg.norm_limit else train
-    norm_scores = model.score([r["document"] for r in sample] * 2, [r["chosen"] for r in sample] + [r["rejected"] for r in sample],
+    vals = model.token_values([r["document"] for r in sample] * 2, [r["chosen"] for r in sample] + [r["rejected"] for r in sample],
                               [r.get("query") for r in sample] * 2) if sample else []
-    normalization = {**_mean_std(norm_scores), "on": "training pairs (chosen and rejected summaries)"}
+    normalization = {**_mean_std([float(v.mean()) for v in vals if v.numel()]),
+                     "on": "training pairs (chosen and rejected summaries)"}
+    token_normalization = {**_mean_std([x for v in vals for x in v.tolist()]),
+                           "on": "training pairs (chosen and rejected summaries), every summary token"}
     by_source: dict[str, int] = {}
     for r in test:
         by_source[str(r.get("source"))] = by_source.get(str(r.get("source")), 0) + 1
     metrics = {"kind": "preference", "pairs": str(cfg.pairs), "n_train_pairs": len(train), "n_test_pairs": len(test),
                "test_pairs_by_source": by_source, "steps": cfg.steps,
                "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
-               "heldout_pairwise_accuracy": acc, "normalization": normalization, "seconds": round(time.time() - t0, 1)}
-    model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization}, metrics)
+               "heldout_pairwise_accuracy": acc, "normalization": normalization,
+               "token_normalization": token_normalization, "seconds": round(time.time() - t0, 1)}
+    model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization,
+                         "token_normalization": token_normalization}, metrics)
     return metrics

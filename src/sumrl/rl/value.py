@@ -53,7 +53,8 @@ def hidden_size(model: Any) -> int:
 def init_value_head_from_rm(head: ValueHead, reward: Any) -> str | None:
     """Copy the score head of an ``rm`` reward into ``head`` when possible (N+ detail: the critic
     starts from the reward model). The RM's token values are normalised the way the reward uses
-    them (``(v - mean) / std``), so the initial values are in reward units. Returns a note saying
+    them (``(v - mean) / std``, token statistics for a ``per_token`` reward), so the initial values
+    are in reward units. :func:`init_value_adapter_from_rm` initialises the whole critic instead. Returns a note saying
     what was done, or None when there is no reward model.
 
     Only the head can be copied: our critic shares the *policy's* trunk, so this is an exact copy
@@ -71,14 +72,97 @@ def init_value_head_from_rm(head: ValueHead, reward: Any) -> str | None:
     if src.weight.shape != head.linear.weight.shape:
         return (f"value head not initialised from the reward model (hidden size {src.weight.shape[1]} vs "
                 f"{head.linear.weight.shape[1]})")
-    mean, std = 0.0, 1.0
-    norm = rm.rm.normalization
-    if getattr(rm, "normalize", False) and norm and norm.get("std"):
-        mean, std = float(norm["mean"]), max(float(norm["std"]), 1e-6)
+    mean, std = rm.stats()  # the statistics the reward itself uses (per-token ones with per_token)
     with torch.no_grad():
         head.linear.weight.copy_(src.weight.detach().float() / std)
         head.linear.bias.copy_((src.bias.detach().float() - mean) / std)
     return f"value head initialised from the reward model {rm.path}"
+
+
+def _rm_reward(reward: Any) -> Any:
+    rms = [r for r in getattr(reward, "rewards", [reward]) if hasattr(r, "rm") and hasattr(r.rm, "model")]
+    return rms[0] if rms else None
+
+
+def _base_params(model: Any) -> dict[str, Tensor]:
+    """The frozen base weights of a peft model by a name that ignores where LoRA wraps a layer
+    (``...q_proj.base_layer.weight`` -> ``...q_proj.weight``) and the peft prefix."""
+    out = {}
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            continue
+        n = n.replace(".base_layer.", ".")
+        out[n[len("base_model.model."):] if n.startswith("base_model.model.") else n] = p
+    return out
+
+
+def init_value_adapter_from_rm(model: Any, head: ValueHead, reward: Any, *, strict: bool = False) -> str:
+    """Initialise the whole critic of ``--value-model adapter`` from a policy-backbone reward model
+    (N+ detail: the value network starts as the reward model): the RM's LoRA adapter (its config
+    -- rank, alpha, target modules, layers -- and its weights) becomes adapter ``"value"`` of the
+    policy ``model`` (a peft model; an existing ``"value"`` adapter is replaced and left trainable),
+    and the RM's score head becomes ``head``, normalised like the reward (``(v - mean) / std`` with
+    the statistics the ``rm`` reward uses: token statistics with ``per_token``, else sequence ones).
+
+    With the same base weights and the same input tokens the critic then outputs exactly the RM's
+    normalised token values, shifted by one position: ``V(s_{t+1})`` (the state after response token
+    ``t``) = the RM's value at token ``t``; ``V(s_0)`` = its value at the last prompt token. The
+    policy's prompt is not the RM's ``Document: ... Summary:`` input, so in RL this is an
+    initialisation, not a copy of the reward.
+
+    Call it after the ``"value"`` adapter is added and before :class:`PolicyValueModule` is built
+    (which collects the LoRA parameters). Refuses (``ConfigError``, one line) when there is no
+    ``rm`` reward, when the RM is not a policy-backbone one, or when its base model has other
+    parameters or shapes than the policy's. Base weights that differ (e.g. the policy is an SFT
+    model merged into the base) are allowed and said in the returned note -- the adapter was then
+    learnt on another base, an approximation -- unless ``strict``. Returns a one-line note.
+    """
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from sumrl.errors import ConfigError
+
+    rm = _rm_reward(reward)
+    if rm is None:
+        raise ConfigError("value_init rm: the reward has no 'rm' entry (a reward-model folder) to initialise the critic from")
+    rmm = rm.rm.model
+    if getattr(rmm, "backbone", None) != "policy":
+        raise ConfigError(f"value_init rm: the reward model {rm.path} has the {getattr(rmm, 'backbone', '?')} backbone; "
+                          f"only a policy-backbone RM (sumrl rm --backbone policy) has a LoRA to become the value adapter")
+    if not hasattr(model, "peft_config"):
+        raise ConfigError("value_init rm needs the policy as a LoRA (peft) model: use --lora with --value-model adapter")
+    mine, theirs = _base_params(model), _base_params(rmm.lm)
+    if set(mine) != set(theirs):
+        diff = sorted(set(mine) ^ set(theirs))[0]
+        raise ConfigError(f"value_init rm: the reward model {rm.path} is not on the policy's base model (parameter "
+                          f"{diff} is in one only)")
+    bad = [n for n in mine if mine[n].shape != theirs[n].shape]
+    if bad:
+        raise ConfigError(f"value_init rm: the reward model {rm.path} is not on the policy's base model ({bad[0]}: "
+                          f"{tuple(theirs[bad[0]].shape)} vs {tuple(mine[bad[0]].shape)})")
+    if rmm.head.weight.shape != head.linear.weight.shape:
+        raise ConfigError(f"value_init rm: head shape {tuple(rmm.head.weight.shape)} vs {tuple(head.linear.weight.shape)}")
+    same = all(torch.equal(mine[n].detach().float().cpu(), theirs[n].detach().float().cpu()) for n in mine)
+    if strict and not same:
+        raise ConfigError(f"value_init rm: the reward model {rm.path} has the policy's architecture but other base "
+                          f"weights (e.g. the policy is an SFT model merged into the base)")
+    rm_cfg = rmm.lm.peft_config["default"]
+    if VALUE_ADAPTER in model.peft_config:
+        model.delete_adapter(VALUE_ADAPTER)
+    model.add_adapter(VALUE_ADAPTER, rm_cfg)  # the RM's rank, alpha, target modules and layers
+    result = set_peft_model_state_dict(model, get_peft_model_state_dict(rmm.lm, adapter_name="default"),
+                                       adapter_name=VALUE_ADAPTER)
+    missing = [k for k in getattr(result, "missing_keys", []) if f".{VALUE_ADAPTER}." in k and "lora_" in k]
+    if missing:
+        raise ConfigError(f"value_init rm: the reward model's adapter does not fit the value adapter (e.g. {missing[0]})")
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(True)
+    mean, std = rm.stats() if hasattr(rm, "stats") else (0.0, 1.0)
+    with torch.no_grad():
+        head.linear.weight.copy_(rmm.head.weight.detach().float() / std)
+        head.linear.bias.copy_((rmm.head.bias.detach().float() - mean) / std)
+    how = "same base weights" if same else "same architecture, other base weights: an approximate start"
+    return f"critic (value adapter + head) initialised from the reward model {rm.path} ({how})"
 
 
 @contextmanager
