@@ -130,6 +130,14 @@ def _fields(cfg: RLConfig):
     return FieldMap(id=cfg.id_field, document=cfg.document_field, summary=cfg.summary_field, query=cfg.query_field)
 
 
+def _policy_backbone_rm(reward: Any) -> bool:
+    """Whether the reward has an ``rm`` entry whose model is a policy-backbone (LoRA) reward model."""
+    from sumrl.rl.value import find_rm_reward
+
+    rm = find_rm_reward(reward)
+    return rm is not None and getattr(getattr(getattr(rm, "rm", None), "model", None), "backbone", None) == "policy"
+
+
 def _finite(metrics: dict) -> dict:
     # explained variance is NaN when all returns are equal: leave it out rather than write NaN
     return {k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)}
@@ -164,7 +172,8 @@ class RLTrainer:
         from sumrl.models.logprobs import output_head
         from sumrl.rewards.registry import build_reward
         from sumrl.rl.guided import make_rollout_plan
-        from sumrl.rl.value import PolicyValueModule, ValueHead, hidden_size, init_value_head_from_rm
+        from sumrl.rl.value import (PolicyValueModule, ValueHead, hidden_size, init_value_adapter_from_rm,
+                                    init_value_head_from_rm)
 
         self.cfg = cfg
         self.accelerator = Accelerator()
@@ -191,7 +200,11 @@ class RLTrainer:
         self.rm_note = None
         if cfg.uses_critic:
             value_head = ValueHead(hidden_size(self.policy.model))
-            if cfg.value_init_from_rm:
+            if cfg.value_init_from_rm and cfg.value_model == "adapter" and _policy_backbone_rm(self.reward):
+                # the whole critic starts as the reward model (N+; the last-mile paper's value model is
+                # the policy's base + a LoRA + a scalar head, like its RM): adapter and head
+                self.rm_note = init_value_adapter_from_rm(self.policy.model, value_head, self.reward)
+            elif cfg.value_init_from_rm:
                 self.rm_note = init_value_head_from_rm(value_head, self.reward)
             if cfg.algo == "d2lols":
                 guide_head = ValueHead(hidden_size(self.policy.model))

@@ -79,7 +79,7 @@ def init_value_head_from_rm(head: ValueHead, reward: Any) -> str | None:
     return f"value head initialised from the reward model {rm.path}"
 
 
-def _rm_reward(reward: Any) -> Any:
+def find_rm_reward(reward: Any) -> Any:
     rms = [r for r in getattr(reward, "rewards", [reward]) if hasattr(r, "rm") and hasattr(r.rm, "model")]
     return rms[0] if rms else None
 
@@ -121,7 +121,7 @@ def init_value_adapter_from_rm(model: Any, head: ValueHead, reward: Any, *, stri
 
     from sumrl.errors import ConfigError
 
-    rm = _rm_reward(reward)
+    rm = find_rm_reward(reward)
     if rm is None:
         raise ConfigError("value_init rm: the reward has no 'rm' entry (a reward-model folder) to initialise the critic from")
     rmm = rm.rm.model
