@@ -37,9 +37,9 @@ RM_LASTMILE_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "rm_lastm
 # prompt budget this machine handles quickly; `full` is sized for one GPU.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(n_test=6, max_input_tokens=384, max_new_tokens=64, batch_size=6, sft_steps=4, sft_batch=2,
-                  rm_steps=10, ppo_steps=3, ppo_batch=2, grpo_steps=2, grpo_batch=1, grpo_samples=4, bf16=True),
+                  rm_steps=4, ppo_steps=3, ppo_batch=2, grpo_steps=2, grpo_batch=1, grpo_samples=4, bf16=True),
     "default": dict(n_test=16, max_input_tokens=512, max_new_tokens=160, batch_size=8, sft_steps=30, sft_batch=2,
-                    rm_steps=40, ppo_steps=8, ppo_batch=4, grpo_steps=6, grpo_batch=1, grpo_samples=4, bf16=True),
+                    rm_steps=20, ppo_steps=8, ppo_batch=4, grpo_steps=6, grpo_batch=1, grpo_samples=4, bf16=True),
     "full": dict(n_test=100, max_input_tokens=4096, max_new_tokens=256, batch_size=16, sft_steps=400, sft_batch=16,
                  rm_steps=400, ppo_steps=200, ppo_batch=16, grpo_steps=200, grpo_batch=8, grpo_samples=8, bf16=True),
 }
@@ -303,8 +303,10 @@ def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path) -> dict:
     pen = paper_length_penalties(json.loads((rm_dir / "config.json").read_text(encoding="utf-8"))["token_normalization"])
     recipe["reward"] = [{**r, "path": str(rm_dir)} if r.get("name") == "rm" else {**r, **pen} if r.get("name") == "length"
                         else r for r in recipe["reward"]]
+    # The recipe's output cap from the data (whole references on reference steps), at demo sizes, with
+    # the shared-trunk value head (started from the RM's head) instead of a second LoRA trunk pass.
     over = dict(policy=policy, steps=cfg.ppo_steps, batch_size=cfg.ppo_batch, micro_batch_size=cfg.ppo_batch,
-                **_rl_common(cfg, folder))
+                value_model="head", **_rl_common(cfg, folder))
     rc = build_config(RLConfig, recipe, over)
     s = train(rc)
     return {"steps": s.get("steps")}
