@@ -1,0 +1,136 @@
+"""The group sampler (sumrl.generation.sampler) against today's rl.rollout.sample (model.generate)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sumrl.generation.sampler import merged_lora, sample_groups
+from sumrl.rl.rollout import sample, truncate_at_eos
+
+
+def _model(lora: bool = False, seed: int = 0):
+    from conftest import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok, seed=seed).eval()
+    if lora:
+        from sumrl.models.lora import add_lora
+
+        model = add_lora(model, r=4, alpha=8)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.3)
+    return model, tok
+
+
+PROMPTS = [[5, 17, 33, 2, 90, 41, 7], [12, 8, 250, 61], [300, 301, 44, 45, 46, 47, 48, 49, 50, 51]]
+
+
+def _plain(model, prompts, G, **kw):
+    rep = [p for p in prompts for _ in range(G)]
+    raw = sample(model, rep, **kw)
+    return [truncate_at_eos(r, kw["stop_ids"])[0] for r in raw]
+
+
+def _stops_that_fire(model, tok, prompts, G):
+    """Stop ids taken from a greedy run so that rows end at different steps (a random tiny model
+    rarely emits its real end token)."""
+    raw = _plain(model, prompts, G, max_new_tokens=12, temperature=0.0, top_p=1.0, stop_ids=[tok.eos_token_id],
+                 pad_id=tok.pad_token_id)
+    return sorted({raw[0][3], raw[-1][6], tok.eos_token_id})
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_greedy_equals_rollout_sample(compact, chunk):
+    model, tok = _model()
+    G = 2
+    stops = _stops_that_fire(model, tok, PROMPTS, G)
+    kw = dict(max_new_tokens=12, temperature=0.0, top_p=1.0, stop_ids=stops, pad_id=tok.pad_token_id)
+    want = _plain(model, PROMPTS, G, **kw)
+    got = sample_groups(model, PROMPTS, group_size=G, prefill_chunk=chunk, compact=compact, **kw)
+    assert got == want
+    lens = {len(r) for r in got}
+    assert len(lens) > 1 and max(lens) == 12  # some rows stopped early, some ran to the limit
+
+
+def test_seeded_sampling_equals_generate_without_compaction():
+    model, tok = _model()
+    G = 3
+    stops = _stops_that_fire(model, tok, PROMPTS, G) + list(range(60, 90))  # ~8% chance per step
+    limits = [10, 4, 10, 10, 7, 10, 2, 10, 10]
+    kw = dict(max_new_tokens=limits, temperature=0.7, top_p=1.0, stop_ids=stops, pad_id=tok.pad_token_id)
+    torch.manual_seed(123)
+    want = _plain(model, PROMPTS, G, **kw)
+    torch.manual_seed(123)
+    got = sample_groups(model, PROMPTS, group_size=G, compact=False, **kw)
+    assert got == want
+    assert all(len(r) <= lim for r, lim in zip(got, limits))
+    assert len({tuple(r) for r in got}) > 3  # really sampled: the group's rows differ
+
+
+def test_top_p_uses_the_nucleus():
+    model, tok = _model()
+    kw = dict(max_new_tokens=6, top_p=0.3, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    torch.manual_seed(5)
+    want = _plain(model, PROMPTS, 2, temperature=1.3, **kw)
+    torch.manual_seed(5)
+    got = sample_groups(model, PROMPTS, group_size=2, temperature=1.3, compact=False, **kw)
+    assert got == want
+
+
+def test_compact_sampling_rows_end_at_a_stop_or_their_limit():
+    """With compaction the random stream differs from generate()'s (the arithmetic of the kept rows
+    is checked exactly by the greedy test with early stops); rows end at their first stop token or
+    at their limit, and the group's rows differ."""
+    model, tok = _model()
+    stops = list(range(60, 200))  # ~35% of the vocabulary: most rows stop early, at different steps
+    torch.manual_seed(0)
+    got = sample_groups(model, [PROMPTS[0], PROMPTS[1]], group_size=16, max_new_tokens=8, temperature=1.0,
+                        stop_ids=stops, pad_id=tok.pad_token_id)
+    assert len(got) == 32
+    for r in got:
+        assert 1 <= len(r) <= 8
+        assert (r[-1] in stops) or len(r) == 8
+        assert all(t not in stops for t in r[:-1])
+    assert len({len(r) for r in got}) > 2 and len({tuple(r) for r in got}) > 16
+
+
+def test_merged_lora_greedy_equal_and_weights_restored_exactly():
+    from sumrl.models.logprobs import model_token_logprobs, next_token_targets
+
+    model, tok = _model(lora=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stops = [tok.eos_token_id]
+    kw = dict(max_new_tokens=10, temperature=0.0, stop_ids=stops, pad_id=tok.pad_token_id)
+    unmerged = sample_groups(model, PROMPTS, group_size=2, **kw)
+    merged = sample_groups(model, PROMPTS, group_size=2, merge_lora=True, **kw)
+    assert merged == unmerged == _plain(model, PROMPTS, 2, top_p=1.0, **kw)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n  # bit for bit, not just within rounding
+    # log-probs of the generated tokens computed with the adapters merged equal the unmerged ones
+    rows = [p + r for p, r in zip([p for p in PROMPTS for _ in range(2)], unmerged)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    tgt = next_token_targets(ids, mask)
+    with torch.no_grad():
+        lp = model_token_logprobs(model, ids, mask, tgt)
+        with merged_lora(model):
+            lp_m = model_token_logprobs(model, ids, mask, tgt)
+    assert torch.allclose(lp, lp_m, atol=1e-5)
+    # the adapters matter (otherwise the test above proves nothing)
+    from sumrl.models.lora import adapters_disabled
+
+    with adapters_disabled(model), torch.no_grad():
+        lp_base = model_token_logprobs(model, ids, mask, tgt)
+    assert float((lp - lp_base).abs().max()) > 1e-3
+
+
+def test_bad_arguments():
+    model, tok = _model()
+    with pytest.raises(ValueError, match="limits"):
+        sample_groups(model, PROMPTS, group_size=2, max_new_tokens=[3, 3], temperature=0.0, stop_ids=[1], pad_id=0)
+    assert sample_groups(model, [], max_new_tokens=3, temperature=0.0, stop_ids=[1], pad_id=0) == []
