@@ -155,3 +155,50 @@ def test_prefill_chunk_refused_under_grad():
     q, qm, r, rm, _ = _batch()
     with pytest.raises(ValueError, match="no-grad"):
         grouped_response_hidden(model, q, qm, r, rm, prefill_chunk=4)
+
+
+def test_variable_group_sizes_and_consecutive_groups():
+    """Groups of different sizes (a reference trajectory took one slot; PPO's one row per prompt):
+    hidden states and LoRA gradients still equal the plain path."""
+    from sumrl.models.grouped import consecutive_groups
+
+    model = _lora(_tiny("qwen2"))
+    q, qm, r, rm, _ = _batch(P=3, G=2)
+    sizes = [3, 1, 2]
+    rows_q = q.repeat_interleave(torch.tensor(sizes), 0)
+    rows_m = qm.repeat_interleave(torch.tensor(sizes), 0)
+    pq, pm, got_sizes = consecutive_groups(rows_q, rows_m)
+    assert got_sizes == sizes and torch.equal(pq, q) and torch.equal(pm, qm)
+    Lq, T = q.shape[1], r.shape[1]
+
+    def run(shared):
+        model.zero_grad(set_to_none=True)
+        if shared:
+            h = grouped_response_hidden(model, pq, pm, r, rm, group_sizes=got_sizes)
+        else:
+            h = model_hidden_states(model, torch.cat([rows_q, r], 1), torch.cat([rows_m, rm], 1))[:, Lq - 1:Lq - 1 + T]
+        lp = _logp(model, h, r, rm)
+        lp.sum().backward()
+        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    lp0, g0 = run(False)
+    lp1, g1 = run(True)
+    assert torch.allclose(lp1, lp0, atol=TOL, rtol=0)
+    for n in g0:
+        assert torch.allclose(g1[n], g0[n], atol=TOL * max(1.0, float(g0[n].abs().max())), rtol=0), n
+    with pytest.raises(ValueError, match="group_sizes"):
+        grouped_response_hidden(model, pq, pm, r, rm, group_sizes=[3, 3, 0])
+
+
+def test_bf16_autocast_runs_and_stays_within_bf16_noise():
+    """Under bf16 autocast the shared path is not bit-equal to the plain one (different op shapes
+    round differently) but stays within bf16 noise: no larger than bf16-vs-fp32 itself here."""
+    model = _lora(_tiny("llama"))
+    q, qm, r, rm, G = _batch()
+    with torch.no_grad():
+        fp32 = _logp(model, _plain(model, q, qm, r, rm, G), r, rm)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = _logp(model, _plain(model, q, qm, r, rm, G), r, rm)
+            shared = _logp(model, grouped_response_hidden(model, q, qm, r, rm, prefill_chunk=4), r, rm)
+    assert float((shared - plain).abs().max()) < 2e-2
+    assert float((shared - fp32).abs().max()) < 2e-2

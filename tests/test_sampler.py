@@ -134,3 +134,21 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="limits"):
         sample_groups(model, PROMPTS, group_size=2, max_new_tokens=[3, 3], temperature=0.0, stop_ids=[1], pad_id=0)
     assert sample_groups(model, [], max_new_tokens=3, temperature=0.0, stop_ids=[1], pad_id=0) == []
+
+
+def test_variable_group_sizes_match_the_repeated_prompts():
+    from sumrl.generation.sampler import consecutive_prompt_groups
+
+    model, tok = _model()
+    rows = [PROMPTS[0]] * 3 + [PROMPTS[1]] + [PROMPTS[2]] * 2
+    uniq, sizes = consecutive_prompt_groups(rows)
+    assert uniq == PROMPTS and sizes == [3, 1, 2]
+    stops = _stops_that_fire(model, tok, PROMPTS, 2)
+    kw = dict(max_new_tokens=10, temperature=0.0, top_p=1.0, stop_ids=stops, pad_id=tok.pad_token_id)
+    want = [truncate_at_eos(r, stops)[0] for r in sample(model, rows, **kw)]
+    assert sample_groups(model, uniq, group_size=sizes, **kw) == want
+    torch.manual_seed(9)
+    kw.update(temperature=0.9)
+    want = [truncate_at_eos(r, stops)[0] for r in sample(model, rows, **kw)]
+    torch.manual_seed(9)
+    assert sample_groups(model, uniq, group_size=sizes, compact=False, **kw) == want

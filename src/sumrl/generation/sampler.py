@@ -33,7 +33,7 @@ from torch import Tensor
 from sumrl.models.grouped import _cache_kwarg, position_ids_from_mask, prefill
 from sumrl.models.logprobs import find_decoder, output_head
 
-__all__ = ["sample_groups", "merged_lora", "left_pad"]
+__all__ = ["sample_groups", "merged_lora", "left_pad", "consecutive_prompt_groups"]
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -46,6 +46,22 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Ten
             ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
             mask[r, width - len(p):] = 1
     return ids, mask
+
+
+def consecutive_prompt_groups(prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
+    """``(unique prompts, sizes)``: runs of consecutive identical prompts collapsed, so that
+    ``sample_groups(model, unique, group_size=sizes, ...)`` returns one row per input prompt, in order
+    (the trainer's layout: G rows per example, fewer where a reference trajectory took a slot)."""
+    uniq: list[list[int]] = []
+    sizes: list[int] = []
+    for p in prompts:
+        p = [int(x) for x in p]
+        if uniq and uniq[-1] == p:
+            sizes[-1] += 1
+        else:
+            uniq.append(p)
+            sizes.append(1)
+    return uniq, sizes
 
 
 @contextmanager
@@ -78,7 +94,7 @@ def _logits(hidden: Tensor, weight: Tensor, softcap: float | None) -> Tensor:
     return z
 
 
-def sample_groups(model: Any, prompts: Sequence[Sequence[int]], *, group_size: int = 1,
+def sample_groups(model: Any, prompts: Sequence[Sequence[int]], *, group_size: int | Sequence[int] = 1,
                   max_new_tokens: int | Sequence[int], temperature: float, top_p: float = 1.0,
                   stop_ids: Sequence[int], pad_id: int, prefill_chunk: int | None = None, compact: bool = True,
                   merge_lora: bool = False, bf16: bool = False) -> list[list[int]]:
@@ -87,8 +103,9 @@ def sample_groups(model: Any, prompts: Sequence[Sequence[int]], *, group_size: i
     Args:
         model: causal LM or peft model (the active adapter is used; ``merge_lora`` merges it).
         prompts: P prompts (token ids).
-        group_size: completions per prompt (G); rows come out grouped: row ``p*G + j``.
-        max_new_tokens: an int, or one limit per output row (P * G).
+        group_size: completions per prompt (G), or one count per prompt; rows come out grouped
+            (prompt ``p``'s completions consecutive, in prompt order).
+        max_new_tokens: an int, or one limit per output row.
         temperature: > 0 samples from ``softmax(logits / temperature)``; 0 = greedy.
         top_p: nucleus threshold (1.0 = the full distribution, what RL log-probs assume).
         stop_ids: end tokens; a row stops after emitting one (it is kept in the output).
@@ -105,10 +122,10 @@ def sample_groups(model: Any, prompts: Sequence[Sequence[int]], *, group_size: i
     """
     if not prompts:
         return []
-    G = int(group_size)
-    if G < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    B = len(prompts) * G
+    sizes = [int(group_size)] * len(prompts) if isinstance(group_size, int) else [int(g) for g in group_size]
+    if len(sizes) != len(prompts) or any(g < 1 for g in sizes):
+        raise ValueError(f"group_size must be >= 1 per prompt ({len(prompts)} prompts), got {group_size}")
+    B = sum(sizes)
     limits = [int(max_new_tokens)] * B if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
     if len(limits) != B:
         raise ValueError(f"{len(limits)} limits for {B} rows")
@@ -140,10 +157,11 @@ def sample_groups(model: Any, prompts: Sequence[Sequence[int]], *, group_size: i
 
             cache = DynamicCache()
             last, cache = prefill(model, ids, mask, chunk=prefill_chunk, cache=cache)
-            if G > 1:
-                cache.batch_repeat_interleave(G)
-                last = last.repeat_interleave(G, dim=0)
-                mask = mask.repeat_interleave(G, dim=0)
+            if B > len(prompts):
+                index = torch.repeat_interleave(torch.arange(len(prompts), device=device),
+                                                torch.tensor(sizes, device=device))
+                cache.batch_select_indices(index)
+                last, mask = last.index_select(0, index), mask.index_select(0, index)
             rows = torch.arange(B, device=device)  # output row of each batch row
             lim = torch.tensor(limits, device=device)
             done = lim <= 0

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -41,6 +41,7 @@ from sumrl.models.logprobs import IGNORE_INDEX, chunked_token_logprobs, find_dec
 
 __all__ = [
     "split_groups",
+    "consecutive_groups",
     "position_ids_from_mask",
     "prefill",
     "grouped_response_hidden",
@@ -67,6 +68,33 @@ def split_groups(query_ids: Tensor, query_mask: Tensor, group_size: int) -> tupl
     if not (torch.equal(ids, ids[:, :1].expand_as(ids)) and torch.equal(mask, mask[:, :1].expand_as(mask))):
         raise ValueError(f"the {group_size} rows of each group must share one prompt (same ids and mask)")
     return ids[:, 0].contiguous(), mask[:, 0].contiguous()
+
+
+def consecutive_groups(query_ids: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor, list[int]]:
+    """``(prompt_ids (P, Lq), prompt_mask (P, Lq), sizes)``: runs of consecutive identical rows
+    (same ids and mask) collapsed to one prompt each, with the length of each run. Works for any
+    layout (GRPO groups, a group with its reference row removed, PPO's one row per prompt)."""
+    B = query_ids.shape[0]
+    if B == 0:
+        return query_ids, query_mask, []
+    same = ((query_ids[1:] == query_ids[:-1]) & (query_mask[1:] == query_mask[:-1])).all(dim=1)
+    starts = [0] + [i + 1 for i in (~same).nonzero().squeeze(1).tolist()]
+    sizes = [b - a for a, b in zip(starts, starts[1:] + [B])]
+    idx = torch.tensor(starts, dtype=torch.long, device=query_ids.device)
+    return query_ids.index_select(0, idx), query_mask.index_select(0, idx), sizes
+
+
+def _expand_index(P: int, B: int, group_sizes, device) -> Tensor:
+    """Row ``i`` of the output reads prompt ``index[i]``."""
+    if group_sizes is None:
+        if P == 0 or B % P:
+            raise ValueError(f"{B} responses cannot be split over {P} prompts")
+        sizes = torch.full((P,), B // P, dtype=torch.long)
+    else:
+        sizes = torch.as_tensor(list(group_sizes), dtype=torch.long)
+        if sizes.numel() != P or int(sizes.sum()) != B or bool((sizes < 1).any()):
+            raise ValueError(f"group_sizes {sizes.tolist()} must give each of the {P} prompts >= 1 of the {B} rows")
+    return torch.repeat_interleave(torch.arange(P), sizes).to(device)
 
 
 # --------------------------------------------------------------------------------- cache layers
@@ -205,7 +233,8 @@ def prefill(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, *, chunk: int |
 
 
 def grouped_response_hidden(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
-                            response_mask: Tensor, *, prefill_chunk: int | None = None) -> Tensor:
+                            response_mask: Tensor, *, group_sizes: Sequence[int] | None = None,
+                            prefill_chunk: int | None = None) -> Tensor:
     """Final hidden states at the response positions, each prompt computed once per group.
 
     Equal to ``model_hidden_states(model, cat([q, r]), cat([qm, rm]))[:, Lq - 1 : Lq - 1 + T]``
@@ -217,8 +246,10 @@ def grouped_response_hidden(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
         model: causal LM or peft model; differentiable when grad is enabled (LoRA gradients flow
             through the shared prompt once, with the group's gradients summed).
         prompt_ids, prompt_mask: (P, Lq), left padding, one row per group.
-        response_ids, response_mask: (P * G, T), right padding, the ``G`` completions of prompt
-            ``p`` in rows ``p*G .. p*G + G - 1`` (see :func:`split_groups`).
+        response_ids, response_mask: (B, T), right padding; the completions of each prompt in
+            consecutive rows (``G = B / P`` each, or ``group_sizes``; see :func:`split_groups` and
+            :func:`consecutive_groups`).
+        group_sizes: completions per prompt when they differ (None: ``B / P`` each).
         prefill_chunk: run the prompt in chunks of this many tokens (no-grad passes only: under
             gradient the activations are kept for backward anyway; ValueError otherwise).
 
@@ -227,11 +258,9 @@ def grouped_response_hidden(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
     """
     P, Lq = prompt_ids.shape
     B, T = response_ids.shape
-    if P == 0 or B % P:
-        raise ValueError(f"{B} responses cannot be split over {P} prompts")
     if response_mask.shape != response_ids.shape or prompt_mask.shape != prompt_ids.shape:
         raise ValueError("ids and masks must have the same shapes")
-    G = B // P
+    index = _expand_index(P, B, group_sizes, prompt_ids.device)
     grad = torch.is_grad_enabled()
     if prefill_chunk and grad and prefill_chunk < Lq:
         raise ValueError("prefill_chunk is for no-grad passes (old/reference log-probs, values)")
@@ -241,15 +270,16 @@ def grouped_response_hidden(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
         last, pcache = prefill(model, prompt_ids, prompt_mask, chunk=prefill_chunk)
         for layer in pcache.layers:
             layer.sealed = True
-        first = last.repeat_interleave(G, dim=0)[:, None]  # h at Lq - 1: predicts response token 0
+        first = last.index_select(0, index)[:, None]  # h at Lq - 1: predicts response token 0
         if T == 1:
             return first
         _, PrefixLayer = _layer_classes()
-        # Expanded once per layer (not per step): G x Lq keys/values, small next to activations.
-        ccache = _new_cache([PrefixLayer(layer.keys.repeat_interleave(G, dim=0), layer.values.repeat_interleave(G, dim=0))
+        # Expanded once per layer (not per step): B x Lq keys/values, small next to activations
+        # (index_select's backward sums the rows of a group back onto their prompt).
+        ccache = _new_cache([PrefixLayer(layer.keys.index_select(0, index), layer.values.index_select(0, index))
                              for layer in pcache.layers])
         del pcache
-        full_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0), response_mask], dim=1)
+        full_mask = torch.cat([prompt_mask.index_select(0, index), response_mask], dim=1)
         pos = position_ids_from_mask(full_mask)[:, Lq:Lq + T - 1]
         # The last response token predicts nothing we need: run T - 1 positions.
         out = decoder(input_ids=response_ids[:, :T - 1], attention_mask=full_mask[:, :Lq + T - 1], position_ids=pos,
@@ -259,16 +289,17 @@ def grouped_response_hidden(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
 
 
 def grouped_token_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
-                           response_mask: Tensor, *, temperature: float = 1.0, chunk_size: int = 512,
+                           response_mask: Tensor, *, group_sizes: Sequence[int] | None = None,
+                           temperature: float = 1.0, chunk_size: int = 512,
                            prefill_chunk: int | None = None, return_entropy: bool = False,
                            return_hidden: bool = False) -> dict[str, Tensor]:
     """Per-token log-probs of the responses (and optionally entropy and the hidden states, for a
     value head), as :class:`~sumrl.rl.value.PolicyValueModule` computes them, with each prompt
     computed once per group. ``temperature`` divides the logits (via the hidden states: the head
-    is linear). Returns a dict with ``logprobs`` (P*G, T) float32 (0 where ``response_mask`` is 0),
+    is linear). Returns a dict with ``logprobs`` (B, T) float32 (0 where ``response_mask`` is 0),
     ``entropy`` and ``hidden`` when asked."""
     h = grouped_response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask,
-                                prefill_chunk=prefill_chunk)
+                                group_sizes=group_sizes, prefill_chunk=prefill_chunk)
     weight, softcap = output_head(model)
     targets = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, IGNORE_INDEX))
     hs = h if temperature == 1.0 else h / temperature
