@@ -110,6 +110,12 @@ def test_merged_lora_greedy_equal_and_weights_restored_exactly():
     assert merged == unmerged == _plain(model, PROMPTS, 2, top_p=1.0, **kw)
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n  # bit for bit, not just within rounding
+        assert not p.is_inference(), n
+    # the model still trains after merged generation (no inference tensors left in it)
+    out = model(torch.tensor([PROMPTS[0]]))
+    out.logits.float().logsumexp(-1).sum().backward()
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+    model.zero_grad(set_to_none=True)
     # log-probs of the generated tokens computed with the adapters merged equal the unmerged ones
     rows = [p + r for p, r in zip([p for p in PROMPTS for _ in range(2)], unmerged)]
     width = max(map(len, rows))
@@ -152,3 +158,44 @@ def test_variable_group_sizes_match_the_repeated_prompts():
     want = [truncate_at_eos(r, stops)[0] for r in sample(model, rows, **kw)]
     torch.manual_seed(9)
     assert sample_groups(model, uniq, group_size=sizes, compact=False, **kw) == want
+
+
+@pytest.mark.slow
+def test_default_model_sampler_and_grouped_forward_equal_plain_paths():
+    """The real default model (SmolLM2-135M) with a LoRA adapter, two 256-token ScisummNet prompts,
+    2 completions each: greedy tokens of sample_groups (merged LoRA, chunked prefill) equal
+    rollout.sample's, and the shared-prompt log-probs equal the plain ones."""
+    from sumrl.data import load_data
+    from sumrl.generation.sampler import left_pad
+    from sumrl.generation.summarize import eos_ids
+    from sumrl.models.grouped import grouped_token_logprobs
+    from sumrl.models.loading import load_model
+    from sumrl.models.logprobs import IGNORE_INDEX, chunked_token_logprobs, model_hidden_states, output_head
+    from sumrl.models.lora import add_lora
+    from sumrl.rl.rollout import encode_prompt_ids
+
+    model, tok = load_model("default", dtype="float32")
+    model = add_lora(model, r=16, alpha=32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.01)
+    stops, pad = eos_ids(model, tok), tok.pad_token_id
+    prompts = [encode_prompt_ids(tok, ex.document, ex.query, max_prompt_tokens=256)
+               for ex in load_data("scisummnet", "train", limit=2)]
+    kw = dict(max_new_tokens=16, temperature=0.0, top_p=1.0, stop_ids=stops, pad_id=pad)
+    want = _plain(model, prompts, 2, **kw)
+    got = sample_groups(model, prompts, group_size=2, prefill_chunk=100, merge_lora=True, **kw)
+    assert got == want
+    q, qm = left_pad(prompts, pad)
+    r, rm = left_pad([x[::-1] for x in got], pad)  # right padding: reverse, left-pad, flip back
+    r, rm = r.flip(1), rm.flip(1)
+    with torch.no_grad():
+        lp = grouped_token_logprobs(model, q, qm, r, rm, temperature=0.7, prefill_chunk=100)["logprobs"]
+        Lq, T = q.shape[1], r.shape[1]
+        h = model_hidden_states(model, torch.cat([q.repeat_interleave(2, 0), r], 1),
+                                torch.cat([qm.repeat_interleave(2, 0), rm], 1))[:, Lq - 1:Lq - 1 + T]
+        w, cap = output_head(model)
+        ref = chunked_token_logprobs(h / 0.7, w, torch.where(rm.bool(), r, torch.full_like(r, IGNORE_INDEX)), softcap=cap)
+    assert torch.allclose(lp, ref, atol=1e-4, rtol=0), float((lp - ref).abs().max())

@@ -73,13 +73,16 @@ def merged_lora(model: Any) -> Iterator[None]:
     if not base_layers or not hasattr(model, "merge_adapter"):
         yield
         return
-    snap = [(m.get_base_layer(), m.get_base_layer().weight.detach().clone()) for m in base_layers]
-    model.merge_adapter()
+    # Outside inference mode on purpose: a weight replaced inside it would become an inference
+    # tensor, which autograd refuses to save for the next training step.
+    with torch.inference_mode(False), torch.no_grad():
+        snap = [(m.get_base_layer(), m.get_base_layer().weight.detach().clone()) for m in base_layers]
+        model.merge_adapter()
     try:
         yield
     finally:
-        model.unmerge_adapter()
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
+            model.unmerge_adapter()
             for layer, w in snap:
                 layer.weight.copy_(w)
 
@@ -152,7 +155,7 @@ def sample_groups(model: Any, prompts: Sequence[Sequence[int]], *, group_size: i
     out: list[list[int]] = [[] for _ in range(B)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     try:
-        with torch.inference_mode(), (merged_lora(model) if merge_lora else nullcontext()), autocast:
+        with (merged_lora(model) if merge_lora else nullcontext()), torch.inference_mode(), autocast:
             from transformers.cache_utils import DynamicCache
 
             cache = DynamicCache()
