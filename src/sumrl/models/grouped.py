@@ -98,14 +98,9 @@ def _expand_index(P: int, B: int, group_sizes, device) -> Tensor:
 
 
 # --------------------------------------------------------------------------------- cache layers
-def _dynamic_layer_cls():
-    from transformers.cache_utils import DynamicLayer
-
-    return DynamicLayer
-
-
 def _make_layer_classes():
-    DynamicLayer = _dynamic_layer_cls()
+    # built on first use: transformers is imported lazily (sumrl --help stays fast)
+    from transformers.cache_utils import DynamicLayer
 
     class PromptLayer(DynamicLayer):
         """Appends like a DynamicLayer while the prompt runs (chunk after chunk); once ``sealed``
