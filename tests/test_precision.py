@@ -115,3 +115,20 @@ def test_sft_and_demo_default_to_auto():
 
         r = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml")
         assert build_config(SFTConfig, r).bf16 == "auto", name
+
+
+def test_bf16_logprob_error_measures_the_autocast_gap():
+    import torch
+    from conftest import build_tiny_model, build_tiny_tokenizer
+
+    from sumrl.models.logprobs import next_token_targets
+    from sumrl.models.precision import bf16_logprob_error
+
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok).eval()
+    ids = torch.randint(3, len(tok), (2, 20), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    err = bf16_logprob_error(model, ids, mask, next_token_targets(ids, mask))
+    assert 0 < err < 0.1  # bf16 rounding is visible but small on a tiny model
+    no_targets = torch.full_like(ids, -100)
+    assert bf16_logprob_error(model, ids, mask, no_targets) == 0.0

@@ -28,7 +28,7 @@ from typing import Any
 
 from sumrl.config import BF16_HELP, parse_auto_bool
 
-__all__ = ["resolve_bf16", "parse_bf16", "precision_line", "MIN_SPEEDUP", "BF16_HELP"]
+__all__ = ["resolve_bf16", "parse_bf16", "precision_line", "bf16_logprob_error", "MIN_SPEEDUP", "BF16_HELP"]
 
 MIN_SPEEDUP = 1.3
 
@@ -154,3 +154,19 @@ def resolve_bf16(setting: Any, device: Any = None) -> tuple[bool, str]:
 def precision_line(command: str, use_bf16: bool, reason: str) -> str:
     """The line commands print first: ``<command>: precision bf16 autocast -- <reason>``."""
     return f"{command}: precision {'bf16 autocast' if use_bf16 else 'float32'} -- {reason}"
+
+
+def bf16_logprob_error(model: Any, input_ids: Any, attention_mask: Any, targets: Any, *, chunk_size: int = 512) -> float:
+    """Largest ``|log p_bf16 - log p_fp32|`` over the non-ignored ``targets`` of one batch: the
+    check a trainer runs once (e.g. on its first rollout) before training under bf16 autocast,
+    falling back to float32 when it exceeds its tolerance. No gradient; the model is unchanged."""
+    import torch
+
+    from sumrl.models.logprobs import IGNORE_INDEX, model_token_logprobs
+
+    with torch.no_grad():
+        ref = model_token_logprobs(model, input_ids, attention_mask, targets, chunk_size=chunk_size)
+        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16):
+            low = model_token_logprobs(model, input_ids, attention_mask, targets, chunk_size=chunk_size)
+    valid = targets != IGNORE_INDEX
+    return float((low.float() - ref.float())[valid].abs().max()) if bool(valid.any()) else 0.0
