@@ -36,7 +36,7 @@ def sft_data(tmp_path_factory) -> Path:
 def _cfg(model_dir, data, out, **kw) -> SFTConfig:
     base = dict(model=str(model_dir), data=str(data), out=str(out), max_seq_len=128, max_target_tokens=32,
                 batch_size=4, steps=2, eval_every=0, progress=False, tensorboard=False, lr=1e-2, warmup_steps=1,
-                save_every=1000)
+                save_every=1000, bf16=False)  # float32: these tests compare runs to 1e-6; auto may pick bf16
     base.update(kw)
     return build_config(SFTConfig, overrides=base)
 

@@ -22,6 +22,32 @@ from sumrl.errors import ConfigError
 T = TypeVar("T")
 
 
+class AutoBool:
+    """Type marker for options that take ``auto``, ``true`` or ``false`` (e.g. ``--bf16``): the value
+    is the string ``"auto"`` or a bool. On the command line ``--flag`` alone means true,
+    ``--flag auto|true|false`` sets it, ``--no-flag`` means false (as for plain bool options)."""
+
+
+BF16_HELP = ("bfloat16 autocast (parameters and optimizer stay float32): auto = only where this machine runs bf16 "
+             "faster (GPU compute capability >= 8, or a CPU measured once and cached; the choice and why are "
+             "printed first), true / false to force")
+
+
+def parse_auto_bool(value: Any, name: str) -> Any:
+    """``"auto"``, True or False; ConfigError naming the option otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == "auto":
+            return "auto"
+        if v in ("true", "yes", "1", "on"):
+            return True
+        if v in ("false", "no", "0", "off"):
+            return False
+    raise ConfigError(f"option '{name}': expected auto, true or false, got {value!r}")
+
+
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, choices: list | None = None,
         default_factory: Any = dataclasses.MISSING, cli: bool = True) -> Any:
     """A dataclass field with help text (and optional choices) for the CLI."""
@@ -68,6 +94,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, with_confi
         origin = typing.get_origin(tp)
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif tp is AutoBool:
+            parser.add_argument(flag, nargs="?", const="true", metavar="auto|true|false", **kw)
+            parser.add_argument("--no-" + flag[2:], action="store_const", const="false", dest=f.name,
+                                default=argparse.SUPPRESS, help=f"same as {flag} false")
         elif origin in (list, tuple):
             (inner,) = typing.get_args(tp)[:1] or (str,)
             parser.add_argument(flag, nargs="+", type=inner if inner in (int, float, str) else str, **kw)
@@ -84,6 +114,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             return None
         raise ConfigError(f"option '{name}' must not be null")
     origin = typing.get_origin(tp)
+    if tp is AutoBool:
+        return parse_auto_bool(value, name)
     try:
         if tp is bool:
             if isinstance(value, bool):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sumrl.config import add_dataclass_args, build_config, config_from_args, opt
+from sumrl.config import AutoBool, add_dataclass_args, build_config, config_from_args, opt
 from sumrl.errors import ConfigError
 
 LASTMILE_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "rl_lastmile.yaml"
@@ -37,11 +37,11 @@ RM_LASTMILE_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "rm_lastm
 # prompt budget this machine handles quickly; `full` is sized for one GPU.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(n_test=6, max_input_tokens=384, max_new_tokens=64, batch_size=6, sft_steps=4, sft_batch=2,
-                  rm_steps=4, ppo_steps=3, ppo_batch=2, grpo_steps=2, grpo_batch=1, grpo_samples=4, bf16=True),
+                  rm_steps=4, ppo_steps=3, ppo_batch=2, grpo_steps=2, grpo_batch=1, grpo_samples=4, bf16="auto"),
     "default": dict(n_test=16, max_input_tokens=512, max_new_tokens=160, batch_size=8, sft_steps=30, sft_batch=2,
-                    rm_steps=20, ppo_steps=8, ppo_batch=4, grpo_steps=6, grpo_batch=1, grpo_samples=4, bf16=True),
+                    rm_steps=20, ppo_steps=8, ppo_batch=4, grpo_steps=6, grpo_batch=1, grpo_samples=4, bf16="auto"),
     "full": dict(n_test=100, max_input_tokens=4096, max_new_tokens=256, batch_size=16, sft_steps=400, sft_batch=16,
-                 rm_steps=400, ppo_steps=200, ppo_batch=16, grpo_steps=200, grpo_batch=8, grpo_samples=8, bf16=True),
+                 rm_steps=400, ppo_steps=200, ppo_batch=16, grpo_steps=200, grpo_batch=8, grpo_samples=8, bf16="auto"),
 }
 
 
@@ -66,7 +66,8 @@ class DemoConfig:
     grpo_steps: typing.Optional[int] = opt(None, "GRPO outer steps (default: preset)")
     grpo_batch: typing.Optional[int] = opt(None, "GRPO prompts per step (default: preset)")
     grpo_samples: typing.Optional[int] = opt(None, "GRPO completions per prompt (default: preset)")
-    bf16: typing.Optional[bool] = opt(None, "bfloat16 autocast in training (default: preset)")
+    bf16: typing.Optional[AutoBool] = opt(None, "bfloat16 autocast in training: auto (the presets' choice) = only "
+                                                "where this machine runs bf16 faster, true / false to force")
     seed: int = opt(0, "random seed")
     force: bool = opt(False, "redo every stage even if it finished before")
 
@@ -154,6 +155,9 @@ def run_demo(cfg: DemoConfig) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "demo_config.json", dataclasses.asdict(cfg))
+    from sumrl.models.precision import precision_line, resolve_bf16
+
+    print(precision_line("demo", *resolve_bf16(cfg.bf16)), flush=True)
     want = set(cfg.stages)
     plan = []
     if "base" in want:
@@ -255,7 +259,7 @@ def _sft(cfg: DemoConfig, folder: Path) -> dict:
     sc = build_config(SFTConfig, overrides=dict(
         model=cfg.model, data=cfg.data, split="train", out=str(folder), steps=cfg.sft_steps, batch_size=cfg.sft_batch,
         max_seq_len=cfg.max_input_tokens + cfg.max_new_tokens, max_target_tokens=cfg.max_new_tokens, lr=3e-4,
-        warmup_steps=max(1, cfg.sft_steps // 10), bf16=bool(cfg.bf16), eval_every=max(1, cfg.sft_steps // 2),
+        warmup_steps=max(1, cfg.sft_steps // 10), bf16=cfg.bf16, eval_every=max(1, cfg.sft_steps // 2),
         val_examples=8, val_generate=0, save_every=max(5, cfg.sft_steps // 3), seed=cfg.seed,
         **_resume_flags(folder)))
     s = train(sc)
@@ -278,9 +282,16 @@ def _rm(cfg: DemoConfig, folder: Path) -> dict:
     return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
 
 
+def _use_bf16(cfg: DemoConfig) -> bool:
+    # resolved here for the RL stages (their config takes a bool); the CPU measurement is cached
+    from sumrl.models.precision import resolve_bf16
+
+    return resolve_bf16(cfg.bf16)[0]
+
+
 def _rl_common(cfg: DemoConfig, folder: Path) -> dict:
     return dict(data=cfg.data, split="train", out=str(folder), max_prompt_tokens=cfg.max_input_tokens,
-                max_new_tokens=cfg.max_new_tokens, bf16=bool(cfg.bf16), seed=cfg.seed,
+                max_new_tokens=cfg.max_new_tokens, bf16=_use_bf16(cfg), seed=cfg.seed,
                 save_every=max(2, (cfg.ppo_steps or 4) // 2), sample_every=2,
                 # stage 8 evaluates every system on the test documents; a held-out curve during these
                 # few steps would cost two greedy passes per run for a before/after we get anyway

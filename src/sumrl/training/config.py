@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from sumrl.config import DataOptions, opt
+from sumrl.config import BF16_HELP, AutoBool, DataOptions, opt
 from sumrl.errors import ConfigError
 
 # Options that may change between an interrupted run and its ``--resume`` without changing the
@@ -58,7 +58,7 @@ class SFTConfig(DataOptions):
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
     # --- speed / memory
     gradient_checkpointing: bool = opt(True, "recompute activations in backward (memory linear in length, ~30% slower)")
-    bf16: bool = opt(False, "bfloat16 autocast for the forward pass (parameters and optimizer stay float32)")
+    bf16: AutoBool = opt("auto", BF16_HELP)
     loss_chunk_size: int = opt(512, "summary positions per chunk of the cross-entropy (never full-vocabulary logits "
                                     "for the whole sequence)")
     # --- logging, validation, checkpoints

@@ -249,6 +249,11 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     mps = getattr(torch.backends, "mps", None)
     accelerator = Accelerator(cpu=not (torch.cuda.is_available() or (mps is not None and mps.is_available())))
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    from sumrl.models.precision import precision_line, resolve_bf16
+
+    use_bf16, why = resolve_bf16(cfg.bf16, accelerator.device)
+    if main:
+        print(precision_line("sft", use_bf16, why), flush=True)
     if cfg.batch_size < world:
         raise ConfigError(f"--batch-size ({cfg.batch_size}) must be at least the number of processes ({world})")
     out = Path(cfg.out)
@@ -280,7 +285,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                            require_summary=True, limit=n_val, seed=cfg.seed)
         validator = Validator(cfg, tok, val_ex, encode_for(cfg, tok, val_ex[: cfg.val_examples]))
 
-    loss_module = CausalLMLoss(model, chunk_size=cfg.loss_chunk_size, bf16=cfg.bf16)
+    loss_module = CausalLMLoss(model, chunk_size=cfg.loss_chunk_size, bf16=use_bf16)
     loss_module = accelerator.prepare(loss_module)
     raw_module = accelerator.unwrap_model(loss_module)
     params = trainable(raw_module.model)
