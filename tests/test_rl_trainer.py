@@ -29,7 +29,7 @@ def rl_data(tmp_path_factory):
 def _args(policy, data, out, *extra):
     return ["rl", "--policy", str(policy), "--data", str(data), "--out", str(out), "--reward", CHEAP,
             "--batch-size", "2", "--max-new-tokens", "6", "--max-prompt-tokens", "96", "--no-progress",
-            "--no-tensorboard", "--steps", "1", "--eval-every", "0", *extra]
+            "--no-tensorboard", "--steps", "1", "--eval-every", "0", "--no-bf16", *extra]
 
 
 def _metrics(out):
@@ -152,7 +152,7 @@ def _cfg(policy, data, out, **kw):
     from sumrl.rl.config import RLConfig
 
     base = dict(policy=str(policy), data=str(data), out=str(out), reward=CHEAP, batch_size=2, max_new_tokens=6,
-                max_prompt_tokens=96, progress=False, tensorboard=False)
+                max_prompt_tokens=96, progress=False, tensorboard=False, bf16=False)
     return build_config(RLConfig, None, {**base, **kw})
 
 
@@ -407,3 +407,46 @@ def test_more_than_one_process_is_refused_not_duplicated(tiny_model_dir, rl_data
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(_args(tiny_model_dir, rl_data, tmp_path / "two")) == 2
     assert "runs in one process" in capsys.readouterr().err
+
+
+def test_shared_prompt_forward_equals_the_plain_one_in_the_policy_value_module(tiny_model_dir):
+    """The trainer's module with share_prompt computes each group's prompt once: log-probs, entropy,
+    values (head and value adapter) and every trainable gradient equal the plain pass."""
+    from sumrl.models.loading import load_model
+    from sumrl.models.lora import add_lora
+    from sumrl.rl.value import VALUE_ADAPTER, PolicyValueModule, ValueHead
+
+    model, _ = load_model(str(tiny_model_dir))
+    model = add_lora(model, r=4, alpha=8)
+    model.add_adapter(VALUE_ADAPTER, model.peft_config["default"])
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(True)
+            with torch.no_grad():
+                p.normal_(std=0.05)
+    head = ValueHead(64)
+    # two groups of 3 and 2 completions; the first prompt left-padded
+    q = torch.tensor([[0, 0, 5, 6, 7]] * 3 + [[9, 10, 11, 12, 13]] * 2)
+    qm = torch.tensor([[0, 0, 1, 1, 1]] * 3 + [[1, 1, 1, 1, 1]] * 2)
+    r = torch.tensor([[20, 21, 22, 23], [24, 25, 0, 0], [26, 27, 28, 0], [29, 30, 31, 32], [33, 0, 0, 0]])
+    rm = (r != 0).long()
+    outs, grads = [], []
+    for share in (False, True):
+        for adapter in (False, True):
+            m = PolicyValueModule(model, head, value_adapter=adapter, share_prompt=share)
+            o = m(q, qm, r, rm, temperature=0.7, with_values=True, with_entropy=True)
+            loss = (o["logprobs"] * rm).sum() + (o["values"] * rm).sum()
+            model.zero_grad(set_to_none=True)
+            head.zero_grad(set_to_none=True)
+            loss.backward()
+            outs.append({k: v.detach() for k, v in o.items()})
+            grads.append({n: p.grad.clone() for n, p in [*model.named_parameters(), *head.named_parameters()]
+                          if p.grad is not None})
+    for plain, shared, g0, g1 in ((outs[0], outs[2], grads[0], grads[2]), (outs[1], outs[3], grads[1], grads[3])):
+        m = rm.bool()
+        for k in ("logprobs", "entropy", "values"):
+            assert torch.allclose(plain[k][m], shared[k][m], atol=1e-5), k
+        assert g0.keys() == g1.keys() and len(g0) > 0
+        for n in g0:
+            assert torch.allclose(g0[n], g1[n], atol=1e-5), n

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from sumrl.config import DataOptions, opt
+from sumrl.config import BF16_HELP, AutoBool, DataOptions, opt
 from sumrl.errors import ConfigError
 
 ALGOS = ["ppo", "grpo", "rloo", "ppo++", "aggrevated", "d2lols"]
@@ -145,7 +145,12 @@ class RLConfig(DataOptions):
                                   "batch's reference summaries to the loss (TRIL: 0.1; 0 = off)")
     guide_temperature: float = opt(0.7, "guide sampling temperature (0 = greedy)")
     # --- speed / memory
-    bf16: bool = opt(False, "bfloat16 autocast for the trunk (parameters stay float32; log-probs in float32)")
+    bf16: AutoBool = opt("auto", BF16_HELP)
+    share_prompt: bool = opt(True, "compute each prompt once per group of samples in generation and in every "
+                                   "forward pass (its keys/values shared by the group's completions, with "
+                                   "gradient in training); exact, tested equal to --no-share-prompt")
+    merge_lora_for_generation: bool = opt(True, "sample with the LoRA weights merged into the base (restored "
+                                                "exactly afterwards); only with --value-model head")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward (less memory, slower)")
     logprob_chunk_size: int = opt(512, "positions per chunk of the log-prob computation (never full-vocabulary "
                                        "logits of the prompt)")

@@ -146,11 +146,29 @@ class RolloutContext:
     top_p: float
     group_size: int
     guide: Guide | None = None
+    share_prompt: bool = False  # prefill each prompt once per group (sumrl.generation.sampler.sample_groups)
+    merge_lora: bool = False  # sample with the LoRA weights merged (restored exactly afterwards)
 
 
 def _policy_sample(ctx: RolloutContext, prompts: list[list[int]], limits: list[int]) -> list[tuple[list[int], bool]]:
-    raw = sample(ctx.policy, prompts, max_new_tokens=limits, temperature=ctx.temperature, top_p=ctx.top_p,
-                 stop_ids=ctx.stop_ids, pad_id=ctx.pad_id)
+    """``(actions, finished)`` per prompt. With ``share_prompt`` consecutive identical prompts (a
+    group) are prefilled once and their cache expanded, finished rows leave the batch; the tokens
+    follow the same distribution as ``rollout.sample`` (tested equal under greedy decoding)."""
+    raw = None
+    if ctx.share_prompt:
+        from sumrl.generation.sampler import consecutive_prompt_groups, sample_groups
+
+        uniq, sizes = consecutive_prompt_groups(prompts)
+        try:
+            raw = sample_groups(ctx.policy, uniq, group_size=sizes, max_new_tokens=limits,
+                                temperature=ctx.temperature, top_p=ctx.top_p, stop_ids=ctx.stop_ids,
+                                pad_id=ctx.pad_id, prefill_chunk=2048, merge_lora=ctx.merge_lora)
+        except ValueError as e:  # sliding-window models (Gemma 3) take the plain path
+            if "sliding" not in str(e):
+                raise
+    if raw is None:
+        raw = sample(ctx.policy, prompts, max_new_tokens=limits, temperature=ctx.temperature, top_p=ctx.top_p,
+                     stop_ids=ctx.stop_ids, pad_id=ctx.pad_id)
     return [truncate_at_eos(r, ctx.stop_ids) for r in raw]
 
 

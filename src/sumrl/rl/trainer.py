@@ -183,6 +183,10 @@ class RLTrainer:
         if self.accelerator.num_processes > 1 or world > 1:
             raise ConfigError("sumrl rl runs in one process (one GPU or the CPU); launch it without "
                               "accelerate launch --num_processes > 1")
+        from sumrl.models.precision import precision_line, resolve_bf16
+
+        self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
+        print(precision_line("rl", self.use_bf16, why), flush=True)
         self.reward = build_reward(cfg.reward)
         self.policy = build_policy(cfg)
         tok = self.policy.tokenizer
@@ -209,14 +213,15 @@ class RLTrainer:
             if cfg.algo == "d2lols":
                 guide_head = ValueHead(hidden_size(self.policy.model))
         module = PolicyValueModule(self.policy.model, value_head, value_adapter=cfg.value_model == "adapter",
-                                   chunk_size=cfg.logprob_chunk_size, bf16=cfg.bf16, guide_value_head=guide_head)
+                                   chunk_size=cfg.logprob_chunk_size, bf16=self.use_bf16, guide_value_head=guide_head,
+                                   share_prompt=cfg.share_prompt)
         self.module = self.accelerator.prepare(module)
         self.raw = self.accelerator.unwrap_model(self.module)
         self.device = self.accelerator.device
         self.ref_module = None
         if self.policy.ref_model is not None:
             self.ref_module = PolicyValueModule(self.policy.ref_model, chunk_size=cfg.logprob_chunk_size,
-                                                bf16=cfg.bf16).to(self.device)
+                                                bf16=self.use_bf16, share_prompt=cfg.share_prompt).to(self.device)
         self.guide = None
         if cfg.algo in GUIDED_ALGOS:
             from sumrl.rl.guided import Guide
@@ -251,7 +256,9 @@ class RLTrainer:
         return RolloutContext(policy=self.raw.model, tokenizer=self.tok, prompt_ids=self.prompt_ids,
                               stop_ids=self.stop_ids, pad_id=self.pad_id, eos_id=self.eos_id,
                               max_new_tokens=self.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                              group_size=cfg.group_size, guide=self.guide)
+                              group_size=cfg.group_size, guide=self.guide, share_prompt=cfg.share_prompt,
+                              merge_lora=cfg.share_prompt and cfg.merge_lora_for_generation and cfg.lora
+                              and cfg.value_model == "head")
 
     # ------------------------------------------------------------------ held-out evaluation
     def evaluate(self, examples: list, n_rows: int) -> tuple[dict[str, float], list[dict]]:
@@ -416,10 +423,19 @@ class RLTrainer:
         def normaliser(mini: Any, n_tok: int) -> float:
             return F.batch_normalizer(cfg.loss_agg, len(mini), n_tok, cfg.loss_norm_constant or self.max_new_tokens)
 
+        # shuffle whole groups (consecutive rows of one document), so that a micro-batch keeps a
+        # group's shared prompt in one pass; with one row per document this is a plain row shuffle
+        ex = batch.example_index.tolist()
+        groups: list[list[int]] = []
+        for i, e in enumerate(ex):
+            if groups and ex[groups[-1][-1]] == e:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
         n_updates = 0
         self.module.train()
         for epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(N, generator=gen).tolist()
+            perm = [i for g in torch.randperm(len(groups), generator=gen).tolist() for i in groups[g]]
             for s in range(0, N, mb):
                 rows = perm[s:s + mb]
                 mini = batch.select(rows)

@@ -197,7 +197,8 @@ class PolicyValueModule(torch.nn.Module):
     """
 
     def __init__(self, model: Any, value_head: ValueHead | None = None, *, value_adapter: bool = False,
-                 chunk_size: int = 512, bf16: bool = False, guide_value_head: ValueHead | None = None):
+                 chunk_size: int = 512, bf16: bool = False, guide_value_head: ValueHead | None = None,
+                 share_prompt: bool = False):
         super().__init__()
         self.model = model
         self.value_head = value_head
@@ -206,6 +207,7 @@ class PolicyValueModule(torch.nn.Module):
         self.value_adapter = bool(value_adapter)
         self.chunk_size = int(chunk_size)
         self.bf16 = bool(bf16)
+        self.share_prompt = bool(share_prompt)
         self._adapter_params: list[Tensor] = []
         if self.value_adapter:
             self._adapter_params = [p for n, p in model.named_parameters() if "lora_" in n]
@@ -215,16 +217,38 @@ class PolicyValueModule(torch.nn.Module):
         with ctx:
             return model_hidden_states(self.model, ids, mask)
 
+    def response_hidden(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
+                        response_mask: Tensor) -> Tensor:
+        """(B, T, H) final hidden states at ``Lq - 1 .. Lq - 2 + T``: ``h[:, t]`` predicts response
+        token ``t`` and is where the critic evaluates ``V(s_t)``. Rows with the same prompt in a row
+        (a GRPO group) share one pass over it (:func:`sumrl.models.grouped.grouped_response_hidden`,
+        exact) when ``share_prompt``; otherwise, or for models with sliding-window layers shorter than
+        the sequence, the plain pass over prompt + response."""
+        Lq, T = query_ids.shape[1], response_ids.shape[1]
+        if self.share_prompt:
+            from sumrl.models.grouped import consecutive_groups, grouped_response_hidden
+
+            pq, pm, sizes = consecutive_groups(query_ids, query_mask)
+            if len(sizes) < query_ids.shape[0]:
+                ctx = torch.autocast(query_ids.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+                try:
+                    with ctx:
+                        return grouped_response_hidden(self.model, pq, pm, response_ids, response_mask,
+                                                       group_sizes=sizes,
+                                                       prefill_chunk=None if torch.is_grad_enabled() else 1024)
+                except ValueError as e:
+                    if "sliding-window" not in str(e):
+                        raise
+        ids = torch.cat([query_ids, response_ids], dim=1)
+        mask = torch.cat([query_mask, response_mask], dim=1)
+        return self._trunk(ids, mask)[:, Lq - 1: Lq - 1 + T]
+
     def forward(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor, *,
                 temperature: float = 1.0, with_values: bool = False, with_entropy: bool = False,
                 entropy_grad: bool = False, critic: str = "policy") -> dict[str, Tensor]:
-        Lq, T = query_ids.shape[1], response_ids.shape[1]
-        ids = torch.cat([query_ids, response_ids], dim=1)
-        mask = torch.cat([query_mask, response_mask], dim=1)
-        hidden = self._trunk(ids, mask)
-        # hidden[:, Lq - 1 + t] is the state before response token t: it predicts that token and
-        # is where the critic evaluates V(s_t). Only these T positions reach the LM head.
-        h = hidden[:, Lq - 1: Lq - 1 + T]
+        # h[:, t] is the state before response token t: it predicts that token and is where the
+        # critic evaluates V(s_t). Only these T positions reach the LM head.
+        h = self.response_hidden(query_ids, query_mask, response_ids, response_mask)
         weight, softcap = output_head(self.model)
         targets = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, IGNORE_INDEX))
         hs = h if temperature == 1.0 else h / temperature
@@ -249,7 +273,7 @@ class PolicyValueModule(torch.nn.Module):
                 raise RuntimeError(f"this module has no {critic} value head")
             if self.value_adapter:
                 with active_adapter(self.model, VALUE_ADAPTER, self._adapter_params):
-                    hv = self._trunk(ids, mask)[:, Lq - 1: Lq - 1 + T]
+                    hv = self.response_hidden(query_ids, query_mask, response_ids, response_mask)
             else:
                 hv = h
             out["values"] = head(hv.float())
