@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 from sumrl.data.schema import Example
 from sumrl.errors import DataError
+from sumrl.utils.io import _has_lone_surrogate, parse_json_text
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _SPLIT_FIELD = "split"
@@ -126,9 +127,9 @@ def _iter_jsonl(data: bytes, path: Path) -> Iterator[tuple[int, dict | _RowError
                                     "re-save the file as UTF-8")
             continue
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield lineno, _RowError(f"malformed JSON: {e.msg} (column {e.colno})")
+            obj = parse_json_text(text)
+        except DataError as e:  # malformed, a 5,000-digit integer, 100k-deep nesting, a lone surrogate
+            yield lineno, _RowError(str(e))
             continue
         yield lineno, obj
 
@@ -166,6 +167,13 @@ def _iter_json(data: bytes, path: Path) -> Iterator[tuple[int, Any]]:
             obj, end = dec.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=str(path), line=e.lineno) from None
+        except RecursionError:
+            raise DataError("JSON nested too deeply", file=str(path), line=line_of(i)) from None
+        except ValueError as e:  # an integer past the 4,300-digit conversion limit
+            raise DataError(f"unreadable JSON value ({e})", file=str(path), line=line_of(i)) from None
+        if _has_lone_surrogate(obj):
+            raise DataError("contains a lone surrogate escape (e.g. \\ud800), which is not valid Unicode",
+                            file=str(path), line=line_of(i))
         yield line_of(i), obj
         i = skip(end)
         if i < len(text) and text[i] == ",":

@@ -78,30 +78,20 @@ class TrainRun:
 
 
 def _read_json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DataError("not valid UTF-8", file=str(path)) from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
+    from sumrl.utils.io import read_json_file
+
+    return read_json_file(path)  # one DataError for bad UTF-8/JSON, huge integers, deep nesting; BOM accepted
 
 
 def _read_jsonl_file(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) per non-empty line, so later checks can name the line."""
+    from sumrl.utils.io import iter_jsonl_file
+
     rows = []
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                r = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise DataError("not valid UTF-8", file=str(path), line=i) from None
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg})", file=str(path), line=i) from None
-            if not isinstance(r, dict):
-                raise DataError("expected a JSON object", file=str(path), line=i)
-            rows.append((i, r))
+    for i, r in iter_jsonl_file(path):
+        if not isinstance(r, dict):
+            raise DataError("expected a JSON object", file=str(path), line=i)
+        rows.append((i, r))
     return rows
 
 

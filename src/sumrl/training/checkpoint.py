@@ -148,6 +148,7 @@ def resume_point(out: Path, *, resume: bool, overwrite: bool, checkpoint_dir: st
 
     ckpt = last_checkpoint(out / checkpoint_dir)
     if resume:
+        _clean_killed_writes(out, checkpoint_dir)
         if ckpt is None:
             raise SumrlError(f"{out}: no checkpoint to resume from (run without --resume to start)")
         return ckpt
@@ -155,6 +156,19 @@ def resume_point(out: Path, *, resume: bool, overwrite: bool, checkpoint_dir: st
         raise SumrlError(f"{out} has checkpoints of an earlier run: use --resume to continue it or --overwrite "
                          f"to start over")
     return None
+
+
+def _clean_killed_writes(out: Path, checkpoint_dir: str) -> None:
+    """Temporary folders of checkpoint writes that a kill interrupted (tens of MB each for a LoRA
+    run) are never completed or read: remove them before resuming, and say so."""
+    import sys
+
+    from sumrl.utils.io import clean_stale_tmp
+
+    removed = clean_stale_tmp(out / checkpoint_dir) + clean_stale_tmp(out)
+    if removed:
+        print(f"note: removed {len(removed)} unfinished temporary file(s)/folder(s) left by an interrupted write "
+              f"in {out}", file=sys.stderr)
 
 
 def clear_previous_run(out: Path, run_files: tuple[str, ...], checkpoint_dir: str = "checkpoints") -> None:
