@@ -206,6 +206,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {where}invalid YAML ({getattr(e, 'problem', None) or e})") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer past Python's 4,300-digit conversion limit
+        raise ConfigError(f"{path}: unreadable value ({_short(str(e), 120)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -279,7 +281,43 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     overrides = {k: v for k, v in ns.items() if k in names}
     recipe = load_recipe(recipe_path) if recipe_path else None
-    return build_config(cls, recipe, overrides, source=str(recipe_path) if recipe_path else "recipe")
+    cfg = build_config(cls, recipe, overrides, source=str(recipe_path) if recipe_path else "recipe")
+    check_output_paths(cfg)
+    return cfg
+
+
+# Output options checked when the config is read, before any model is loaded or work is done.
+OUTPUT_FIELDS = ("out", "json", "markdown")
+
+
+def check_output_paths(cfg: Any) -> None:
+    """One line, up front, for an output path that cannot be written: a folder expected where a
+    file is (or the reverse), or a parent that is a file or not writable. (Failures that only show
+    at write time -- a full disk -- are caught by the CLI and reported as one line too.)"""
+    import os
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name, None)
+        if f.name not in OUTPUT_FIELDS or not isinstance(value, str) or not value:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        wants_folder = f.metadata.get("help", "").startswith("output folder")
+        p = Path(value)
+        if p.exists():
+            if wants_folder and not p.is_dir():
+                raise ConfigError(f"{flag} {p}: is a file, not a folder; choose another {flag}")
+            if not wants_folder and p.is_dir():
+                raise ConfigError(f"{flag} {p}: is a folder; give a file path")
+            if not os.access(p, os.W_OK | (os.X_OK if p.is_dir() else 0)):
+                raise ConfigError(f"{flag} {p}: not writable (permission denied)")
+            continue
+        anc = p.absolute().parent
+        while not anc.exists() and anc != anc.parent:
+            anc = anc.parent
+        if not anc.is_dir():
+            raise ConfigError(f"{flag} {p}: {anc} is a file, so nothing can be created under it")
+        if not os.access(anc, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {p}: cannot create it, {anc} is not writable (permission denied)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -307,6 +345,8 @@ class DataOptions:
         # checked for every command at once (a `--limit -1` used to drop a row silently)
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if not 0 <= self.seed < 2**32:  # NumPy's and torch's seeding range
+            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
 
 
 @dataclasses.dataclass

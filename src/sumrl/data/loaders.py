@@ -457,6 +457,22 @@ def load_examples(path: str | Path, *, fields: FieldMap | None = None, skip_inva
     return LoadResult(examples=examples, n_skipped=len(problems), problems=problems)
 
 
+def load_heldout(spec: str, split: str, *, purpose: str = "held-out evaluation", **kwargs: Any) -> list[Example]:
+    """Examples of a held-out split that a small user file may not have: ``[]`` with a one-line
+    notice on stderr (the caller skips what needed them) instead of failing the whole run.
+
+    A file of a handful of rows split 80/10/10 by id hash easily has no ``val`` row; training on
+    it should still run. Any other data problem is still an error.
+    """
+    from sumrl.data.splits import EmptySplitError
+
+    try:
+        return load_data(spec, split, **kwargs)
+    except EmptySplitError as e:
+        print(f"note: {e}; {purpose} is skipped", file=sys.stderr)
+        return []
+
+
 def load_data(spec: str, split: str | None = "test", *, fields: FieldMap | None = None, skip_invalid: bool = False,
               require_summary: bool = True, limit: int | None = None, seed: int = 0) -> list[Example]:
     """The one entry point every command uses to get examples.

@@ -276,9 +276,11 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     validator = None
     if main and cfg.eval_every > 0 and (cfg.val_examples or cfg.val_generate):
         n_val = max(cfg.val_examples, cfg.val_generate)
-        val_ex = load_data(cfg.data, cfg.val_split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
-                           require_summary=True, limit=n_val, seed=cfg.seed)
-        validator = Validator(cfg, tok, val_ex, encode_for(cfg, tok, val_ex[: cfg.val_examples]))
+        from sumrl.data import load_heldout
+
+        val_ex = load_heldout(cfg.data, cfg.val_split, purpose="validation", fields=_fields(cfg),
+                              skip_invalid=cfg.skip_invalid, require_summary=True, limit=n_val, seed=cfg.seed)
+        validator = Validator(cfg, tok, val_ex, encode_for(cfg, tok, val_ex[: cfg.val_examples])) if val_ex else None
 
     loss_module = CausalLMLoss(model, chunk_size=cfg.loss_chunk_size, bf16=cfg.bf16)
     loss_module = accelerator.prepare(loss_module)
