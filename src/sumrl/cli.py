@@ -80,8 +80,8 @@ def describe_os_error(e: OSError) -> str:
 
     where = e.filename if e.filename is not None else "(unknown path)"
     why = {
-        errno.EEXIST: "already exists and is not a folder (choose another --out)",
-        errno.ENOTDIR: "a part of this path is a file, not a folder (choose another --out)",
+        errno.EEXIST: "already exists and is not a folder (choose another path)",
+        errno.ENOTDIR: "a part of this path is a file, not a folder (choose another path)",
         errno.EISDIR: "is a folder, expected a file",
         errno.EACCES: "permission denied (the folder is not writable?)",
         errno.EPERM: "operation not permitted",

@@ -82,7 +82,7 @@ class DemoConfig:
         known = {"base", "sft", "rm", "ppo", "grpo", "report"}
         bad = [s for s in self.stages if s not in known]
         if bad:
-            raise ConfigError(f"unknown stage(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
+            raise ConfigError(f"--stages: unknown stage(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -129,7 +129,7 @@ def _iter_jsonl(data: bytes, path: Path) -> Iterator[tuple[int, dict | _RowError
         try:
             obj = parse_json_text(text)
         except DataError as e:  # malformed, a 5,000-digit integer, 100k-deep nesting, a lone surrogate
-            yield lineno, _RowError(str(e))
+            yield lineno, _RowError(e.reason)
             continue
         yield lineno, obj
 

@@ -40,9 +40,10 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _name_path(e, path)
         raise
 
 
@@ -57,9 +58,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _name_path(e, path)
         raise
 
 
@@ -116,9 +118,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_path(e, path)
         raise
+
+
+def _name_path(e: BaseException, path: Path) -> None:
+    """A full disk reports ENOSPC without a file name: attach the output being written, so the
+    CLI's one-line error says which output could not be written."""
+    if isinstance(e, OSError) and e.filename is None:
+        e.filename = str(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,5 +115,9 @@ def _append_lines(path: Path, text: str) -> None:
             n = os.write(fd, view)
             view = view[n:]
         os.fsync(fd)
+    except OSError as e:  # a full disk names no file: say which log it was
+        if e.filename is None:
+            e.filename = str(path)
+        raise
     finally:
         os.close(fd)
