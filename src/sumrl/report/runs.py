@@ -174,7 +174,10 @@ def load_train_run(path: str | Path) -> TrainRun:
     folder = log.parent
     if not log.is_file():
         raise SumrlError(f"{p}: not a training run folder (no metrics.jsonl)")
-    rows = [r for _, r in _read_jsonl_file(log)]
+    from sumrl.utils.io import iter_jsonl_file
+
+    # a run still going (or killed mid-append) may end in a torn line: dropped with a notice
+    rows = [r for _, r in iter_jsonl_file(log, tolerate_torn_tail=True) if isinstance(r, dict)]
     config, config_file = None, None
     # sumrl sft writes sft_config.json; other trainers config.json or <name>_config.json.
     candidates = [folder / "config.json"] + sorted(folder.glob("*_config.json"))

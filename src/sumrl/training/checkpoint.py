@@ -91,13 +91,17 @@ def save_checkpoint(root: str | Path, step: int, *, model: Any, optimizer: Any, 
 
     root = Path(root)
     target = root / checkpoint_name(step)
+    from sumrl.utils.faults import kill_point
+
     with atomic_dir(target) as tmp:
         torch.save(trainable_state_dict(model), tmp / "trainable.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        kill_point("checkpoint-mid-write")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         write_json(tmp / "state.json", {"step": step, **(state or {})})
+    kill_point("checkpoint-before-last")
     atomic_write_text(root / LAST, target.name + "\n")
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         if old != target:

@@ -216,8 +216,12 @@ def publish_model(model: Any, tokenizer: Any, out: Path, *, base_spec: str, extr
     files = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name != SUMRL_MODEL_FILE)
     meta = json.loads((staging / SUMRL_MODEL_FILE).read_text())
     meta["files"] = files
-    for name in files:
+    from sumrl.utils.faults import kill_point
+
+    for i, name in enumerate(files):
         os.replace(staging / name, out / name)
+        if i == 0:
+            kill_point("publish-mid")
     from sumrl.utils.io import write_json
 
     write_json(out / SUMRL_MODEL_FILE, meta)

@@ -107,9 +107,15 @@ def _step_of(row: dict) -> float:
 def _append_lines(path: Path, text: str) -> None:
     """Append whole lines with one write, then flush and fsync: a kill leaves at most one torn
     last line (which readers drop), never a line interleaved with another."""
+    from sumrl.utils import faults
+
     data = text.encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        if faults.armed("log-mid-line"):  # what a kill in the middle of a write leaves
+            os.write(fd, data[: len(data) // 2])
+            os.fsync(fd)
+            faults.die()
         view = memoryview(data)
         while view:  # os.write may write less than asked (signals, pipes)
             n = os.write(fd, view)
