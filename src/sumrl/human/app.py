@@ -250,9 +250,15 @@ def create_app(db_path: str | Path, public_origins: list[str] | tuple[str, ...] 
     def submit():
         rater = current_rater()
         check_csrf(rater)
-        body = request.get_json(silent=True)
-        if body is None:
-            abort(400, description="body must be valid JSON")
+        # Parsed here rather than by request.get_json: deep nesting (RecursionError) and other
+        # hostile bodies must be a JSON 400, not a 500.
+        from sumrl.errors import DataError
+        from sumrl.utils.io import parse_json_text
+
+        try:
+            body = parse_json_text(request.get_data(cache=False))
+        except DataError as e:
+            abort(400, description=f"body must be valid JSON ({e.reason})")
         try:
             sub = validate_submission(body)
         except BadRequest as e:
