@@ -633,14 +633,14 @@ def simulated(kind: str | None, root: Path):
 
 
 # ------------------------------------------------------------------ runner
-def _log(c: Case, rc, err: str) -> None:
-    """With SUMRL_FUZZ_LOG=FILE, one JSON line per case (id, exit code, error line): what
-    docs/reliability.md's figures and examples are taken from."""
+def _log(c: Case, rc, err: str, outcome: str) -> None:
+    """With SUMRL_FUZZ_LOG=FILE, one JSON line per case (id, outcome, exit code, error line):
+    `python scripts/fuzz_summary.py FILE` turns it into docs/reliability.md's table."""
     path = os.environ.get("SUMRL_FUZZ_LOG")
     if path:
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"id": c.id, "rc": rc, "accept": c.accept, "traceback": "Traceback" in err,
+            f.write(json.dumps({"id": c.id, "category": c.id.split("-")[0], "outcome": outcome, "rc": rc,
                                 "error": errors[-1] if errors else None}) + "\n")
 
 
@@ -672,21 +672,37 @@ def test_fuzz(c: Case, tmp_path, tiny_model_dir, fuzz_ctx, capsys, monkeypatch):
         with simulated(c.patch, tmp_path):
             rc = main(argv)
     except Hang:
+        _log(c, None, "", "hang")
         pytest.fail(f"hang: {c.id} ran past {HANG_S} s")
     except SystemExit as e:  # argparse usage errors exit 2 with their own two lines
         rc = e.code
+    except BaseException as e:  # escaped main: the user would see a traceback
+        _log(c, None, "", f"traceback ({type(e).__name__})")
+        raise
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     err = capsys.readouterr().err
-    _log(c, rc, err)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    line = errors[0] if errors else ""
+    if "Traceback" in err:
+        outcome = "traceback (printed)"
+    elif c.accept:
+        outcome = "accepted" if rc == 0 else "refused an input it must accept"
+    elif rc == 0:
+        outcome = "accepted silently (exit 0)"
+    elif rc != 2 or len(errors) != 1 or len(line) >= 600:
+        outcome = "not one error line"
+    elif not all(w.lower() in line.lower() for w in c.expect if w):
+        outcome = "one line, but not naming what to fix"
+    else:
+        outcome = "one-line error"
+    _log(c, rc, err, outcome)
     assert "Traceback" not in err, err[-2000:]
     if c.accept:
         assert rc == 0, err[-2000:]
         return
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(errors) == 1, f"rc={rc}\n{err[-2000:]}"
-    line = errors[0]
     assert len(line) < 600, line  # one readable line, not a dump of the input
     for want in c.expect:
         if want:
