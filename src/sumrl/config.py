@@ -212,7 +212,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
-    if _expanded_size(data, MAX_RECIPE_NODES) > MAX_RECIPE_NODES:
+    try:
+        too_big = _expanded_size(data, MAX_RECIPE_NODES) > MAX_RECIPE_NODES
+    except RecursionError:
+        too_big = True
+    if too_big:
         raise ConfigError(f"{path}: the recipe expands to more than {MAX_RECIPE_NODES:,} values (YAML aliases "
                           "nested into an alias bomb?); refused")
     bad = [k for k in data if not isinstance(k, str)]
