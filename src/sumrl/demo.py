@@ -1,8 +1,10 @@
 """`sumrl demo`: the main job, end to end on the embedded default model and built-in data.
 
 Numbered stages; each stage's output folder gets a ``.stage_done.json`` marker when it finishes,
-so rerunning the demo skips finished stages and an interrupted training stage resumes from its
-last checkpoint (stage-level resume; SFT and RL also resume inside the stage).
+holding a fingerprint of the settings the stage depends on, so rerunning the demo skips the
+stages finished with the same settings, refuses (unless --overwrite) those finished with other
+settings, and an interrupted training stage resumes from its last checkpoint (stage-level
+resume; SFT and RL also resume inside the stage).
 
   1. base          zero-shot evaluation of the base model on held-out long documents
   2. base-cleaned  the same generations after the seed paper's post-processing
