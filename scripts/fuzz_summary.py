@@ -17,6 +17,10 @@ import sys
 def main(path: str) -> None:
     rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
     last = {r["id"]: r for r in rows}  # a case logged twice (a rerun): its last outcome counts
+    kinds = collections.Counter(r["outcome"] for r in last.values() if r["outcome"].startswith("traceback"))
+    for r in last.values():  # one column for tracebacks; their exception types are listed below
+        if r["outcome"].startswith("traceback"):
+            r["outcome"] = "traceback"
     outcomes = sorted({r["outcome"] for r in last.values()}, key=lambda o: (o != "one-line error", o != "accepted", o))
     cats = collections.defaultdict(collections.Counter)
     for r in last.values():
@@ -28,6 +32,8 @@ def main(path: str) -> None:
         total.update(cats[cat])
         print(f"| {cat} | {sum(cats[cat].values())} | " + " | ".join(str(cats[cat][o]) for o in outcomes) + " |")
     print(f"| **all** | {sum(total.values())} | " + " | ".join(str(total[o]) for o in outcomes) + " |")
+    if kinds:
+        print("\ntracebacks: " + ", ".join(f"{k.split('(', 1)[-1].rstrip(')')} {n}" for k, n in kinds.most_common()))
 
 
 if __name__ == "__main__":
