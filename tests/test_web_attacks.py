@@ -2,9 +2,8 @@
 
 Every attack must be refused with a 4xx (never a 5xx), API answers must be JSON (never an HTML
 error page), nothing may be written to the study, and the strict security headers must be on
-every answer, errors included. docs/reliability.md quotes the count (``len(ATTACKS)``).
-The concurrency attack (20 raters submitting at once) is
-tests/test_human.py::test_concurrent_raters_lose_and_duplicate_nothing.
+every answer, errors included. docs/reliability.md quotes the count (``len(ATTACKS)``). The
+concurrency attack is the last test: 20 simultaneous submissions of one judgment.
 """
 
 from __future__ import annotations
@@ -196,3 +195,35 @@ def test_attack_is_refused(attack, app_server):
 
 def test_attack_table_size():
     assert len(ATTACKS) >= 50
+
+
+def test_twenty_simultaneous_submissions_of_one_assignment_store_one(tmp_path):
+    """20 requests for the same judgment released at once: exactly one 201, nineteen 409s."""
+    import threading
+
+    from test_human_support import http
+
+    db_path, tokens = make_study(tmp_path, raters=1)
+    t = tokens["rater1"]
+    with running_server(db_path) as base:
+        csrf = csrf_of(base, t)
+        aid = http("GET", f"{base}/api/next", token=t)[1]["assignment"]["id"]
+        barrier = threading.Barrier(20)
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def submit(k: int) -> None:
+            barrier.wait()
+            s = http("POST", f"{base}/api/submit", token=t, csrf=csrf, body=submission(aid, comment=f"try {k}"))[0]
+            with lock:
+                statuses.append(s)
+
+        threads = [threading.Thread(target=submit, args=(k,)) for k in range(20)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+    assert sorted(statuses) == [201] + [409] * 19, statuses
+    assert _judgments(db_path) == 1
+    with sqlite3.connect(db_path) as c:
+        assert c.execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 8
