@@ -57,4 +57,33 @@ def test_stage_dependencies_are_checked_before_anything_runs(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--stages", "ppo", "report", "--out", str(out)]) == 2
     assert "error: stage ppo (last-mile recipe) needs the rm stage" in capsys.readouterr().err
-    assert not any(p.is_dir() for p in out.iterdir())  # no stage started
+    assert not out.exists() or not any(p.is_dir() for p in out.iterdir())  # no stage started
+
+
+def test_finished_stages_with_other_settings_are_not_reused(tiny_model_dir, tmp_path, capsys):
+    """Issue #19: `--preset quick` then `--preset default` into one --out used to print the quick
+    run's results as the default preset's. Each stage's marker holds a fingerprint of its settings."""
+    data = _data(tmp_path / "docs.jsonl")
+    out = tmp_path / "demo"
+    base = ["demo", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), "--stages", "base", *TINY]
+    assert main(base) == 0, capsys.readouterr().err
+    first = (out / "eval_base" / "predictions.jsonl").read_text()
+    capsys.readouterr()
+    assert main(base) == 0 and capsys.readouterr().out.count("done already") == 2
+    # other settings: refused before anything runs, one line naming the stages and the way out
+    other = [a if a != "6" else "7" for a in base]  # --max-new-tokens 7
+    assert main(other) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "eval base, eval base-cleaned" in err and "--overwrite" in err, err
+    assert (out / "eval_base" / "predictions.jsonl").read_text() == first
+    # --overwrite redoes exactly the stages that differ, and the new markers count as done afterwards
+    assert main([*other, "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert "done already" not in printed and printed.count("redoing it (--overwrite)") == 2
+    cfg = json.loads((out / "eval_base" / "config.json").read_text())
+    assert cfg["max_new_tokens"] == 7
+    assert main(other) == 0 and capsys.readouterr().out.count("done already") == 2
+    # a marker without a fingerprint (written by an older sumrl) is not trusted either
+    marker = out / "eval_base" / ".stage_done.json"
+    marker.write_text(json.dumps({"seconds": 1.0}))
+    assert main(other) == 2 and "eval base" in capsys.readouterr().err

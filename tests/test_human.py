@@ -553,3 +553,48 @@ def test_loopback_detection_for_the_bind_warning():
     assert HumanServeConfig().host == "127.0.0.1"
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+
+
+def test_out_of_range_ids_and_forged_host_are_refused(study):
+    """Issue #19: ids past SQLite's 64-bit range answered 500 (HTML); the Origin check trusted the
+    request's own Host header, so a DNS-rebinding page (Host and Origin both evil) passed it."""
+    db_path, tokens = study
+    t1 = tokens["rater1"]
+    with running_server(db_path) as base:
+        csrf1 = csrf_of(base, t1)
+        aid = http("GET", f"{base}/api/next", token=t1)[1]["assignment"]["id"]
+        for big in ("99999999999999999999999", str(2**63)):
+            status, body = http("GET", f"{base}/api/assignment/{big}", token=t1)
+            assert status == 400 and isinstance(body, dict) and "error" in body, (status, body)
+        assert http("GET", f"{base}/api/assignment/{2**63 - 1}", token=t1)[0] == 404  # in range: just absent
+        for big in (2**70, 2**63, -1, 0):
+            status, body = http("POST", f"{base}/api/submit", token=t1, csrf=csrf1, body=submission(big))
+            assert status == 400 and isinstance(body, dict) and "assignment_id" in body["error"], (big, status, body)
+        port = base.rsplit(":", 1)[1]
+        forged = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        status, body = http("POST", f"{base}/api/submit", token=t1, csrf=csrf1, body=submission(aid), headers=forged)
+        assert status == 403 and "cross-origin" in body["error"]
+        assert count_judgments(db_path) == 0
+        # the study's --base-url (http://127.0.0.1:8765 in make_study) and the served address pass
+        for origin in (base, base.replace("127.0.0.1", "localhost")):
+            assert http("POST", f"{base}/api/submit", token=t1, csrf=csrf1, body=submission(aid),
+                        headers={"Origin": origin})[0] in (201, 409)
+        assert count_judgments(db_path) == 1
+
+
+def test_public_origin_option_allows_a_proxy_origin(study):
+    from sumrl.human.server import RatingServer
+
+    db_path, tokens = study
+    t1 = tokens["rater1"]
+    server = RatingServer(db_path, host="127.0.0.1", port=0, public_origins=["https://rate.example.org/"]).start()
+    try:
+        base = server.url
+        csrf1 = csrf_of(base, t1)
+        aid = http("GET", f"{base}/api/next", token=t1)[1]["assignment"]["id"]
+        assert http("POST", f"{base}/api/submit", token=t1, csrf=csrf1, body=submission(aid),
+                    headers={"Origin": "https://rate.example.org:8443"})[0] == 403  # another port: another origin
+        assert http("POST", f"{base}/api/submit", token=t1, csrf=csrf1, body=submission(aid),
+                    headers={"Origin": "https://rate.example.org"})[0] == 201
+    finally:
+        server.stop()

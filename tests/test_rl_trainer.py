@@ -288,11 +288,12 @@ def test_held_out_evaluation_curve_without_touching_the_samples(tiny_model_dir, 
     assert any(held[(0, i)] != held[(3, i)] for _, i in held)
 
 
-def test_missing_val_split_is_a_clear_error(tiny_model_dir, rl_data, tmp_path, capsys):
+def test_empty_val_split_trains_with_a_one_line_notice(tiny_model_dir, rl_data, tmp_path, capsys):
     code = main(_args(tiny_model_dir, rl_data, tmp_path / "x", "--eval-every", "5", "--val-split", "test"))
-    assert code == 2
+    assert code == 0
     err = capsys.readouterr().err
-    assert "split 'test'" in err and "docs.jsonl" in err
+    assert "split 'test'" in err and "held-out evaluation (--eval-every) is skipped" in err
+    assert not any("eval/reward" in r for r in _metrics(tmp_path / "x"))
 
 
 # ------------------------------------------------------------------------- exactness details

@@ -67,7 +67,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # Output folders that are files or read-only, a full disk: the user's to fix, so one line
+        # naming the path (every write is atomic, so nothing half-written is left behind).
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     return int(rv or 0)
+
+
+def describe_os_error(e: OSError) -> str:
+    import errno
+
+    where = e.filename if e.filename is not None else "(unknown path)"
+    why = {
+        errno.EEXIST: "already exists and is not a folder (choose another path)",
+        errno.ENOTDIR: "a part of this path is a file, not a folder (choose another path)",
+        errno.EISDIR: "is a folder, expected a file",
+        errno.EACCES: "permission denied (the folder is not writable?)",
+        errno.EPERM: "operation not permitted",
+        errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on device (free some space and rerun; finished outputs are intact, the "
+                      "interrupted write was removed)",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.ENAMETOOLONG: "file name too long",
+        errno.ENOENT: "no such file or folder",
+    }.get(e.errno, e.strerror or str(e))
+    return f"{where}: {why}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,10 @@
 """`sumrl demo`: the main job, end to end on the embedded default model and built-in data.
 
 Numbered stages; each stage's output folder gets a ``.stage_done.json`` marker when it finishes,
-so rerunning the demo skips finished stages and an interrupted training stage resumes from its
-last checkpoint (stage-level resume; SFT and RL also resume inside the stage).
+holding a fingerprint of the settings the stage depends on, so rerunning the demo skips the
+stages finished with the same settings, refuses (unless --overwrite) those finished with other
+settings, and an interrupted training stage resumes from its last checkpoint (stage-level
+resume; SFT and RL also resume inside the stage).
 
   1. base          zero-shot evaluation of the base model on held-out long documents
   2. base-cleaned  the same generations after the seed paper's post-processing
@@ -70,6 +72,8 @@ class DemoConfig:
                                                 "where this machine runs bf16 faster, true / false to force")
     seed: int = opt(0, "random seed")
     force: bool = opt(False, "redo every stage even if it finished before")
+    overwrite: bool = opt(False, "redo the stages that finished with other settings (another preset, model, "
+                                 "sizes); without it such an --out is refused")
 
     def resolved(self) -> "DemoConfig":
         vals = dataclasses.asdict(self)
@@ -82,7 +86,7 @@ class DemoConfig:
         known = {"base", "sft", "rm", "ppo", "grpo", "report"}
         bad = [s for s in self.stages if s not in known]
         if bad:
-            raise ConfigError(f"unknown stage(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
+            raise ConfigError(f"--stages: unknown stage(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,10 +104,66 @@ def _done(folder: Path) -> bool:
     return (folder / ".stage_done.json").exists()
 
 
-def _mark_done(folder: Path, seconds: float, info: dict | None = None) -> None:
+def _mark_done(folder: Path, seconds: float, info: dict | None = None, fingerprint: str | None = None) -> None:
     from sumrl.utils.io import write_json
 
-    write_json(folder / ".stage_done.json", {"seconds": round(seconds, 1), **(info or {})})
+    write_json(folder / ".stage_done.json", {"seconds": round(seconds, 1), "fingerprint": fingerprint,
+                                             **(info or {})})
+
+
+# The settings each stage's result depends on (besides the stages it reads from): a stage counts
+# as done only if its marker holds the fingerprint of these, so `--preset quick` results are never
+# shown as the default preset's.
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "eval": ("model", "data", "n_test", "max_input_tokens", "max_new_tokens", "batch_size", "seed"),
+    "sft": ("model", "data", "sft_steps", "sft_batch", "max_input_tokens", "max_new_tokens", "bf16", "seed"),
+    "rm": ("data", "rm_steps", "n_test", "seed"),
+    "ppo": ("model", "data", "ppo_steps", "ppo_batch", "max_input_tokens", "max_new_tokens", "bf16", "seed"),
+    "grpo": ("model", "data", "grpo_steps", "grpo_batch", "grpo_samples", "max_input_tokens", "max_new_tokens",
+             "bf16", "seed"),
+    "report": ("data", "n_test", "seed", "preset"),
+}
+
+
+def stage_fingerprint(cfg: "DemoConfig", kind: str, upstream: list[str] | tuple[str, ...] = ()) -> str:
+    """sha256 of a stage's own settings and its upstream stages' fingerprints (so redoing SFT
+    invalidates every stage that used the SFT model)."""
+    import hashlib
+
+    from sumrl import __version__
+
+    vals = dataclasses.asdict(cfg)
+    payload = {"kind": kind, "settings": {k: vals[k] for k in STAGE_SETTINGS[kind]}, "upstream": list(upstream),
+               "sumrl": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _started(folder: Path) -> str | None:
+    from sumrl.errors import SumrlError
+    from sumrl.utils.io import read_json_file
+
+    p = folder / ".stage_started.json"
+    if not p.is_file():
+        return None
+    try:
+        m = read_json_file(p)
+    except SumrlError:
+        return None
+    return m.get("fingerprint") if isinstance(m, dict) else None
+
+
+def _marker(folder: Path) -> dict | None:
+    from sumrl.errors import SumrlError
+    from sumrl.utils.io import read_json_file
+
+    p = folder / ".stage_done.json"
+    if not p.exists():
+        return None
+    try:
+        m = read_json_file(p)
+    except SumrlError:
+        return {}  # unreadable marker: treated as a stage done with unknown settings
+    return m if isinstance(m, dict) else {}
 
 
 class Stages:
@@ -112,19 +172,37 @@ class Stages:
     def __init__(self, cfg: DemoConfig, plan: list[str]):
         self.cfg, self.plan, self.times, self.t0 = cfg, plan, {}, time.perf_counter()
 
-    def run(self, name: str, folder: Path, fn: Callable[[], dict | None]) -> None:
+    def run(self, name: str, folder: Path, fn: Callable[[bool], dict | None], fingerprint: str | None = None) -> None:
+        """Run ``fn(resume)`` unless the stage finished with this fingerprint; ``resume`` is True when
+        an interrupted attempt with the same settings may be continued."""
         i = self.plan.index(name) + 1
-        if _done(folder) and not self.cfg.force:
-            secs = json.loads((folder / ".stage_done.json").read_text()).get("seconds", 0)
-            print(f"[{i}/{len(self.plan)}] {name}: done already ({secs:.0f}s earlier) -> {folder}")
-            return
+        marker = _marker(folder)
+        if marker is not None and not self.cfg.force:
+            if marker.get("fingerprint") == fingerprint:
+                secs = marker.get("seconds", 0)
+                secs = secs if isinstance(secs, (int, float)) else 0
+                print(f"[{i}/{len(self.plan)}] {name}: done already ({secs:.0f}s earlier) -> {folder}")
+                return
+            # checked up front by check_out(); reached only with --overwrite
+            print(f"[{i}/{len(self.plan)}] {name}: finished earlier with other settings; redoing it (--overwrite)")
+        started = _started(folder)
+        if started != fingerprint:
+            # an unfinished attempt with other settings: its partial output is not this stage's
+            for leftover in (".stage_done.json", "predictions.partial.jsonl"):
+                if (folder / leftover).exists():
+                    (folder / leftover).unlink()
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder}: is a file, but stage '{name}' writes a folder there; use a new --out")
+        from sumrl.utils.io import write_json
+
+        write_json(folder / ".stage_started.json", {"fingerprint": fingerprint})
         elapsed = time.perf_counter() - self.t0
         print(f"\n[{i}/{len(self.plan)}] {name} (elapsed {elapsed:.0f}s) -> {folder}", flush=True)
         t = time.perf_counter()
-        info = fn() or {}
+        info = fn(started == fingerprint) or {}
         dt = time.perf_counter() - t
         folder.mkdir(parents=True, exist_ok=True)
-        _mark_done(folder, dt, info)
+        _mark_done(folder, dt, info, fingerprint)
         self.times[name] = dt
         print(f"[{i}/{len(self.plan)}] {name}: {dt:.0f}s", flush=True)
 
@@ -153,8 +231,8 @@ def run_demo(cfg: DemoConfig) -> int:
     from sumrl.utils.io import read_json, write_json
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "demo_config.json", dataclasses.asdict(cfg))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; --out must be a folder")
     from sumrl.models.precision import precision_line, resolve_bf16
 
     print(precision_line("demo", *resolve_bf16(cfg.bf16)), flush=True)
@@ -182,40 +260,45 @@ def run_demo(cfg: DemoConfig) -> int:
             raise ConfigError(f"stage ppo runs the last-mile recipe {LASTMILE_RECIPE}, which is missing; run the "
                               "demo from a checkout of the repository or leave the stage out (--stages base sft rm "
                               "grpo report)")
+    fp = _plan_fingerprints(cfg, want)
+    _check_out(cfg, out, d, plan, fp)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "demo_config.json", dataclasses.asdict(cfg))
     st = Stages(cfg, plan)
     eval_dirs: list[Path] = []
 
+    def ev(name: str, key: str, system: str, **kw: Any) -> None:
+        st.run(name, d[key], lambda _resume: _eval(cfg, system, d[key], **kw), fp[name])
+
     if "base" in want:
-        st.run("eval base", d["eval_base"], lambda: _eval(cfg, "base", d["eval_base"], model=cfg.model))
-        st.run("eval base-cleaned", d["eval_base_cleaned"],
-               lambda: _eval(cfg, "base-cleaned", d["eval_base_cleaned"], cleanup=True,
-                             predictions=str(d["eval_base"] / "predictions.jsonl")))
+        ev("eval base", "eval_base", "base", model=cfg.model)
+        ev("eval base-cleaned", "eval_base_cleaned", "base-cleaned", cleanup=True,
+           predictions=str(d["eval_base"] / "predictions.jsonl"))
         eval_dirs += [d["eval_base"], d["eval_base_cleaned"]]
 
     if "sft" in want:
-        st.run("sft", d["sft"], lambda: _sft(cfg, d["sft"]))
-        st.run("eval sft", d["eval_sft"], lambda: _eval(cfg, "sft", d["eval_sft"], model=str(d["sft"])))
-        st.run("eval sft-cleaned", d["eval_sft_cleaned"],
-               lambda: _eval(cfg, "sft-cleaned", d["eval_sft_cleaned"], cleanup=True,
-                             predictions=str(d["eval_sft"] / "predictions.jsonl")))
+        st.run("sft", d["sft"], lambda resume: _sft(cfg, d["sft"], resume), fp["sft"])
+        ev("eval sft", "eval_sft", "sft", model=str(d["sft"]))
+        ev("eval sft-cleaned", "eval_sft_cleaned", "sft-cleaned", cleanup=True,
+           predictions=str(d["eval_sft"] / "predictions.jsonl"))
         eval_dirs += [d["eval_sft"], d["eval_sft_cleaned"]]
     policy = str(d["sft"]) if "sft" in want else cfg.model
 
     if "rm" in want:
-        st.run("rm", d["rm"], lambda: _rm(cfg, d["rm"]))
+        st.run("rm", d["rm"], lambda _resume: _rm(cfg, d["rm"]), fp["rm"])
     if "ppo" in want:
-        st.run("ppo-lastmile", d["ppo_lastmile"], lambda: _ppo(cfg, d["ppo_lastmile"], policy, d["rm"]))
-        st.run("eval ppo-lastmile", d["eval_ppo_lastmile"],
-               lambda: _eval(cfg, "ppo-lastmile", d["eval_ppo_lastmile"], model=str(d["ppo_lastmile"])))
+        st.run("ppo-lastmile", d["ppo_lastmile"], lambda resume: _ppo(cfg, d["ppo_lastmile"], policy, d["rm"], resume),
+               fp["ppo-lastmile"])
+        ev("eval ppo-lastmile", "eval_ppo_lastmile", "ppo-lastmile", model=str(d["ppo_lastmile"]))
         eval_dirs.append(d["eval_ppo_lastmile"])
     if "grpo" in want:
-        st.run("grpo", d["grpo"], lambda: _grpo(cfg, d["grpo"], policy))
-        st.run("eval grpo", d["eval_grpo"], lambda: _eval(cfg, "grpo", d["eval_grpo"], model=str(d["grpo"])))
+        st.run("grpo", d["grpo"], lambda resume: _grpo(cfg, d["grpo"], policy, resume), fp["grpo"])
+        ev("eval grpo", "eval_grpo", "grpo", model=str(d["grpo"]))
         eval_dirs.append(d["eval_grpo"])
 
     report = out / "report.html"
     if "report" in want:
-        def _report() -> dict:
+        def _report(_resume: bool) -> dict:
             from sumrl.report import build_report
 
             train_runs = [p for p in (d["sft"], d["ppo_lastmile"], d["grpo"]) if p.exists()]
@@ -224,7 +307,7 @@ def run_demo(cfg: DemoConfig) -> int:
                          markdown_out=out / "results.md")  # the same tables as Markdown, for notes
             return {"report": str(report)}
 
-        st.run("report", out / "report_stage", _report)
+        st.run("report", out / "report_stage", _report, fp["report"])
 
     metrics = {read_json(p / "metrics.json")["system"]: read_json(p / "metrics.json")["metrics"]
                for p in eval_dirs if (p / "metrics.json").exists()}
@@ -240,19 +323,66 @@ def run_demo(cfg: DemoConfig) -> int:
     return 0
 
 
+def _plan_fingerprints(cfg: DemoConfig, want: set[str]) -> dict[str, str]:
+    import hashlib
+
+    f: dict[str, str] = {}
+    f["eval base"] = stage_fingerprint(cfg, "eval", ["base"])
+    f["eval base-cleaned"] = stage_fingerprint(cfg, "eval", [f["eval base"], "cleaned"])
+    f["sft"] = stage_fingerprint(cfg, "sft")
+    f["eval sft"] = stage_fingerprint(cfg, "eval", [f["sft"]])
+    f["eval sft-cleaned"] = stage_fingerprint(cfg, "eval", [f["eval sft"], "cleaned"])
+    f["rm"] = stage_fingerprint(cfg, "rm")
+    policy = f["sft"] if "sft" in want else "base-model"
+    recipe = hashlib.sha256(LASTMILE_RECIPE.read_bytes()).hexdigest()[:16] if LASTMILE_RECIPE.exists() else "-"
+    f["ppo-lastmile"] = stage_fingerprint(cfg, "ppo", [policy, f["rm"], recipe])
+    f["eval ppo-lastmile"] = stage_fingerprint(cfg, "eval", [f["ppo-lastmile"]])
+    f["grpo"] = stage_fingerprint(cfg, "grpo", [policy])
+    f["eval grpo"] = stage_fingerprint(cfg, "eval", [f["grpo"]])
+    f["report"] = stage_fingerprint(cfg, "report", sorted(v for k, v in f.items() if k.startswith("eval ")))
+    return f
+
+
+def _check_out(cfg: DemoConfig, out: Path, d: dict[str, Path], plan: list[str], fp: dict[str, str]) -> None:
+    """Refuse, before any work, an --out whose finished stages were made with other settings."""
+    folders = {"eval base": d["eval_base"], "eval base-cleaned": d["eval_base_cleaned"], "sft": d["sft"],
+               "eval sft": d["eval_sft"], "eval sft-cleaned": d["eval_sft_cleaned"], "rm": d["rm"],
+               "ppo-lastmile": d["ppo_lastmile"], "eval ppo-lastmile": d["eval_ppo_lastmile"], "grpo": d["grpo"],
+               "eval grpo": d["eval_grpo"], "report": out / "report_stage"}
+    if cfg.force or cfg.overwrite:
+        return
+    stale = [name for name in plan if (m := _marker(folders[name])) is not None and m.get("fingerprint") != fp[name]]
+    if stale:
+        earlier = _previous_preset(out)
+        raise ConfigError(f"{out}: {len(stale)} stage(s) ({', '.join(stale)}) finished there with other settings"
+                          f"{earlier}; rerun with --overwrite to redo them, or choose a new --out")
+
+
+def _previous_preset(out: Path) -> str:
+    from sumrl.errors import SumrlError
+    from sumrl.utils.io import read_json_file
+
+    try:
+        prev = read_json_file(out / "demo_config.json")
+    except SumrlError:
+        return ""
+    return f" (last run there: --preset {prev.get('preset')})" if isinstance(prev, dict) and prev.get("preset") else ""
+
+
 # ------------------------------------------------------------------------------ training stages
 
 
-def _resume_flags(folder: Path) -> dict:
-    """Continue an interrupted training stage from its last complete checkpoint, else start over
-    (an unfinished stage's partial output is not a result)."""
+def _resume_flags(folder: Path, resume_ok: bool = True) -> dict:
+    """Continue an interrupted training stage from its last complete checkpoint -- only when that
+    attempt had the same settings (``resume_ok``) -- else start over (an unfinished stage's
+    partial output is not a result)."""
     from sumrl.training.checkpoint import last_checkpoint
 
-    resume = last_checkpoint(folder / "checkpoints") is not None
+    resume = resume_ok and last_checkpoint(folder / "checkpoints") is not None
     return {"resume": resume, "overwrite": not resume}
 
 
-def _sft(cfg: DemoConfig, folder: Path) -> dict:
+def _sft(cfg: DemoConfig, folder: Path, resume_ok: bool = True) -> dict:
     from sumrl.training.config import SFTConfig
     from sumrl.training.sft import train
 
@@ -261,7 +391,7 @@ def _sft(cfg: DemoConfig, folder: Path) -> dict:
         max_seq_len=cfg.max_input_tokens + cfg.max_new_tokens, max_target_tokens=cfg.max_new_tokens, lr=3e-4,
         warmup_steps=max(1, cfg.sft_steps // 10), bf16=cfg.bf16, eval_every=max(1, cfg.sft_steps // 2),
         val_examples=8, val_generate=0, save_every=max(5, cfg.sft_steps // 3), seed=cfg.seed,
-        **_resume_flags(folder)))
+        **_resume_flags(folder, resume_ok)))
     s = train(sc)
     return {"steps": s.get("steps")}
 
@@ -289,16 +419,16 @@ def _use_bf16(cfg: DemoConfig) -> bool:
     return resolve_bf16(cfg.bf16)[0]
 
 
-def _rl_common(cfg: DemoConfig, folder: Path) -> dict:
+def _rl_common(cfg: DemoConfig, folder: Path, resume_ok: bool = True) -> dict:
     return dict(data=cfg.data, split="train", out=str(folder), max_prompt_tokens=cfg.max_input_tokens,
                 max_new_tokens=cfg.max_new_tokens, bf16=_use_bf16(cfg), seed=cfg.seed,
                 save_every=max(2, (cfg.ppo_steps or 4) // 2), sample_every=2,
                 # stage 8 evaluates every system on the test documents; a held-out curve during these
                 # few steps would cost two greedy passes per run for a before/after we get anyway
-                eval_every=0, **_resume_flags(folder))
+                eval_every=0, **_resume_flags(folder, resume_ok))
 
 
-def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path) -> dict:
+def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path, resume_ok: bool = True) -> dict:
     """The last-mile recipe (recipes/rl_lastmile.yaml) at demo size."""
     from sumrl.config import load_recipe
     from sumrl.rl.config import RLConfig
@@ -317,19 +447,19 @@ def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path) -> dict:
     # The recipe's output cap from the data (whole references on reference steps), at demo sizes, with
     # the shared-trunk value head (started from the RM's head) instead of a second LoRA trunk pass.
     over = dict(policy=policy, steps=cfg.ppo_steps, batch_size=cfg.ppo_batch, micro_batch_size=cfg.ppo_batch,
-                value_model="head", **_rl_common(cfg, folder))
+                value_model="head", **_rl_common(cfg, folder, resume_ok))
     rc = build_config(RLConfig, recipe, over)
     s = train(rc)
     return {"steps": s.get("steps")}
 
 
-def _grpo(cfg: DemoConfig, folder: Path, policy: str) -> dict:
+def _grpo(cfg: DemoConfig, folder: Path, policy: str, resume_ok: bool = True) -> dict:
     from sumrl.rl.config import RLConfig
     from sumrl.rl.trainer import train
 
     over = dict(algo="grpo", policy=policy, reward="rouge,length,eos", steps=cfg.grpo_steps,
                 batch_size=cfg.grpo_batch, samples_per_prompt=cfg.grpo_samples, micro_batch_size=4, kl_coef=0.02,
-                lr=5e-5, temperature=0.8, **_rl_common(cfg, folder))
+                lr=5e-5, temperature=0.8, **_rl_common(cfg, folder, resume_ok))
     rc = build_config(RLConfig, overrides=over)
     s = train(rc)
     return {"steps": s.get("steps")}

@@ -17,7 +17,7 @@ class DataError(SumrlError):
     """Bad data: names the file, the line/row and the field."""
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None, field: str | None = None):
-        self.file, self.line, self.field = file, line, field
+        self.file, self.line, self.field, self.reason = file, line, field, message
         where = []
         if file is not None:
             where.append(str(file))

@@ -116,24 +116,19 @@ def shared_data_dir(explicit: str | None = None) -> Path:
 
 
 def _load_json(path: Path) -> Any:
+    from sumrl.utils.io import read_json_file
+
     if not path.exists():
         raise DataError("file not found (see the folder's MANIFEST.md)", file=str(path))
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON ({e.msg})", file=str(path), line=e.lineno) from None
+    return read_json_file(path)
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    from sumrl.utils.io import iter_jsonl_file
+
     if not path.exists():
         raise DataError("file not found (see the folder's MANIFEST.md)", file=str(path))
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    yield ln, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"invalid JSON ({e.msg})", file=str(path), line=ln) from None
+    yield from iter_jsonl_file(path)
 
 
 def _norm(t: str) -> str:

@@ -37,6 +37,10 @@ def hash_split(example_id: str, seed: int = 0) -> str:
     return "test"
 
 
+class EmptySplitError(DataError):
+    """A split that has no examples (a typo, or a user file too small to have every split)."""
+
+
 def split_of(example: Example, seed: int = 0) -> str:
     """The row's own ``split`` field if it has one, else the hash rule."""
     own = example.meta.get("split")
@@ -60,6 +64,6 @@ def select_split(examples: list[Example], split: str | None, seed: int = 0, *, s
     chosen = [ex for ex in examples if ex.meta["split"] == want]
     if not chosen:
         have = sorted({ex.meta["split"] for ex in examples})
-        raise DataError(f"no examples in split '{split}' (this data has: {', '.join(have)}; or use --split all)",
-                        file=source)
+        raise EmptySplitError(f"no examples in split '{split}' (this data has: {', '.join(have)}; or use --split all)",
+                              file=source)
     return chosen

@@ -29,6 +29,15 @@ class EvalConfig(DataOptions, GenerationOptions):
     def validate(self) -> None:
         if not self.model and not self.predictions:
             raise ConfigError("give --model to generate or --predictions to score an existing file")
+        if self.n_bootstrap < 1:
+            raise ConfigError(f"--n-bootstrap must be at least 1, got {self.n_bootstrap}")
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_input_tokens is not None and self.max_input_tokens < 1:
+            raise ConfigError(f"--max-input-tokens must be at least 1, got {self.max_input_tokens}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("--temperature must be > 0 and --top-p in (0, 1]")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load_prediction_rows(path: str) -> list[dict]:
-    import json
+    """Read and check a predictions file; any problem is one DataError naming file, line and field.
+
+    Checked here, before any scoring, so that nothing fails after minutes of work: types of every
+    field that is read (``prediction``, ``raw_prediction``, ``document``, ``query``, ``references``),
+    unique ids (pairing across systems is by id, as in ``sumrl report``), valid Unicode.
+    """
+    from sumrl.utils.io import iter_jsonl_file
 
     p = Path(path)
     if p.is_dir():
@@ -49,30 +64,40 @@ def load_prediction_rows(path: str) -> list[dict]:
     if not p.exists():
         raise DataError("predictions file not found", file=str(p))
     rows = []
-    with open(p, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
+    seen: dict[str, int] = {}
+    for i, r in iter_jsonl_file(p):
+        if not isinstance(r, dict):
+            raise DataError("expected a JSON object", file=str(p), line=i)
+        for k in ("id", "prediction"):
+            if k not in r:
+                raise DataError("missing field", file=str(p), line=i, field=k)
+        rid = r["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+            raise DataError(f"must be a string or an integer, got {type(rid).__name__}", file=str(p), line=i,
+                            field="id")
+        key = str(rid)
+        if key in seen:
+            raise DataError(f"duplicate id {key!r} (first on line {seen[key]})", file=str(p), line=i, field="id")
+        seen[key] = i
+        for k, required in (("prediction", True), ("raw_prediction", False), ("document", False),
+                            ("query", False), ("system", False)):
+            v = r.get(k)
+            if (v is None and not required) or isinstance(v, str):
                 continue
-            try:
-                r = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise DataError("not valid UTF-8", file=str(p), line=i) from None
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg})", file=str(p), line=i) from None
-            if not isinstance(r, dict):
-                raise DataError("expected a JSON object", file=str(p), line=i)
-            for k in ("id", "prediction"):
-                if k not in r:
-                    raise DataError("missing field", file=str(p), line=i, field=k)
-            refs = r.get("references", r.get("summary"))
-            if isinstance(refs, str):
-                refs = [refs]
-            if not refs or not all(isinstance(x, str) for x in refs):
-                raise DataError("needs reference summaries (a string or a list of strings)", file=str(p), line=i,
-                                field="references")
-            r["references"] = refs
-            r.setdefault("document", "")
-            rows.append(r)
+            raise DataError(f"must be a string{'' if required else ' or null'}, got "
+                            f"{'null' if v is None else type(v).__name__}", file=str(p), line=i, field=k)
+        refs = r.get("references", r.get("summary"))
+        if isinstance(refs, str):
+            refs = [refs]
+        if not refs or not isinstance(refs, list) or not all(isinstance(x, str) for x in refs):
+            raise DataError("needs reference summaries (a string or a list of strings)", file=str(p), line=i,
+                            field="references")
+        r["references"] = refs
+        if r.get("document") is None:
+            r["document"] = ""
+        if r.get("raw_prediction") is None:
+            r.pop("raw_prediction", None)
+        rows.append(r)
     if not rows:
         raise DataError("empty file", file=str(p))
     return rows
@@ -100,7 +125,7 @@ def evaluate(cfg: EvalConfig, *, model_and_tokenizer: tuple | None = None, progr
     t0 = time.perf_counter()
     if cfg.predictions:
         rows = load_prediction_rows(cfg.predictions)
-        if cfg.limit:
+        if cfg.limit is not None:
             rows = rows[: cfg.limit]
         system = cfg.system or rows[0].get("system") or Path(cfg.predictions).stem
     else:

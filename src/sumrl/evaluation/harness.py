@@ -66,6 +66,13 @@ def generate_predictions(model_spec: str | Any, examples: list[Example], opts: A
                 if fh:
                     fh.flush()
                     os.fsync(fh.fileno())
+                from sumrl.utils.faults import kill_point
+
+                kill_point("eval-after-block")
+        except OSError as e:  # a full disk names no file: say which output it was
+            if e.filename is None and partial_path:
+                e.filename = str(partial_path)
+            raise
         finally:
             if fh:
                 fh.close()

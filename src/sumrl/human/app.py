@@ -12,11 +12,14 @@ Security model (see docs/human_eval.md):
   page reads it from its own URL. Unknown/missing token -> 403. A rater can only touch their own
   assignments: another rater's assignment id is answered 404, exactly like a non-existent one.
 * CSRF: POSTs need ``X-CSRF-Token`` (HMAC of the study secret and the rater id, embedded in
-  the page) and ``Content-Type: application/json``; a present ``Origin`` must match the host.
+  the page) and ``Content-Type: application/json``; a present ``Origin`` must be one of the
+  configured public origins (the study's ``--base-url``, the address served, ``--public-origin``),
+  never compared with the request's own ``Host`` header, which the client controls.
   A bearer header is not sent automatically by browsers, so this is defence in depth.
 * Text is never interpreted as HTML: the page inserts it with ``textContent`` and the shell is
   rendered by Jinja with autoescaping; a strict Content-Security-Policy forbids inline scripts.
-* Request bodies are capped (``MAX_CONTENT_LENGTH``, 413) and every field is validated (400).
+* Request bodies are capped (``MAX_CONTENT_LENGTH``, 413) and every field is validated (400),
+  ids included (an id past SQLite's 64-bit range is a 400, not a crash); every error is JSON.
 * System names and which summary is "a" never leave the server; the client only sees left/right.
 """
 
@@ -41,8 +44,25 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+MAX_ID = 2**63 - 1  # SQLite INTEGER range: a larger Python int makes sqlite3 raise OverflowError
+
+
 class BadRequest(Exception):
     pass
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, lower-cased, default ports dropped (as browsers send it)."""
+    u = urlsplit(url.strip())
+    scheme, host = u.scheme.lower(), (u.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def validate_submission(body: Any) -> dict:
@@ -56,8 +76,8 @@ def validate_submission(body: Any) -> dict:
     if extra:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(extra))}")
     aid = body.get("assignment_id")
-    if not isinstance(aid, int) or isinstance(aid, bool) or aid < 1:
-        raise BadRequest("assignment_id must be a positive integer")
+    if not isinstance(aid, int) or isinstance(aid, bool) or not 1 <= aid <= MAX_ID:
+        raise BadRequest("assignment_id must be a positive integer (at most 2**63 - 1)")
     choice = body.get("choice")
     if choice not in ("left", "right", "tie"):
         raise BadRequest("choice must be 'left', 'right' or 'tie'")
@@ -84,11 +104,20 @@ def validate_submission(body: Any) -> dict:
             "duration_ms": duration}
 
 
-def create_app(db_path: str | Path) -> Flask:
+def create_app(db_path: str | Path, public_origins: list[str] | tuple[str, ...] = ()) -> Flask:
+    """The app; ``public_origins`` are the origins raters' browsers may POST from (the study's
+    ``--base-url`` is always one; :class:`~sumrl.human.server.RatingServer` adds its own address).
+    They live in ``app.config["PUBLIC_ORIGINS"]``."""
+    import json
+
     db_path = Path(db_path)
     # Fail at start-up (one-line error) rather than on the first request.
     conn = db.open_study(db_path)
     secret = db.get_meta(conn, "secret")
+    try:
+        base_url = (json.loads(db.get_meta(conn, "info") or "{}").get("config") or {}).get("base_url")
+    except (ValueError, AttributeError):
+        base_url = None
     conn.close()
     if not secret:
         raise RuntimeError(f"{db_path}: study has no secret")
@@ -98,6 +127,7 @@ def create_app(db_path: str | Path) -> Flask:
                 static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # Werkzeug answers 413 past this
     app.json.sort_keys = False  # keep payload keys in the order written
+    app.config["PUBLIC_ORIGINS"] = {origin_of(o) for o in [*public_origins, *([base_url] if base_url else [])]}
 
     def conn_() -> sqlite3.Connection:
         if "conn" not in g:
@@ -126,7 +156,7 @@ def create_app(db_path: str | Path) -> Flask:
         return resp
 
     for status, msg in ((400, "bad request"), (403, "forbidden"), (404, "not found"), (405, "method not allowed"),
-                        (413, f"request body too large (max {MAX_BODY_BYTES} bytes)")):
+                        (413, f"request body too large (max {MAX_BODY_BYTES} bytes)"), (500, "internal error")):
         app.register_error_handler(status, lambda e, s=status, m=msg: json_error(s, getattr(e, "description", m)
                                                                                   if s != 413 else m))
 
@@ -143,7 +173,9 @@ def create_app(db_path: str | Path) -> Flask:
         if not hmac.compare_digest(sent.encode(), csrf_token(secret, rater["rater_id"]).encode()):
             abort(403, description="missing or invalid CSRF token")
         origin = request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != request.host:
+        # Compared with the configured origins, not with the Host header: a DNS-rebinding page
+        # sends a Host and an Origin that agree with each other.
+        if origin is not None and origin_of(origin) not in app.config["PUBLIC_ORIGINS"]:
             abort(403, description="cross-origin request refused")
         if request.mimetype != "application/json":
             # Cross-site HTML forms cannot send application/json without a CORS preflight.
@@ -193,6 +225,8 @@ def create_app(db_path: str | Path) -> Flask:
     @app.get("/api/assignment/<int:assignment_id>")
     def get_assignment(assignment_id: int):
         rater = current_rater()
+        if assignment_id > MAX_ID:
+            abort(400, description="assignment id out of range")
         row = conn_().execute(ASSIGNMENT_SQL + "WHERE a.assignment_id = ? AND a.rater_id = ?",
                               (assignment_id, rater["rater_id"])).fetchone()
         if row is None:
@@ -216,9 +250,15 @@ def create_app(db_path: str | Path) -> Flask:
     def submit():
         rater = current_rater()
         check_csrf(rater)
-        body = request.get_json(silent=True)
-        if body is None:
-            abort(400, description="body must be valid JSON")
+        # Parsed here rather than by request.get_json: deep nesting (RecursionError) and other
+        # hostile bodies must be a JSON 400, not a 500.
+        from sumrl.errors import DataError
+        from sumrl.utils.io import parse_json_text
+
+        try:
+            body = parse_json_text(request.get_data(cache=False))
+        except DataError as e:
+            abort(400, description=f"body must be valid JSON ({e.reason})")
         try:
             sub = validate_submission(body)
         except BadRequest as e:

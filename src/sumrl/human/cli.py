@@ -52,10 +52,16 @@ class HumanServeConfig:
     host: str = opt("127.0.0.1", help="address to bind; anything but loopback exposes the app to the network")
     port: int = opt(8765, help="TCP port (0 = any free port)")
     threads: int = opt(8, help="worker threads of the web server")
+    public_origin: list[str] = opt(default_factory=list, help="origin(s) raters' browsers use, e.g. "
+                                   "https://rate.example.org behind a TLS proxy; submissions from any other Origin "
+                                   "are refused (always allowed: the study's --base-url and the address served)")
 
     def validate(self) -> None:
         if not self.db:
             raise ConfigError("--db is required")
+        bad = [o for o in self.public_origin if not o.startswith(("http://", "https://"))]
+        if bad:
+            raise ConfigError(f"--public-origin must start with http:// or https://, got {bad[0]!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError("--port must be between 0 and 65535")
         if self.threads < 1:
@@ -120,7 +126,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from sumrl.human.server import RatingServer, is_loopback
 
     try:
-        server = RatingServer(cfg.db, host=cfg.host, port=cfg.port, threads=cfg.threads)
+        server = RatingServer(cfg.db, host=cfg.host, port=cfg.port, threads=cfg.threads,
+                              public_origins=cfg.public_origin)
     except OSError as e:
         raise SumrlError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
     if not is_loopback(cfg.host):

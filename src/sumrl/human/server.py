@@ -25,13 +25,14 @@ def is_loopback(host: str) -> bool:
 
 
 class RatingServer:
-    def __init__(self, db_path: str | Path, host: str = "127.0.0.1", port: int = 8765, threads: int = 8):
+    def __init__(self, db_path: str | Path, host: str = "127.0.0.1", port: int = 8765, threads: int = 8,
+                 public_origins: list[str] | tuple[str, ...] = ()):
         from waitress import wasyncore
         from waitress.server import create_server
 
         self._wasyncore = wasyncore
         self._map: dict = {}
-        self.app = create_app(db_path)
+        self.app = create_app(db_path, public_origins)
         self.server = create_server(
             self.app, map=self._map, host=host, port=port, threads=threads,
             # Bounded at the server too, before Flask ever sees the body.
@@ -41,6 +42,13 @@ class RatingServer:
         self.port = int(self.server.effective_port)
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}"
+        # The address served is a public origin too (both loopback names when bound to loopback).
+        from sumrl.human.app import origin_of
+
+        origins = self.app.config["PUBLIC_ORIGINS"]
+        origins.add(origin_of(self.url))
+        if is_loopback(host):
+            origins.update(origin_of(f"http://{h}:{self.port}") for h in ("127.0.0.1", "localhost", "[::1]"))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -68,43 +68,40 @@ def load_runs(run_dirs: Sequence[str | Path]) -> dict[str, Doc]:
         system_from_metrics = None
         metrics_path = run / "metrics.json"
         if metrics_path.is_file():
-            try:
-                system_from_metrics = json.loads(metrics_path.read_text(encoding="utf-8")).get("system")
-            except (json.JSONDecodeError, AttributeError):
-                raise DataError("not a JSON object", file=str(metrics_path)) from None
-        with open(pred_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"invalid JSON ({e.msg})", file=str(pred_path), line=lineno) from None
-                if not isinstance(row, dict):
-                    raise DataError("expected a JSON object", file=str(pred_path), line=lineno)
-                for key in ("id", "document", "prediction"):
-                    if not isinstance(row.get(key), str) and not (key == "id" and isinstance(row.get(key), int)):
-                        raise DataError("missing or not a string", file=str(pred_path), line=lineno, field=key)
-                system = system_from_metrics or row.get("system")
-                if not isinstance(system, str) or not system:
-                    raise DataError("missing system name (and no metrics.json)", file=str(pred_path),
-                                    line=lineno, field="system")
-                if seen_systems.setdefault(system, str(run)) != str(run):
-                    raise SumrlError(f"system '{system}' appears in two runs: {seen_systems[system]} and {run}")
-                query = row.get("query")
-                if query is not None and not isinstance(query, str):
-                    raise DataError("must be a string or null", file=str(pred_path), line=lineno, field="query")
-                doc_id = str(row["id"])
-                doc = docs.get(doc_id)
-                if doc is None:
-                    doc = docs[doc_id] = Doc(doc_id, row["document"], query or None)
-                elif doc.document != row["document"] or doc.query != (query or None):
-                    raise DataError(f"document id '{doc_id}' has a different text or query than in another run",
-                                    file=str(pred_path), line=lineno, field="document")
-                if system in doc.summaries:
-                    raise DataError(f"document id '{doc_id}' appears twice for system '{system}'",
-                                    file=str(pred_path), line=lineno, field="id")
-                doc.summaries[system] = Summary(system, row["prediction"], str(run))
+            from sumrl.utils.io import read_json_file
+
+            mj = read_json_file(metrics_path)  # hostile JSON, bad UTF-8: one DataError; BOM accepted
+            if not isinstance(mj, dict):
+                raise DataError("not a JSON object", file=str(metrics_path))
+            system_from_metrics = mj.get("system")
+        from sumrl.utils.io import iter_jsonl_file
+
+        for lineno, row in iter_jsonl_file(pred_path):
+            if not isinstance(row, dict):
+                raise DataError("expected a JSON object", file=str(pred_path), line=lineno)
+            for key in ("id", "document", "prediction"):
+                if not isinstance(row.get(key), str) and not (key == "id" and isinstance(row.get(key), int)):
+                    raise DataError("missing or not a string", file=str(pred_path), line=lineno, field=key)
+            system = system_from_metrics or row.get("system")
+            if not isinstance(system, str) or not system:
+                raise DataError("missing system name (and no metrics.json)", file=str(pred_path),
+                                line=lineno, field="system")
+            if seen_systems.setdefault(system, str(run)) != str(run):
+                raise SumrlError(f"system '{system}' appears in two runs: {seen_systems[system]} and {run}")
+            query = row.get("query")
+            if query is not None and not isinstance(query, str):
+                raise DataError("must be a string or null", file=str(pred_path), line=lineno, field="query")
+            doc_id = str(row["id"])
+            doc = docs.get(doc_id)
+            if doc is None:
+                doc = docs[doc_id] = Doc(doc_id, row["document"], query or None)
+            elif doc.document != row["document"] or doc.query != (query or None):
+                raise DataError(f"document id '{doc_id}' has a different text or query than in another run",
+                                file=str(pred_path), line=lineno, field="document")
+            if system in doc.summaries:
+                raise DataError(f"document id '{doc_id}' appears twice for system '{system}'",
+                                file=str(pred_path), line=lineno, field="id")
+            doc.summaries[system] = Summary(system, row["prediction"], str(run))
     return docs
 
 

@@ -78,30 +78,20 @@ class TrainRun:
 
 
 def _read_json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DataError("not valid UTF-8", file=str(path)) from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg})", file=str(path), line=e.lineno) from None
+    from sumrl.utils.io import read_json_file
+
+    return read_json_file(path)  # one DataError for bad UTF-8/JSON, huge integers, deep nesting; BOM accepted
 
 
 def _read_jsonl_file(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) per non-empty line, so later checks can name the line."""
+    from sumrl.utils.io import iter_jsonl_file
+
     rows = []
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                r = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise DataError("not valid UTF-8", file=str(path), line=i) from None
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg})", file=str(path), line=i) from None
-            if not isinstance(r, dict):
-                raise DataError("expected a JSON object", file=str(path), line=i)
-            rows.append((i, r))
+    for i, r in iter_jsonl_file(path):
+        if not isinstance(r, dict):
+            raise DataError("expected a JSON object", file=str(path), line=i)
+        rows.append((i, r))
     return rows
 
 
@@ -184,7 +174,10 @@ def load_train_run(path: str | Path) -> TrainRun:
     folder = log.parent
     if not log.is_file():
         raise SumrlError(f"{p}: not a training run folder (no metrics.jsonl)")
-    rows = [r for _, r in _read_jsonl_file(log)]
+    from sumrl.utils.io import iter_jsonl_file
+
+    # a run still going (or killed mid-append) may end in a torn line: dropped with a notice
+    rows = [r for _, r in iter_jsonl_file(log, tolerate_torn_tail=True) if isinstance(r, dict)]
     config, config_file = None, None
     # sumrl sft writes sft_config.json; other trainers config.json or <name>_config.json.
     candidates = [folder / "config.json"] + sorted(folder.glob("*_config.json"))

@@ -495,7 +495,9 @@ def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[fl
         raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
     opt.zero_grad()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    from sumrl.training.optim import check_step  # non-finite gradient: stop before the step
+
+    check_step(float(loss.item()), float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step, what="reward-model training")
     opt.step()
     history.append(loss.item())
     if step % max(1, steps // 10) == 0 or step == steps:
@@ -665,31 +667,26 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     if not p.exists():
         raise DataError("pairs file not found", file=str(p))
     rows = []
-    with open(p, encoding="utf-8") as f:
-        for ln, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON ({e.msg})", file=str(p), line=ln) from None
-            if not isinstance(r, dict):
-                raise DataError("a pair must be a JSON object", file=str(p), line=ln)
-            for fld in ("document", "chosen", "rejected"):
-                if not isinstance(r.get(fld), str):
-                    raise DataError("missing or not a string", file=str(p), line=ln, field=fld)
-            if r.get("id") is None:
-                raise DataError("missing (pairs are split by document id)", file=str(p), line=ln, field="id")
-            m = r.get("margin")
-            if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m)):
-                raise DataError(f"must be a number or null, got {m!r}", file=str(p), line=ln, field="margin")
-            if r.get("query") is not None and not isinstance(r["query"], str):
-                raise DataError("must be a string or null", file=str(p), line=ln, field="query")
-            if r.get("meta") is not None and not isinstance(r["meta"], dict):
-                raise DataError("must be an object", file=str(p), line=ln, field="meta")
-            r["id"] = str(r["id"])
-            r["_line"] = ln
-            rows.append(r)
+    from sumrl.utils.io import iter_jsonl_file  # one DataError for bad UTF-8/JSON, a folder; BOM accepted
+
+    for ln, r in iter_jsonl_file(p):
+        if not isinstance(r, dict):
+            raise DataError("a pair must be a JSON object", file=str(p), line=ln)
+        for fld in ("document", "chosen", "rejected"):
+            if not isinstance(r.get(fld), str):
+                raise DataError("missing or not a string", file=str(p), line=ln, field=fld)
+        if r.get("id") is None:
+            raise DataError("missing (pairs are split by document id)", file=str(p), line=ln, field="id")
+        m = r.get("margin")
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m)):
+            raise DataError(f"must be a number or null, got {m!r}", file=str(p), line=ln, field="margin")
+        if r.get("query") is not None and not isinstance(r["query"], str):
+            raise DataError("must be a string or null", file=str(p), line=ln, field="query")
+        if r.get("meta") is not None and not isinstance(r["meta"], dict):
+            raise DataError("must be an object", file=str(p), line=ln, field="meta")
+        r["id"] = str(r["id"])
+        r["_line"] = ln
+        rows.append(r)
     if not rows:
         raise DataError("no pairs", file=str(p))
     return rows

@@ -91,13 +91,17 @@ def save_checkpoint(root: str | Path, step: int, *, model: Any, optimizer: Any, 
 
     root = Path(root)
     target = root / checkpoint_name(step)
+    from sumrl.utils.faults import kill_point
+
     with atomic_dir(target) as tmp:
         torch.save(trainable_state_dict(model), tmp / "trainable.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        kill_point("checkpoint-mid-write")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         write_json(tmp / "state.json", {"step": step, **(state or {})})
+    kill_point("checkpoint-before-last")
     atomic_write_text(root / LAST, target.name + "\n")
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         if old != target:
@@ -148,6 +152,7 @@ def resume_point(out: Path, *, resume: bool, overwrite: bool, checkpoint_dir: st
 
     ckpt = last_checkpoint(out / checkpoint_dir)
     if resume:
+        _clean_killed_writes(out, checkpoint_dir)
         if ckpt is None:
             raise SumrlError(f"{out}: no checkpoint to resume from (run without --resume to start)")
         return ckpt
@@ -155,6 +160,19 @@ def resume_point(out: Path, *, resume: bool, overwrite: bool, checkpoint_dir: st
         raise SumrlError(f"{out} has checkpoints of an earlier run: use --resume to continue it or --overwrite "
                          f"to start over")
     return None
+
+
+def _clean_killed_writes(out: Path, checkpoint_dir: str) -> None:
+    """Temporary folders of checkpoint writes that a kill interrupted (tens of MB each for a LoRA
+    run) are never completed or read: remove them before resuming, and say so."""
+    import sys
+
+    from sumrl.utils.io import clean_stale_tmp
+
+    removed = clean_stale_tmp(out / checkpoint_dir) + clean_stale_tmp(out)
+    if removed:
+        print(f"note: removed {len(removed)} unfinished temporary file(s)/folder(s) left by an interrupted write "
+              f"in {out}", file=sys.stderr)
 
 
 def clear_previous_run(out: Path, run_files: tuple[str, ...], checkpoint_dir: str = "checkpoints") -> None:

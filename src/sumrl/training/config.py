@@ -12,7 +12,7 @@ from sumrl.errors import ConfigError
 # trajectory (schedule length is *not* among them: the cosine schedule depends on it).
 RESUME_MUTABLE = {
     "resume", "overwrite", "out", "progress", "tensorboard", "log_every", "eval_every", "save_every",
-    "keep_checkpoints", "val_generate", "val_max_new_tokens", "val_batch_size",
+    "keep_checkpoints", "val_generate", "val_max_new_tokens", "val_batch_size", "max_loss_ratio",
 }
 
 
@@ -56,6 +56,9 @@ class SFTConfig(DataOptions):
     warmup_steps: int = opt(10, "linear warm-up steps, then cosine decay")
     min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of --lr")
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    max_loss_ratio: float = opt(3.0, "stop (keeping the last good checkpoint) when a step's loss exceeds this many "
+                                     "times the first step's loss: a blown-up run (0 = no such check; NaN/inf loss "
+                                     "or gradient and an all-zero gradient always stop the run)")
     # --- speed / memory
     gradient_checkpointing: bool = opt(True, "recompute activations in backward (memory linear in length, ~30% slower)")
     bf16: AutoBool = opt("auto", BF16_HELP)
@@ -87,7 +90,7 @@ class SFTConfig(DataOptions):
                      "micro_batch_tokens", "micro_batch_size"):
             positive(name)
         for name in ("warmup_steps", "eval_every", "val_examples", "val_generate", "max_grad_norm", "weight_decay",
-                     "chunk_overlap", "lora_dropout"):
+                     "chunk_overlap", "lora_dropout", "max_loss_ratio"):
             positive(name, allow_zero=True)
         if self.max_seq_len < 64:
             raise ConfigError(f"--max-seq-len must be at least 64, got {self.max_seq_len}")
@@ -97,6 +100,11 @@ class SFTConfig(DataOptions):
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < self.max_seq_len:
             raise ConfigError(f"--micro-batch-tokens ({self.micro_batch_tokens}) must be >= --max-seq-len "
                               f"({self.max_seq_len}): one sequence must fit in a micro-batch")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.resume and self.overwrite:

@@ -43,3 +43,56 @@ def build_scheduler(optimizer: Any, *, warmup_steps: int, total_steps: int, min_
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_lr_ratio))
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence checks, made before the optimizer step so that a bad step never reaches the weights
+# (and so never a checkpoint or a published model).
+
+
+def check_step(loss: float, grad_norm: float, step: int, *, what: str = "training", where: str = "") -> None:
+    """Raise TrainingDiverged (one line) if the loss or the gradient norm is not finite."""
+    from sumrl.errors import TrainingDiverged
+
+    keep = f"; the last good checkpoint is kept in {where}" if where else ""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"{what} diverged at step {step}: the loss is {loss}{keep}; lower --lr")
+    if not math.isfinite(grad_norm):
+        raise TrainingDiverged(f"{what} diverged at step {step}: the gradient norm is {grad_norm}{keep}; "
+                               "lower --lr")
+
+
+class DivergenceGuard:
+    """Per-step checks of a training loop, before its optimizer step.
+
+    * non-finite loss or gradient norm;
+    * a gradient norm of exactly 0 with a positive loss: every unit saturated, nothing can be
+      learned any more (what ``--lr 1e3`` does: the loss sits at ln(vocab) with zero gradient);
+    * a loss above ``max_loss_ratio`` times the run's first loss (``reference``, saved in the
+      checkpoint so that a resumed run keeps the same bound); 0 turns this check off.
+    """
+
+    def __init__(self, *, what: str, max_loss_ratio: float = 0.0, reference: float | None = None, where: str = ""):
+        self.what, self.max_loss_ratio, self.reference, self.where = what, max_loss_ratio, reference, where
+
+    def check(self, loss: float, grad_norm: float, step: int) -> None:
+        from sumrl.errors import TrainingDiverged
+
+        check_step(loss, grad_norm, step, what=self.what, where=self.where)
+        keep = f"; the last good checkpoint is kept in {self.where}" if self.where else ""
+        if grad_norm == 0.0 and loss > 0.0:
+            raise TrainingDiverged(f"{self.what} collapsed at step {step}: the gradient is exactly zero at loss "
+                                   f"{loss:.4g} (every unit saturated){keep}; lower --lr")
+        if self.reference is None:
+            self.reference = loss
+        elif self.max_loss_ratio > 0 and loss > self.max_loss_ratio * self.reference:
+            raise TrainingDiverged(f"{self.what} blew up at step {step}: the loss {loss:.4g} is over "
+                                   f"{self.max_loss_ratio:g} x the first step's {self.reference:.4g}{keep}; lower "
+                                   "--lr (or raise --max-loss-ratio)")
+
+
+def parameters_finite(params: Iterable[Any]) -> bool:
+    """True when every tensor is finite (checked before a checkpoint or the model is written)."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in params)

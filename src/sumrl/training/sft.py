@@ -216,8 +216,12 @@ def publish_model(model: Any, tokenizer: Any, out: Path, *, base_spec: str, extr
     files = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name != SUMRL_MODEL_FILE)
     meta = json.loads((staging / SUMRL_MODEL_FILE).read_text())
     meta["files"] = files
-    for name in files:
+    from sumrl.utils.faults import kill_point
+
+    for i, name in enumerate(files):
         os.replace(staging / name, out / name)
+        if i == 0:
+            kill_point("publish-mid")
     from sumrl.utils.io import write_json
 
     write_json(out / SUMRL_MODEL_FILE, meta)
@@ -239,7 +243,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     from sumrl.data import load_data
     from sumrl.training.checkpoint import load_checkpoint, save_checkpoint
     from sumrl.training.loss import CausalLMLoss
-    from sumrl.training.optim import build_optimizer, build_scheduler, trainable
+    from sumrl.training.optim import DivergenceGuard, build_optimizer, build_scheduler, parameters_finite, trainable
     from sumrl.training.packing import collate, n_target_tokens, plan_micro_batches
     from sumrl.utils.io import read_json, write_json
     from sumrl.utils.logging import MetricLogger
@@ -281,9 +285,11 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     validator = None
     if main and cfg.eval_every > 0 and (cfg.val_examples or cfg.val_generate):
         n_val = max(cfg.val_examples, cfg.val_generate)
-        val_ex = load_data(cfg.data, cfg.val_split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
-                           require_summary=True, limit=n_val, seed=cfg.seed)
-        validator = Validator(cfg, tok, val_ex, encode_for(cfg, tok, val_ex[: cfg.val_examples]))
+        from sumrl.data import load_heldout
+
+        val_ex = load_heldout(cfg.data, cfg.val_split, purpose="validation", fields=_fields(cfg),
+                              skip_invalid=cfg.skip_invalid, require_summary=True, limit=n_val, seed=cfg.seed)
+        validator = Validator(cfg, tok, val_ex, encode_for(cfg, tok, val_ex[: cfg.val_examples])) if val_ex else None
 
     loss_module = CausalLMLoss(model, chunk_size=cfg.loss_chunk_size, bf16=use_bf16)
     loss_module = accelerator.prepare(loss_module)
@@ -326,6 +332,11 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         accelerator.wait_for_everyone()
 
     def checkpoint(step: int) -> None:
+        # Adam normalises the step size, so a huge finite --lr can put inf/NaN in the weights with a
+        # finite loss and gradient: never save (or later publish) such weights.
+        if not parameters_finite(p for _, p in params):
+            raise TrainingDiverged(f"sft diverged at step {step}: the weights are no longer finite; the last good "
+                                   f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
         if main:
             save_checkpoint(out / CHECKPOINT_DIR, step, model=raw_module.model, optimizer=optimizer,
                             scheduler=scheduler, keep=cfg.keep_checkpoints,
@@ -338,6 +349,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     bar = tqdm(total=n_steps, initial=start, desc="sft", unit="step", disable=not (main and cfg.progress),
                dynamic_ncols=True)
     last_train: dict = {}
+    guard = DivergenceGuard(what="sft", max_loss_ratio=cfg.max_loss_ratio, reference=counters.get("first_loss"),
+                            where=str(out / CHECKPOINT_DIR))
     loss_module.train()
     try:
         for step in range(start, n_steps):
@@ -360,15 +373,18 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                 local_loss += loss_sum.detach().double()
             grad_norm = accelerator.clip_grad_norm_([p for _, p in params],
                                                     cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            loss = float(accelerator.reduce(local_loss, reduction="sum")) / n_step_targets
+            n_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=device), reduction="sum"))
+            try:  # before the step: a diverged step never reaches the weights (same on every process)
+                guard.check(loss, float(grad_norm), step + 1)
+            except TrainingDiverged:
+                optimizer.zero_grad(set_to_none=True)
+                raise
+            counters["first_loss"] = guard.reference
             optimizer.step()
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss = float(accelerator.reduce(local_loss, reduction="sum")) / n_step_targets
-            n_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=device), reduction="sum"))
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"train/loss is {loss} at step {step + 1}; the last checkpoint is kept in "
-                                       f"{out / CHECKPOINT_DIR}")
             dt = time.perf_counter() - t0
             counters["tokens_seen"] += n_tokens
             run_tokens, run_seconds = run_tokens + n_tokens, run_seconds + dt
@@ -394,6 +410,9 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         if logger is not None:
             logger.close()
 
+    if not parameters_finite(p for _, p in params):
+        raise TrainingDiverged(f"sft diverged: the weights are no longer finite; nothing published; the last good "
+                               f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
     if main:
         publish_model(raw_module.model, tok, out, base_spec=base_spec,
                       extra={"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps})

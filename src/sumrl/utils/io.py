@@ -40,9 +40,10 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _name_path(e, path)
         raise
 
 
@@ -57,9 +58,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _name_path(e, path)
         raise
 
 
@@ -74,13 +76,11 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json_file(path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [obj for _, obj in iter_jsonl_file(path)]
 
 
 def _json_default(o: Any) -> Any:
@@ -118,6 +118,145 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_path(e, path)
         raise
+
+
+def _name_path(e: BaseException, path: Path) -> None:
+    """A full disk reports ENOSPC without a file name: attach the output being written, so the
+    CLI's one-line error says which output could not be written."""
+    if isinstance(e, OSError) and e.filename is None:
+        e.filename = str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading JSON written by users (or by a process that was killed): every failure is one DataError
+# naming the file and line, never a traceback.
+
+BOM = "\ufeff"
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    stack = [obj]
+    while stack:  # iterative: the object may be deep (the parser's own limit still applies)
+        o = stack.pop()
+        if isinstance(o, str):
+            try:
+                o.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    return False
+
+
+def parse_json_text(text: str | bytes, *, file: str | os.PathLike | None = None, line: int | None = None) -> Any:
+    """``json.loads`` that turns every way a hostile or torn input can fail into one DataError.
+
+    Besides malformed JSON: invalid UTF-8, integers past Python's 4,300-digit conversion limit
+    (a ``ValueError``), nesting deep enough to exhaust the recursion limit (``RecursionError``),
+    and ``\\ud800``-style lone surrogates, which parse but cannot be written back as UTF-8 (they
+    would crash the command at write time, after all the work). A leading BOM is accepted.
+    """
+    from sumrl.errors import DataError
+
+    where = dict(file=None if file is None else str(file), line=line)
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"not valid UTF-8 (byte 0x{text[e.start]:02x} at offset {e.start}); re-save the file "
+                            "as UTF-8", **where) from None
+    if text.startswith(BOM):
+        text = text[1:]
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=where["file"],
+                        line=line if line is not None else e.lineno) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply", **where) from None
+    except ValueError as e:  # int('9' * 5000): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise DataError(f"unreadable JSON value ({e})", **where) from None
+    if "\\ud" in text.lower() and _has_lone_surrogate(obj):
+        raise DataError("contains a lone surrogate escape (e.g. \\ud800), which is not valid Unicode", **where)
+    return obj
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A whole JSON file (DataError on anything unreadable, including a folder or a missing file)."""
+    from sumrl.errors import DataError
+
+    p = Path(path)
+    if p.is_dir():
+        raise DataError("is a folder, expected a JSON file", file=str(p))
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read file ({e.strerror})", file=str(p)) from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return parse_json_text(data, file=p)
+
+
+def iter_jsonl_file(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` for each non-empty line of a JSONL file.
+
+    ``tolerate_torn_tail``: a last line without its newline that does not parse is what a kill
+    in the middle of an append leaves; it is dropped (with a one-line notice on stderr) instead
+    of failing. Writers here always write whole lines, so only the last line can be torn.
+    """
+    import sys
+
+    from sumrl.errors import DataError
+
+    p = Path(path)
+    if p.is_dir():
+        raise DataError("is a folder, expected a JSONL file", file=str(p))
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read file ({e.strerror})", file=str(p)) from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            yield i, parse_json_text(raw, file=p, line=i)
+        except DataError:
+            torn = i == len(lines) and not data.endswith(b"\n")
+            if tolerate_torn_tail and torn:
+                print(f"note: {p}: line {i} is incomplete (an interrupted write); dropped it", file=sys.stderr)
+                return
+            raise
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove ``.NAME.*.tmp`` files/folders that a killed atomic write left in ``folder``.
+
+    Only names in :func:`atomic_write_text` / :func:`atomic_dir`'s own pattern are touched, and
+    only when no live process of ours is writing there (callers run this at resume, before any
+    write starts). Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.name.startswith(".") and p.name.endswith(".tmp"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    p.unlink()
+                except OSError:
+                    continue
+            removed.append(p)
+    return removed

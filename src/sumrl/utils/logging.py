@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sumrl.utils.io import atomic_write_text, iter_jsonl_file
+
 
 class MetricLogger:
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None):
@@ -35,15 +37,18 @@ class MetricLogger:
                 self._tb = None
 
     def _truncate_after(self, step: int) -> None:
+        # A kill in the middle of an append leaves a torn last line: dropped with a notice (the
+        # step it belonged to is redone after the checkpoint anyway).
         for p in (self.jsonl, self.samples):
             if p.exists():
-                keep = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
-                p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+                keep = [r for _, r in iter_jsonl_file(p, tolerate_torn_tail=True)
+                        if not isinstance(r, dict) or _step_of(r) <= step]
+                atomic_write_text(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
         if self.jsonl.exists():
             self._rewrite_csv()
 
     def _rewrite_csv(self) -> None:
-        rows = [json.loads(l) for l in self.jsonl.read_text(encoding="utf-8").splitlines() if l.strip()]
+        rows = [r for _, r in iter_jsonl_file(self.jsonl, tolerate_torn_tail=True) if isinstance(r, dict)]
         keys: list[str] = []
         for r in rows:
             keys += [k for k in r if k not in keys]
@@ -59,10 +64,7 @@ class MetricLogger:
             if hasattr(v, "item"):
                 v = v.item()
             row[k] = v
-        with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append_lines(self.jsonl, json.dumps(row) + "\n")
         # CSV columns can grow (new metrics appear later): rewrite when the header changes
         header = None
         if self.csv.exists():
@@ -80,9 +82,8 @@ class MetricLogger:
             self._tb.flush()
 
     def log_samples(self, rows: list[dict], step: int) -> None:
-        with open(self.samples, "a", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps({"step": step, **r}, ensure_ascii=False) + "\n")
+        _append_lines(self.samples,
+                      "".join(json.dumps({"step": step, **r}, ensure_ascii=False) + "\n" for r in rows))
 
     def close(self) -> None:
         if self._tb is not None:
@@ -95,4 +96,34 @@ def read_metrics(path: str | Path) -> list[dict]:
         p = p / "metrics.jsonl"
     if not p.exists():
         return []
-    return [json.loads(l) for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+    return [r for _, r in iter_jsonl_file(p, tolerate_torn_tail=True)]
+
+
+def _step_of(row: dict) -> float:
+    s = row.get("step", 0)
+    return s if isinstance(s, (int, float)) and not isinstance(s, bool) else 0
+
+
+def _append_lines(path: Path, text: str) -> None:
+    """Append whole lines with one write, then flush and fsync: a kill leaves at most one torn
+    last line (which readers drop), never a line interleaved with another."""
+    from sumrl.utils import faults
+
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if faults.armed("log-mid-line"):  # what a kill in the middle of a write leaves
+            os.write(fd, data[: len(data) // 2])
+            os.fsync(fd)
+            faults.die()
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (signals, pipes)
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except OSError as e:  # a full disk names no file: say which log it was
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+    finally:
+        os.close(fd)
