@@ -29,11 +29,11 @@ DOC = ("The company reported revenue of 12.5 million dollars in 2019. Alice Smit
 
 
 def test_windows_are_sentence_chunks_and_overlap_by_one_chunk():
-    doc = " ".join(f"Sentence number {i} talks about topic{i} here." for i in range(10))  # 6 words each
-    chunks = J.chunk_sentences(doc, 12)
+    doc = " ".join(f"Sentence number {i} talks about topic{i} here." for i in range(10))  # 7 words each
+    chunks = J.chunk_sentences(doc, 14)
     assert chunks[0] == "Sentence number 0 talks about topic0 here. Sentence number 1 talks about topic1 here."
-    assert all(len(c.split()) <= 12 for c in chunks) and len(chunks) == 5
-    wins = J.make_windows(doc, 12)
+    assert all(len(c.split()) <= 14 for c in chunks) and len(chunks) == 5
+    wins = J.make_windows(doc, 14)
     assert len(wins) == 4 and wins[1] == chunks[1] + " " + chunks[2]
     # a sentence longer than a chunk is cut, never dropped
     long = " ".join(f"w{i}" for i in range(30)) + "."
@@ -101,7 +101,11 @@ def test_factuality_penalty_lands_on_the_unsupported_sentence_tokens(tmp_path, t
     cut = len(good)
     on_good = sum(v for v, (s, e) in zip(vals, spans) if e <= cut)
     on_bad = sum(v for v, (s, e) in zip(vals, spans) if s > cut)
-    assert on_bad < -0.45 and on_good > -0.01  # nearly all of the 1/2 share of the bad sentence, ~0 on the good one
+    # calibration z = 12 * (precision - 0.75): good sentence precision 1 -> p = sigmoid(3); bad 0/6 -> sigmoid(-9);
+    # each sentence carries -(1 - p) / 2 on its own tokens (the space between them carries nothing)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert on_good == pytest.approx(-(1 - sig(3)) / 2, abs=1e-4)
+    assert on_bad == pytest.approx(-(1 - sig(-9)) / 2, abs=1e-4)
     assert out.components["factuality/unsupported_rate"].tolist() == [0.5]
     # totals identical without token ids (penalty moves into the score)
     inp2 = RewardInput(documents=[DOC], summaries=[summary], references=[[]], queries=[None])
@@ -252,7 +256,7 @@ def test_coherence_training_is_reproducible(tmp_path):
     outs = []
     for k in range(2):
         cfg = CoherenceTrainConfig(out=str(tmp_path / f"c{k}"), shared_dir=str(SHARED), extra_data="", steps=20,
-                                   calib_steps=10, batch_size=16, seed=3)
+                                   batch_size=16, seed=3)
         m = train_coherence(cfg)
         outs.append(load_file(str(tmp_path / f"c{k}" / "model.safetensors")))
         assert 0 <= m["synthetic_heldout_accuracy"] <= 1

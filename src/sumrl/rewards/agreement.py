@@ -35,7 +35,10 @@ def agreement_table(rows: Sequence[dict], rewards: Sequence[tuple[str, Any]], ba
     ``n_bootstrap`` > 0."""
     by_source: dict[str, list[dict]] = {}
     for r in rows:
-        by_source.setdefault(str(r.get("source") or "?"), []).append(r)
+        # pairs of one source judged on different dimensions (SummEval consistency vs coherence) stay apart
+        dim = (r.get("meta") or {}).get("dimension")
+        key = str(r.get("source") or "?") + (f"/{dim}" if dim not in (None, "overall", "factuality") else "")
+        by_source.setdefault(key, []).append(r)
     table = []
     for name, reward in rewards:
         for source, rs in sorted(by_source.items()):

@@ -31,6 +31,7 @@ what a summary owes). Offline only.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 import math
 import random
 import re
@@ -78,17 +79,27 @@ class FactualityJudge:
         self.chunk_words = int(a["chunk_words"])
         self.path = p
         self.states = J.StateCache()
+        self._logits: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def logits(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> list[float]:
-        """Cross-encoder logit of each (claim, evidence) pair."""
-        out: list[float] = []
-        if not pairs:
-            return out
-        claims = self.states.get_many(self.encoder, [c for c, _ in pairs], evidence=False)
-        evid = self.states.get_many(self.encoder, [e for _, e in pairs], evidence=True)
-        with torch.inference_mode():
-            for s in range(0, len(pairs), batch_size):
-                out.extend(self.encoder.forward_pairs(claims[s:s + batch_size], evid[s:s + batch_size]).tolist())
+        """Cross-encoder logit of each (claim, evidence) pair. Logits are cached by pair (LRU): the
+        same sentence of the same document -- a summary scored in several human pairs, or repeated
+        across GRPO samples -- costs one top-layer pass."""
+        todo = list(dict.fromkeys(p for p in pairs if p not in self._logits))
+        if todo:
+            claims = self.states.get_many(self.encoder, [c for c, _ in todo], evidence=False)
+            evid = self.states.get_many(self.encoder, [e for _, e in todo], evidence=True)
+            with torch.inference_mode():
+                for s in range(0, len(todo), batch_size):
+                    vals = self.encoder.forward_pairs(claims[s:s + batch_size], evid[s:s + batch_size]).tolist()
+                    for p, v in zip(todo[s:s + batch_size], vals):
+                        self._logits[p] = v
+        out = []
+        for p in pairs:
+            self._logits.move_to_end(p)
+            out.append(self._logits[p])
+        while len(self._logits) > 200_000:
+            self._logits.popitem(last=False)
         return out
 
     def calibrate(self, feats: torch.Tensor) -> torch.Tensor:
@@ -369,7 +380,7 @@ def synthetic_pairs(docs: Sequence[tuple[str, str]], chunk_words: int, seed: int
                 o = r.randrange(len(claims))
                 if claims[o][0] != d and _precision(claims[o][1], w) < 0.5:
                     neg = claims[o][1]
-            if neg and neg.strip() and neg != c:
+            if neg and neg.strip() and (neg != c or ev != w):
                 out.append((neg, ev, 0.0, cls))
                 break
     return out
