@@ -280,3 +280,25 @@ def test_factuality_training_is_reproducible(tmp_path):
         train_factuality(cfg)
         outs.append(load_file(str(tmp_path / f"f{k}" / "model.safetensors")))
     assert all(torch.equal(outs[0][key], outs[1][key]) for key in outs[0])
+
+
+def test_agreement_table_ci_and_dimension_groups():
+    from sumrl.rewards.agreement import agreement_table, format_table
+    from sumrl.rewards.registry import build_reward
+
+    doc = "Alpha beta gamma delta epsilon zeta eta theta iota kappa."
+    rows = []
+    for i in range(6):
+        dim = "coherence" if i % 2 else "consistency"
+        # chosen = the longer one for even rows, the shorter one for odd rows
+        long_, short = "Alpha beta gamma delta epsilon zeta eta.", "Alpha."
+        chosen, rejected = (long_, short) if i % 2 == 0 else (short, long_)
+        rows.append({"id": f"summeval:d{i // 2}", "document": doc, "query": None, "chosen": chosen,
+                     "rejected": rejected, "source": "summeval", "meta": {"dimension": dim}})
+    rw = [("len", build_reward([{"name": "length", "mode": "ratio", "compression": 1.5}]))]
+    table = agreement_table(rows, rw, n_bootstrap=200, seed=0)
+    by = {t["source"]: t for t in table}
+    assert set(by) == {"summeval/coherence", "summeval/consistency"}
+    assert by["summeval/consistency"]["accuracy"] == 1.0 and by["summeval/coherence"]["accuracy"] == 0.0
+    assert by["summeval/consistency"]["ci"] == [1.0, 1.0]
+    assert "[1.000, 1.000]" in format_table(table)

@@ -94,7 +94,10 @@ def format_table(table: Sequence[dict]) -> str:
             if t is None or t["accuracy"] is None:
                 cells.append("n/a")
             else:
-                ci = f" [{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]" if "ci" in t else ""
+                ci = ""
+                if "ci" in t:
+                    lo, hi = t["ci"]
+                    ci = " [one document]" if lo != lo else f" [{lo:.3f}, {hi:.3f}]"  # NaN: a single cluster
                 cells.append(f"{t['accuracy']:.3f}{ci} / {t['n']} / {t['ties']}")
         lines.append(f"| {rw} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

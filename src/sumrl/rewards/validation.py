@@ -39,6 +39,8 @@ def cluster_bootstrap(clusters: Sequence[Any], stat: Callable[[list[int]], float
     for i, c in enumerate(clusters):
         groups.setdefault(c, []).append(i)
     keys = list(groups)
+    if len(keys) < 2:  # one document: resampling documents says nothing about the spread
+        return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
     vals = []
     for _ in range(n):
