@@ -256,7 +256,7 @@ def test_coherence_training_is_reproducible(tmp_path):
     outs = []
     for k in range(2):
         cfg = CoherenceTrainConfig(out=str(tmp_path / f"c{k}"), shared_dir=str(SHARED), extra_data="", steps=20,
-                                   batch_size=16, seed=3)
+                                   batch_size=16, doc_limit=12, seed=3)
         m = train_coherence(cfg)
         outs.append(load_file(str(tmp_path / f"c{k}" / "model.safetensors")))
         assert 0 <= m["synthetic_heldout_accuracy"] <= 1
@@ -276,7 +276,7 @@ def test_factuality_training_is_reproducible(tmp_path):
     outs = []
     for k in range(2):
         cfg = FactualityTrainConfig(out=str(tmp_path / f"f{k}"), shared_dir=str(SHARED), extra_data="", steps=2,
-                                    batch_size=4, train_layers=1, calib_limit=8, seed=5)
+                                    batch_size=4, train_layers=1, calib_limit=8, doc_limit=10, seed=5)
         train_factuality(cfg)
         outs.append(load_file(str(tmp_path / f"f{k}" / "model.safetensors")))
     assert all(torch.equal(outs[0][key], outs[1][key]) for key in outs[0])

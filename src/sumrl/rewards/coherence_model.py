@@ -250,6 +250,8 @@ class CoherenceTrainConfig:
                                             "(embedding ~12k sentences is most of the training time on a CPU)")
     l2: float = opt(0.01, "phase 2: L2 penalty of the Bradley-Terry calibration on standardised features")
     min_diff: float = opt(0.5, "phase 2: smallest SummEval coherence difference (1..5) that makes a training pair")
+    doc_limit: int | None = opt(None, "use only the first N training documents of each human-labelled source "
+                                      "(quick runs and tests)")
     seed: int = opt(0, "random seed")
 
     def validate(self) -> None:
@@ -300,8 +302,8 @@ def train_coherence(cfg: CoherenceTrainConfig) -> dict[str, Any]:
     t0 = time.time()
     root = J.shared_root(cfg.shared_dir)
     items = J.summeval_items(root) + J.frank_items(root)
-    train_items = [it for it in items if it.split == "train"]
-    test_items = [it for it in items if it.split == "test"]
+    train_items = J.limit_documents([it for it in items if it.split == "train"], cfg.doc_limit)
+    test_items = J.limit_documents([it for it in items if it.split == "test"], cfg.doc_limit)
     assert not {i.doc_id for i in train_items} & {i.doc_id for i in test_items}
 
     def refs_of(its: Sequence[J.JudgedSummary]) -> list[list[str]]:

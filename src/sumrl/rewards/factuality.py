@@ -303,6 +303,8 @@ class FactualityTrainConfig:
     summeval_refs: int = opt(2, "SummEval references per training document used as synthetic positives")
     human_weight: float = opt(1.0, "sampling weight of the weak human sentence labels relative to synthetic pairs")
     calib_limit: int | None = opt(1200, "at most N training summaries per source for the calibration (CPU time)")
+    doc_limit: int | None = opt(None, "use only the first N training documents of each human-labelled source "
+                                      "(quick runs and tests)")
     seed: int = opt(0, "random seed")
 
     def validate(self) -> None:
@@ -413,7 +415,7 @@ def train_factuality(cfg: FactualityTrainConfig) -> dict[str, Any]:
     t0 = time.time()
     root = J.shared_root(cfg.shared_dir)
     items = J.frank_items(root) + J.summeval_items(root)
-    train_items = [it for it in items if it.split == "train"]
+    train_items = J.limit_documents([it for it in items if it.split == "train"], cfg.doc_limit)
     test_docs = {it.doc_id for it in items if it.split == "test"}
     assert not test_docs & {it.doc_id for it in train_items}
     # (document, reference) sources for synthetic claims: CNN/DM references of training documents

@@ -101,6 +101,21 @@ def summeval_items(root: str | Path, seed: int = 0, test_fraction: float = 0.2) 
     return out
 
 
+def limit_documents(items: Sequence[JudgedSummary], n: int | None) -> list[JudgedSummary]:
+    """Items of the first ``n`` distinct documents of each source (file order); all when ``n`` is None."""
+    if not n:
+        return list(items)
+    keep: dict[str, list[str]] = {}
+    out = []
+    for it in items:
+        docs = keep.setdefault(it.source, [])
+        if it.doc_id not in docs and len(docs) < n:
+            docs.append(it.doc_id)
+        if it.doc_id in docs:
+            out.append(it)
+    return out
+
+
 # --------------------------------------------------------------------------- sentences and windows
 
 
