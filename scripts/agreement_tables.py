@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/agreement_tables.py runs/agreement-metrics.json runs/agreement-judges.json
 
-Rows are taken in file order; a reward present in two files keeps its first occurrence. Useful to
+Rows are taken in file order; a reward present in two files keeps its first occurrence (separately
+for the pair table and the human-score tables). Useful to
 add a new reward's rows to a table without rescoring every existing reward.
 """
 
@@ -16,19 +17,20 @@ def main(paths: list[str]) -> int:
     from sumrl.rewards.agreement import format_table
     from sumrl.rewards.validation import format_human_tables
 
-    table, human, seen = [], {"frank": [], "summeval": []}, set()
+    table, human = [], {"frank": [], "summeval": []}
+    seen_table: set[str] = set()
+    seen_human: set[str] = set()
     for p in paths:
         with open(p, encoding="utf-8") as f:
             d = json.load(f)
-        new = {t["reward"] for t in d.get("table", [])} | {r["reward"] for r in d.get("human_scores", {}).get("frank", [])}
         for t in d.get("table", []):
-            if t["reward"] not in seen:
+            if t["reward"] not in seen_table:
                 table.append(t)
+        seen_table |= {t["reward"] for t in d.get("table", [])}
+        hs = d.get("human_scores") or {}
         for k in ("frank", "summeval"):
-            for r in d.get("human_scores", {}).get(k, []):
-                if r["reward"] not in seen:
-                    human[k].append(r)
-        seen |= new
+            human[k].extend(r for r in hs.get(k, []) if r["reward"] not in seen_human)
+        seen_human |= {r["reward"] for r in hs.get("frank", [])}
     if table:
         print(format_table(table))
         print()

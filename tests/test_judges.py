@@ -215,6 +215,8 @@ def test_balanced_accuracy_threshold_and_kendall_by_hand():
     h = [1, 3, 2, 4, 3, 2, 1]
     d = ["a"] * 4 + ["b"] * 3
     assert summary_level_tau(s, h, d) == pytest.approx((4 / 6 + -1.0) / 2)
+    # a reward constant on one document counts 0 there, not skipped
+    assert summary_level_tau([1, 2, 3, 4, 5, 5, 5], h, d) == pytest.approx((4 / 6 + 0.0) / 2)
 
 
 def test_cluster_bootstrap_is_seeded_and_brackets_the_estimate():

