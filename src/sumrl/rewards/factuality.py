@@ -48,25 +48,8 @@ from sumrl.errors import ConfigError, DataError, SumrlError
 from sumrl.rewards import judges as J
 from sumrl.rewards.base import RewardInput, RewardOutput
 
-FEATURES = ["best_logit", "doc_word_precision", "doc_bigram_precision", "unsupported_facts", "log1p_words",
-            "best_window_cosine"]
+FEATURES = ["best_logit", "doc_word_precision", "doc_bigram_precision", "unsupported_facts", "log1p_words"]
 
-
-def window_cosines(claims: Sequence[str], windows: Sequence[Sequence[str]]) -> list[float]:
-    """Per claim, the highest MiniLM cosine (bi-encoder, the project's cached embeddings) between
-    the claim and its aligned windows (-1 without windows)."""
-    from sumrl.rewards.metric import EMBEDDINGS
-
-    if not claims:
-        return []
-    ce = EMBEDDINGS.encode(list(claims))
-    flat = list(dict.fromkeys(w for ws in windows for w in ws))
-    we = EMBEDDINGS.encode(flat) if flat else None
-    pos = {w: i for i, w in enumerate(flat)}
-    out = []
-    for k, ws in enumerate(windows):
-        out.append(max((float(ce[k] @ we[pos[w]]) for w in ws), default=-1.0))
-    return out
 
 # --------------------------------------------------------------------------- the judge
 
@@ -141,15 +124,6 @@ class FactualityJudge:
             rec = per_summary[i][k]
             if lg > rec[3]:
                 rec[3], rec[4] = lg, j
-        cos_of: dict[tuple[int, int], float] = {}
-        if self.w.numel() >= 6:  # judges calibrated with the embedding feature (FEATURES[5])
-            keys, claims, wins = [], [], []
-            for i, sents in enumerate(per_summary):
-                for k, (span, claim, sw, lg, j) in enumerate(sents):
-                    keys.append((i, k))
-                    claims.append(claim)
-                    wins.append([sw.windows[t] for t in sw.top(claim, self.top_k)])
-            cos_of = dict(zip(keys, window_cosines(claims, wins)))
         out: list[list[SentenceJudgment]] = []
         for i, (doc, sents) in enumerate(zip(documents, per_summary)):
             if not sents:
@@ -159,7 +133,7 @@ class FactualityJudge:
             for k, (span, claim, sw, lg, j) in enumerate(sents):
                 lg = lg if math.isfinite(lg) else -10.0  # a document without windows supports nothing
                 f = J.with_fact_feature(J.lexical_features(claim, sw), claim, doc)
-                rows.append([lg, *f] + ([cos_of[(i, k)]] if cos_of else []))
+                rows.append([lg, *f])
             ps = self.calibrate(torch.tensor(rows, dtype=torch.float32)).tolist()
             out.append([SentenceJudgment(span, claim, p, r[0], j)
                         for (span, claim, _, _, j), p, r in zip(sents, ps, rows)])
@@ -302,7 +276,7 @@ class FactualityReward:
                     continue
                 # same calibration as for the source, with the lexical features of the passage
                 j = js[k]
-                feats = torch.tensor([[lg, 1.0, 1.0, 0.0, math.log1p(len(j.text.split())), 1.0][:self.judge.w.numel()]])
+                feats = torch.tensor([[lg, 1.0, 1.0, 0.0, math.log1p(len(j.text.split()))]])
                 ok += float(self.judge.calibrate(feats)[0]) >= self.threshold
             out.append(ok / len(bad))
         return out
@@ -558,8 +532,6 @@ class _InTrainingJudge:
 
     def features(self, items: Sequence[J.JudgedSummary]) -> tuple[torch.Tensor, list[list[int]]]:
         rows, groups, pairs, owner = [], [], [], []
-        cos_claims: list[str] = []
-        cos_wins: list[list[str]] = []
         for it in items:
             sw = J.WINDOWS.get(it.document, self.cfg.chunk_words)
             g = []
@@ -570,11 +542,7 @@ class _InTrainingJudge:
                     owner.append(len(rows))
                 g.append(len(rows))
                 rows.append([-10.0, *J.with_fact_feature(J.lexical_features(c, sw), c, it.document)])
-                cos_claims.append(c)
-                cos_wins.append([sw.windows[t] for t in sw.top(c, self.cfg.top_k)])
             groups.append(g)
-        for r, v in zip(rows, window_cosines(cos_claims, cos_wins)):
-            r.append(v)
         best = [-math.inf] * len(rows)
         claims = self.states.get_many(self.encoder, [c for c, _ in pairs], evidence=False)
         evid = self.states.get_many(self.encoder, [e for _, e in pairs], evidence=True)
