@@ -304,3 +304,19 @@ def test_agreement_table_ci_and_dimension_groups():
     assert by["summeval/consistency"]["accuracy"] == 1.0 and by["summeval/coherence"]["accuracy"] == 0.0
     assert by["summeval/consistency"]["ci"] == [1.0, 1.0]
     assert "[1.000, 1.000]" in format_table(table)
+
+
+def test_sentence_spans_long_lines_are_linear_and_unchanged():
+    from sumrl.evaluation.text import sentence_spans
+
+    # an abbreviation right after a 300-character token, and a dotted abbreviation far into a long line
+    long_word = "x" * 300
+    text = f"{long_word} Dr. Smith came. " + "Filler words here. " * 2000 + "See e.g. Paris. U.S. Army left. J. Doe won."
+    spans = sentence_spans(text)
+    sents = [text[s:e] for s, e in spans]
+    assert sents[0] == f"{long_word} Dr. Smith came."
+    assert sents[-3:] == ["See e.g. Paris.", "U.S. Army left.", "J. Doe won."]
+    assert len(sents) == 2004
+    # a token longer than the 256-character look-back window still decides the boundary from the whole word
+    tricky = "a" * 10 + " " + "B" * 300 + "e.g. Next one."
+    assert [tricky[s:e] for s, e in sentence_spans(tricky)] == ["a" * 10 + " " + "B" * 300 + "e.g.", "Next one."]
