@@ -320,3 +320,29 @@ def test_sentence_spans_long_lines_are_linear_and_unchanged():
     # a token longer than the 256-character look-back window still decides the boundary from the whole word
     tricky = "a" * 10 + " " + "B" * 300 + "e.g. Next one."
     assert [tricky[s:e] for s, e in sentence_spans(tricky)] == ["a" * 10 + " " + "B" * 300 + "e.g.", "Next one."]
+
+
+def test_eval_judges_metrics_with_shipped_weights(tmp_path, capsys):
+    import json
+
+    from sumrl.cli import main
+
+    doc = DOC
+    rows = [{"id": "a", "document": doc, "references": ["Alice Smith leads the research team."],
+             "prediction": "Alice Smith leads the research team in Paris. The company reported revenue in 2019."},
+            {"id": "b", "document": doc, "references": ["Alice Smith leads the research team."],
+             "prediction": "Bob Jones invented a quantum toaster in Berlin. Bob Jones invented a quantum toaster in Berlin."}]
+    p = tmp_path / "preds.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "run"
+    assert main(["eval", "--predictions", str(p), "--judges", "--no-semantic", "--n-bootstrap", "20",
+                 "--out", str(out)]) == 0
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    m0, m1 = preds[0]["metrics"], preds[1]["metrics"]
+    assert m0["factual_support"] > m1["factual_support"]  # the shipped judge on an easy case
+    assert m1["unsupported_sent_rate"] == 1.0 and m0["unsupported_sent_rate"] == 0.0
+    assert m0["coherence_score"] > m1["coherence_score"]  # a repeated sentence is incoherent
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert {"factual_support", "unsupported_sent_rate", "coherence_score"} <= set(metrics)
+    assert main(["eval", "--predictions", str(p), "--knowledge", str(tmp_path), "--out", str(out)]) == 2
+    assert "--knowledge needs --judges" in capsys.readouterr().err

@@ -34,6 +34,8 @@ class EvalConfig(DataOptions, GenerationOptions):
     def validate(self) -> None:
         if not self.model and not self.predictions:
             raise ConfigError("give --model to generate or --predictions to score an existing file")
+        if self.knowledge and not self.judges:
+            raise ConfigError("--knowledge needs --judges (it is part of the factual-consistency judge)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
