@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import torch
 
 from sumrl.config import opt
-from sumrl.errors import ConfigError, DataError, SumrlError
+from sumrl.errors import ConfigError, DataError
 from sumrl.rewards import judges as J
 from sumrl.rewards.base import RewardInput, RewardOutput
 
@@ -68,7 +68,7 @@ class FactualityJudge:
         p = J.resolve_judge_path(str(path) if path else None, "factuality")
         self.config, tensors = J.load_judge_files(p, "factuality")
         a = self.config["arch"]
-        self.encoder = PairEncoderCache.model(a["train_layers"], a["max_claim_tokens"], a["max_evidence_tokens"])
+        self.encoder = J.PairEncoder(a["train_layers"], a["max_claim_tokens"], a["max_evidence_tokens"])
         missing = self.encoder.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("calib.")},
                                                strict=False)
         if missing.unexpected_keys:
@@ -138,14 +138,6 @@ class FactualityJudge:
             out.append([SentenceJudgment(span, claim, p, r[0], j)
                         for (span, claim, _, _, j), p, r in zip(sents, ps, rows)])
         return out
-
-
-class PairEncoderCache:
-    """One frozen MiniLM bottom per process; judges with the same architecture share nothing else."""
-
-    @staticmethod
-    def model(train_layers: int, max_claim_tokens: int, max_evidence_tokens: int) -> J.PairEncoder:
-        return J.PairEncoder(train_layers, max_claim_tokens, max_evidence_tokens)
 
 
 @functools.lru_cache(maxsize=4)

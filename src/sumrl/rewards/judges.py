@@ -27,7 +27,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -465,7 +465,3 @@ def shared_root(explicit: str | None = None) -> Path:
     from sumrl.data.pairs import shared_data_dir
 
     return shared_data_dir(explicit)
-
-
-def describe(obj: Any) -> str:  # small helper for logs
-    return json.dumps(obj, sort_keys=True)
