@@ -25,6 +25,11 @@ class EvalConfig(DataOptions, GenerationOptions):
                                "keep text before the first newline) before scoring")
     semantic: bool = opt(True, "compute embedding similarity to reference and source (all-MiniLM-L6-v2)")
     n_bootstrap: int = opt(1000, "bootstrap resamples for the 95% confidence intervals")
+    judges: bool = opt(False, "also score with the learned judges: factual_support, unsupported_sent_rate "
+                              "(factual-consistency judge) and coherence_score (coherence judge, 1..5)")
+    knowledge: typing.Optional[str] = opt(None, "with --judges: folder of local text (*.txt, *.md, *.jsonl 'text') "
+                                                "against which source-unsupported sentences are checked "
+                                                "(knowledge_supported; offline BM25)")
 
     def validate(self) -> None:
         if not self.model and not self.predictions:
@@ -38,6 +43,8 @@ class EvalConfig(DataOptions, GenerationOptions):
             raise ConfigError(f"--max-input-tokens must be at least 1, got {self.max_input_tokens}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ConfigError("--temperature must be > 0 and --top-p in (0, 1]")
+        if self.knowledge and not self.judges:
+            raise ConfigError("--knowledge needs --judges (it is part of the factual-consistency judge)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -141,7 +148,7 @@ def evaluate(cfg: EvalConfig, *, model_and_tokenizer: tuple | None = None, progr
     t_gen = time.perf_counter() - t0
     if cfg.cleanup and not cfg.system:
         system = f"{system}-cleaned"
-    score_rows(rows, cleanup=cfg.cleanup, semantic=cfg.semantic)
+    score_rows(rows, cleanup=cfg.cleanup, semantic=cfg.semantic, judges=cfg.judges, knowledge=cfg.knowledge)
     metrics = aggregate_metrics(rows, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     t_all = time.perf_counter() - t0
     strategies: dict[str, int] = {}

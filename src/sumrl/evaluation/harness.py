@@ -21,7 +21,7 @@ from sumrl.data.schema import Example
 TABLE_METRICS = [
     "rouge1_f", "rouge2_f", "rougeL_f", "rougeLsum_f", "la_rouge1", "la_rougeL", "bleu",
     "sim_ref", "sim_src", "pred_words", "extra_words_pos", "compression_ratio", "novel_2", "copy_rate",
-    "rep3", "cutoff", "fact_precision", "hallucination_rate",
+    "rep3", "cutoff", "fact_precision", "hallucination_rate", "unsupported_sent_rate", "coherence_score",
 ]
 
 
@@ -79,7 +79,8 @@ def generate_predictions(model_spec: str | Any, examples: list[Example], opts: A
     return [done[ex.id] for ex in examples]
 
 
-def score_rows(rows: list[dict], *, cleanup: bool = False, semantic: bool = True) -> list[dict]:
+def score_rows(rows: list[dict], *, cleanup: bool = False, semantic: bool = True, judges: bool = False,
+               knowledge: str | None = None) -> list[dict]:
     """Add per-example ``metrics`` to prediction rows (in place) and return them."""
     from sumrl.evaluation.metrics import score_example
     from sumrl.evaluation.text import cleanup as clean
@@ -95,7 +96,38 @@ def score_rows(rows: list[dict], *, cleanup: bool = False, semantic: bool = True
         if semantic:
             m["sim_ref"], m["sim_src"] = sims[i]
         r["metrics"] = m
+    if judges:
+        for r, jm in zip(rows, judge_metrics(rows, knowledge)):
+            r["metrics"].update(jm)
     return rows
+
+
+def judge_metrics(rows: list[dict], knowledge: str | None = None, batch_size: int = 32) -> list[dict]:
+    """The learned judges as metrics (docs/metrics.md): ``factual_support`` (mean calibrated support of
+    the summary's sentences by the source), ``unsupported_sent_rate`` (share of sentences with
+    support < 0.5), ``coherence_score`` (calibrated to SummEval's 1..5 expert scale) and, with a
+    knowledge folder, ``knowledge_supported`` (share of source-unsupported sentences that the
+    local corpus supports)."""
+    from sumrl.rewards.base import RewardInput
+    from sumrl.rewards.coherence_model import CoherenceModelReward
+    from sumrl.rewards.factuality import FactualityReward
+
+    fact = FactualityReward(knowledge=knowledge)
+    coh = CoherenceModelReward()
+    out = []
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        inp = RewardInput(documents=[r.get("document", "") for r in chunk], summaries=[r["prediction"] for r in chunk],
+                          references=[r["references"] for r in chunk], queries=[r.get("query") for r in chunk])
+        f, c = fact(inp).components, coh(inp).components
+        for k in range(len(chunk)):
+            m = {"factual_support": float(f["factuality/support"][k]),
+                 "unsupported_sent_rate": float(f["factuality/unsupported_rate"][k]),
+                 "coherence_score": float(c["coherence_model/expert_scale"][k])}
+            if knowledge:
+                m["knowledge_supported"] = float(f["factuality/knowledge_supported"][k])
+            out.append(m)
+    return out
 
 
 SIM_SRC_WINDOWS = 16  # evenly spaced 180-word windows of the source used for sim_src

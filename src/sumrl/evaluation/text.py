@@ -47,18 +47,24 @@ _ABBREVIATIONS = frozenset(
 _DOTTED_ABBREV_RE = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")
 # Candidate boundary: terminal punctuation, optional closing quotes/brackets, then whitespace.
 _BOUNDARY_RE = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s+\S)")
+_NEXT_CHAR_RE = re.compile(r"\s*(\S)")
 _PREV_WORD_RE = re.compile(r"(\S*?)[.!?]+[\"'\u201d\u2019)\]]*$")
 
 
 def _is_boundary(line: str, m: re.Match) -> bool:
     punct = m.group(0)
-    rest = line[m.end():].lstrip()
-    nxt = rest[0]
+    # the next non-space character, without copying the rest of the line (quadratic on long lines)
+    nxt = _NEXT_CHAR_RE.match(line, m.end()).group(1)
     # A lowercase continuation means the sentence goes on ("e.g. the", "U.S. officials").
     if nxt.islower():
         return False
     if punct.rstrip("\"'\u201d\u2019)]") == ".":
-        prev = _PREV_WORD_RE.search(line, 0, m.end())
+        # search near the boundary, not from the line start (quadratic on an 8k-word line); if the
+        # match starts exactly at the window start, the word may run further back: search it all
+        lo = max(0, m.start() - 256)
+        prev = _PREV_WORD_RE.search(line, lo, m.end())
+        if prev is not None and lo > 0 and prev.start() == lo:
+            prev = _PREV_WORD_RE.search(line, 0, m.end())
         word = prev.group(1) if prev else ""
         word = word.lstrip("\"'(\u201c\u2018[")
         if word.lower() in _ABBREVIATIONS:

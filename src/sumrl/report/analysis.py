@@ -38,6 +38,7 @@ __all__ = [
 PAIRED_METRICS = [
     "rouge1_f", "rouge2_f", "rougeL_f", "la_rouge1", "la_rougeL", "bleu", "sim_ref", "pred_words",
     "extra_words_pos", "hallucination_rate", "fact_precision", "copy_rate", "rep3", "cutoff",
+    "unsupported_sent_rate", "factual_support", "coherence_score",  # learned judges (sumrl eval --judges)
 ]
 
 #: Direction of improvement, used to colour significant deltas and bold the best system. Metrics
@@ -48,7 +49,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "la_rouge1": True, "la_rouge2": True, "la_rougeL": True, "bleu": True, "sim_ref": True,
     "fact_precision": True,
     "extra_words_pos": False, "hallucination_rate": False, "n_unsupported_facts": False, "rep3": False,
-    "cutoff": False,
+    "cutoff": False, "unsupported_sent_rate": False, "factual_support": True, "coherence_score": True,
 }
 
 

@@ -18,7 +18,7 @@ __all__ = ["MARKDOWN_METRICS", "markdown_summary"]
 
 #: Columns of the comparison table (the ones present in at least one run are shown).
 MARKDOWN_METRICS = ["rouge1_f", "rouge2_f", "rougeL_f", "la_rougeL", "bleu", "sim_ref", "pred_words",
-                    "extra_words_pos", "cutoff", "hallucination_rate"]
+                    "extra_words_pos", "cutoff", "hallucination_rate", "unsupported_sent_rate", "coherence_score"]
 
 
 def _num(x: float | None, digits: int = 3) -> str:

@@ -29,11 +29,16 @@ def _inputs(rows: Sequence[dict]) -> RewardInput:
 
 
 def agreement_table(rows: Sequence[dict], rewards: Sequence[tuple[str, Any]], batch_size: int = 64,
-                    progress: bool = False) -> list[dict]:
-    """``rewards``: (name, callable Reward). Returns rows ``{reward, source, n, agree, ties, accuracy}``."""
+                    progress: bool = False, n_bootstrap: int = 0, seed: int = 0) -> list[dict]:
+    """``rewards``: (name, callable Reward). Returns rows ``{reward, source, n, agree, ties, accuracy}``,
+    plus ``ci`` (95% bootstrap over documents, :func:`sumrl.rewards.validation.agreement_ci`) when
+    ``n_bootstrap`` > 0."""
     by_source: dict[str, list[dict]] = {}
     for r in rows:
-        by_source.setdefault(str(r.get("source") or "?"), []).append(r)
+        # pairs of one source judged on different dimensions (SummEval consistency vs coherence) stay apart
+        dim = (r.get("meta") or {}).get("dimension")
+        key = str(r.get("source") or "?") + (f"/{dim}" if dim not in (None, "overall", "factuality") else "")
+        by_source.setdefault(key, []).append(r)
     table = []
     for name, reward in rewards:
         for source, rs in sorted(by_source.items()):
@@ -44,6 +49,7 @@ def agreement_table(rows: Sequence[dict], rewards: Sequence[tuple[str, Any]], ba
                               "note": "no references in these pairs"})
                 continue
             agree = ties = 0
+            outcomes: list[float] = []
             # batches keep pairs of one document together, so per-document caches are reused
             for s in range(0, len(usable), batch_size):
                 chunk = usable[s:s + batch_size]
@@ -52,13 +58,22 @@ def agreement_table(rows: Sequence[dict], rewards: Sequence[tuple[str, Any]], ba
                     c, rj = tot[2 * k], tot[2 * k + 1]
                     if abs(c - rj) <= 1e-9:
                         ties += 1
+                        outcomes.append(0.5)
                     elif c > rj:
                         agree += 1
+                        outcomes.append(1.0)
+                    else:
+                        outcomes.append(0.0)
             n = len(usable)
             if progress:
                 print(f"  {name} on {source}: {(agree + 0.5 * ties) / n:.3f} ({n} pairs)", file=sys.stderr, flush=True)
+            extra = {}
+            if n_bootstrap > 0:
+                from sumrl.rewards.validation import agreement_ci
+
+                extra["ci"] = list(agreement_ci(outcomes, [r["id"] for r in usable], n_bootstrap, seed))
             table.append({"reward": name, "source": source, "n": n, "agree": agree, "ties": ties,
-                          "accuracy": (agree + 0.5 * ties) / n,
+                          "accuracy": (agree + 0.5 * ties) / n, **extra,
                           **({"note": f"{len(rs) - n} pairs without references skipped"} if n < len(rs) else {})})
     return table
 
@@ -68,7 +83,9 @@ def format_table(table: Sequence[dict]) -> str:
     sources = sorted({t["source"] for t in table})
     rewards = list(dict.fromkeys(t["reward"] for t in table))
     cell = {(t["reward"], t["source"]): t for t in table}
-    head = "| reward | " + " | ".join(f"{s} (agree / n / ties)" for s in sources) + " |"
+    with_ci = any("ci" in t for t in table)
+    what = "agree [95% CI] / n / ties" if with_ci else "agree / n / ties"
+    head = "| reward | " + " | ".join(f"{s} ({what})" for s in sources) + " |"
     lines = [head, "|---|" + "---|" * len(sources)]
     for rw in rewards:
         cells = []
@@ -77,6 +94,10 @@ def format_table(table: Sequence[dict]) -> str:
             if t is None or t["accuracy"] is None:
                 cells.append("n/a")
             else:
-                cells.append(f"{t['accuracy']:.3f} / {t['n']} / {t['ties']}")
+                ci = ""
+                if "ci" in t:
+                    lo, hi = t["ci"]
+                    ci = " [one document]" if lo != lo else f" [{lo:.3f}, {hi:.3f}]"  # NaN: a single cluster
+                cells.append(f"{t['accuracy']:.3f}{ci} / {t['n']} / {t['ties']}")
         lines.append(f"| {rw} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from sumrl.errors import ConfigError
 ALL_CLASSES = ["random", "repair", "shuffle", "repeat_end", "copy_input", "entity_swap", "number_change",
                "negation", "insert_sentence", "truncate"]
 METRIC_REWARD_NAMES = "rouge,length,eos,repetition,copy,faithfulness,relevance,coverage,coherence"
+JUDGE_REWARD_NAMES = "factuality,coherence_model"  # learned judges, shipped weights (docs/rewards.md)
 
 
 @dataclass
@@ -74,17 +75,23 @@ class RMTrainConfig:
 @dataclass
 class EvalRewardsConfig:
     pairs: list[str] = opt(None, "pairs.jsonl file(s) with human judgments", default_factory=list)
-    rewards: str = opt(METRIC_REWARD_NAMES, "comma-separated reward names (each evaluated on its own)")
+    rewards: str = opt(f"{METRIC_REWARD_NAMES},{JUDGE_REWARD_NAMES}", "comma-separated reward names (each evaluated "
+                                                                      "on its own)")
     rm: list[str] = opt(None, "reward-model folder(s) to evaluate too", default_factory=list)
     split: str = opt("test", "which pairs: test (held-out documents), train, val or all")
     limit: int | None = opt(None, "at most N pairs per source (taken in file order)")
     test_fraction: float = opt(0.2, "held-out share of documents for pairs without meta.split")
     seed: int = opt(0, "seed of the document split for pairs without meta.split")
     out: str | None = opt(None, "write the table as JSON here")
+    bootstrap: int = opt(1000, "bootstrap resamples (over documents) for the 95% CIs; 0 = no CIs")
+    human_scores: bool = opt(False, "also score the held-out FRANK and SummEval summaries themselves: balanced "
+                                    "accuracy on FRANK's factuality labels and Kendall tau with SummEval's expert "
+                                    "scores per dimension (needs --shared-dir or ../shared/data)")
+    shared_dir: str | None = opt(None, "folder with FRANK and SummEval for --human-scores")
 
     def validate(self) -> None:
-        if not self.pairs:
-            raise ConfigError("missing --pairs FILE [FILE ...]")
+        if not self.pairs and not self.human_scores:
+            raise ConfigError("missing --pairs FILE [FILE ...] (or --human-scores)")
         if self.split not in ("test", "train", "val", "all"):
             raise ConfigError("--split must be test, train, val or all")
 
@@ -121,6 +128,8 @@ def cmd_eval_rewards(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(EvalRewardsConfig, args)
     rows: list[dict] = []
+    if not cfg.pairs:  # --human-scores alone
+        return _human_scores(cfg, _build_rewards(cfg))
     for path in cfg.pairs:
         rs = read_pairs(path)
         if cfg.split != "all":
@@ -136,20 +145,44 @@ def cmd_eval_rewards(args: argparse.Namespace) -> int:
         rows = kept
     if not rows:
         raise ConfigError(f"no pairs in split {cfg.split!r} of {', '.join(cfg.pairs)}")
+    rewards = _build_rewards(cfg)
+    table = agreement_table(rows, rewards, progress=True, n_bootstrap=cfg.bootstrap, seed=cfg.seed)
+    print(format_table(table))
+    human = None
+    if cfg.human_scores:
+        human = _human_scores(cfg, rewards, write=False)
+    if cfg.out:
+        write_json(cfg.out, {"split": cfg.split, "pairs": cfg.pairs, "n_pairs": len(rows), "table": table,
+                             **({"human_scores": human} if human is not None else {}), "config": asdict(cfg)})
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+def _build_rewards(cfg: EvalRewardsConfig) -> list[tuple[str, Any]]:
+    from sumrl.rewards.registry import build_reward
+
     rewards: list[tuple[str, Any]] = []
     for name in [n.strip() for n in cfg.rewards.split(",") if n.strip()]:
         rewards.append((name, build_reward(name)))
     for d in cfg.rm:
-        comp = build_reward([{"name": "rm", "path": d}])
-        rewards.append((f"rm:{d}", comp))
-    table = agreement_table(rows, rewards, progress=True)
-    print(format_table(table))
+        rewards.append((f"rm:{d}", build_reward([{"name": "rm", "path": d}])))
+    return rewards
+
+
+def _human_scores(cfg: EvalRewardsConfig, rewards: list[tuple[str, Any]], write: bool = True) -> Any:
+    from sumrl.data.pairs import shared_data_dir
+    from sumrl.rewards.validation import format_human_tables, human_score_tables
+    from sumrl.utils.io import write_json
+
+    tables = human_score_tables(str(shared_data_dir(cfg.shared_dir)), rewards, n_bootstrap=cfg.bootstrap,
+                                seed=cfg.seed)
+    print(format_human_tables(tables))
+    if not write:
+        return tables
     if cfg.out:
-        write_json(cfg.out, {"split": cfg.split, "pairs": cfg.pairs, "n_pairs": len(rows), "table": table,
-                             "config": asdict(cfg)})
+        write_json(cfg.out, {"human_scores": tables, "config": asdict(cfg)})
         print(f"wrote {cfg.out}")
     return 0
-
 
 def register(subparsers: Any) -> None:
     desc = ("Train reward models (synthetic negatives or human preference pairs) and measure how rewards agree with "
@@ -166,3 +199,6 @@ def register(subparsers: Any) -> None:
                                    "print how often each reward agrees with people.")
     add_dataclass_args(e, EvalRewardsConfig)
     e.set_defaults(func=cmd_eval_rewards)
+    from sumrl.rewards.judge_cli import register_judges
+
+    register_judges(sub)

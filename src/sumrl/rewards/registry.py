@@ -27,7 +27,11 @@ from sumrl.errors import ConfigError
 from sumrl.rewards.base import Reward, RewardInput, RewardOutput
 from sumrl.rewards.metric import METRIC_REWARDS
 
-REWARD_NAMES = [*METRIC_REWARDS, "rm"]
+# learned judges (docs/rewards.md, "Learned judges"): loaded lazily, from the package's shipped
+# weights unless the entry gives ``path``
+JUDGE_REWARDS = {"factuality": ("sumrl.rewards.factuality", "FactualityReward"),
+                 "coherence_model": ("sumrl.rewards.coherence_model", "CoherenceModelReward")}
+REWARD_NAMES = [*METRIC_REWARDS, *JUDGE_REWARDS, "rm"]
 
 
 def _float_or_none(text: str) -> float | None:
@@ -90,6 +94,16 @@ def _build_one(entry: dict[str, Any]) -> tuple[Reward, float]:
         if unknown:
             raise ConfigError(f"reward 'rm': unknown option(s) {', '.join(unknown)}; allowed: {', '.join(['weight', 'label', *allowed])}")
         return RewardModelReward(name=label if label != "rm" else "rm", **opts), weight
+    if name in JUDGE_REWARDS:
+        import importlib
+
+        mod, cls_name = JUDGE_REWARDS[name]
+        cls = getattr(importlib.import_module(mod), cls_name)
+        unknown = [k for k in opts if k not in cls.options()]
+        if unknown:
+            raise ConfigError(f"reward '{name}': unknown option(s) {', '.join(unknown)}; "
+                              f"allowed: {', '.join(['weight', 'label', *cls.options()])}")
+        return cls(name=label, **opts), weight
     if name not in METRIC_REWARDS:
         raise ConfigError(f"unknown reward {name!r}; choose from {', '.join(REWARD_NAMES)}")
     cls, fixed = METRIC_REWARDS[name]
