@@ -37,6 +37,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 # uv runs from its own venv so that it never enters the tested environment.
 lock:
 	@test -x .venv-lock/bin/uv || ($(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q "uv==$(UV_VERSION)")
+	@cp $(LOCK) $(LOCK).new  # uv keeps an existing output file's pins where they still resolve
 	.venv-lock/bin/uv pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --find-links $(WHEELS) --index-strategy unsafe-best-match \
 		--constraint requirements-constraints.txt --no-header -o $(LOCK).new
