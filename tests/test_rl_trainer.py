@@ -451,3 +451,21 @@ def test_shared_prompt_forward_equals_the_plain_one_in_the_policy_value_module(t
         assert g0.keys() == g1.keys() and len(g0) > 0
         for n in g0:
             assert torch.allclose(g0[n], g1[n], atol=1e-5), n
+
+
+def test_policy_and_critic_gradients_are_clipped_separately(tiny_model_dir, rl_data, tmp_path):
+    from sumrl.rl.trainer import RLTrainer, critic_split
+    from sumrl.training.optim import trainable
+
+    tr = RLTrainer(_cfg(tiny_model_dir, rl_data, tmp_path / "o", value_model="adapter"))
+    split = critic_split(trainable(tr.raw))
+    names = {id(p): n for n, p in tr.raw.named_parameters()}
+    critic = [names[id(p)] for p in split["critic"]]
+    policy = [names[id(p)] for p in split["policy"]]
+    assert any(n.startswith("value_head.") for n in critic) and all(".default." in n for n in policy if "lora_" in n)
+    assert any(".value." in n for n in critic) and len(policy) > 0
+    assert len(critic) + len(policy) == len(trainable(tr.raw))
+    out = tmp_path / "run"
+    assert main(_args(tiny_model_dir, rl_data, out, "--value-model", "adapter", "--max-grad-norm", "0.5")) == 0
+    row = _metrics(out)[-1]
+    assert "train/grad_norm" in row and "value/grad_norm" in row  # each measured (before clipping) on its own

@@ -138,6 +138,19 @@ def _policy_backbone_rm(reward: Any) -> bool:
     return rm is not None and getattr(getattr(getattr(rm, "rm", None), "model", None), "backbone", None) == "policy"
 
 
+def critic_split(params: list[tuple[str, Any]]) -> dict[str, list]:
+    """Trainable parameters by owner: the critic's (value heads, the value adapter's LoRA weights)
+    and the policy's (everything else, e.g. the policy LoRA; with the shared-trunk head critic the
+    trunk's LoRA gets both losses' gradients and counts as the policy's)."""
+    from sumrl.rl.value import VALUE_ADAPTER
+
+    def is_critic(n: str) -> bool:
+        return (n.startswith(("value_head.", "guide_value_head.")) or ".value_head." in n
+                or ("lora_" in n and f".{VALUE_ADAPTER}." in n))
+
+    return {"policy": [p for n, p in params if not is_critic(n)], "critic": [p for n, p in params if is_critic(n)]}
+
+
 def _finite(metrics: dict) -> dict:
     # explained variance is NaN when all returns are equal: leave it out rather than write NaN
     return {k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)}
@@ -396,7 +409,7 @@ class RLTrainer:
             n += len(acts) if acts is not None else 0
         return n
 
-    def update(self, batch: Any, optimizer: Any, scheduler: Any, params: list, step: int,
+    def update(self, batch: Any, optimizer: Any, scheduler: Any, params: dict[str, list], step: int,
                examples: list | None = None, *, deferred: bool = False) -> tuple[dict, Any]:
         """Stage 6: PPO epochs over mini-batches, gradient accumulation over micro-batches with the
         exact normaliser of the mini-batch. Returns ``(metrics, fresh)`` where ``fresh`` holds the
@@ -500,12 +513,17 @@ class RLTrainer:
                             raise TrainingDiverged(self._diverged_msg("the target loss is not finite", step))
                         acc.backward(cfg.target_coef * tl)
                         add("policy/target_loss", float(tl.detach()), 1.0)
-                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                gn = float(grad_norm)
-                if not math.isfinite(gn):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise TrainingDiverged(self._diverged_msg(f"the gradient norm is {gn}", step))
-                add("train/grad_norm", gn, 1.0)
+                # policy and critic clipped separately: returns in the hundreds give value gradients
+                # whose norm would otherwise shrink the policy's update to nothing under one global clip
+                limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+                for group, key in (("policy", "train/grad_norm"), ("critic", "value/grad_norm")):
+                    if not params.get(group):
+                        continue
+                    gn = float(acc.clip_grad_norm_(params[group], limit))
+                    if not math.isfinite(gn):
+                        optimizer.zero_grad(set_to_none=True)
+                        raise TrainingDiverged(self._diverged_msg(f"the {group} gradient norm is {gn}", step))
+                    add(key, gn, 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -592,6 +610,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         raise ConfigError(f"only {len(fitting)} training references fit --max-new-tokens {cap} whole, fewer than "
                           f"--batch-size {cfg.batch_size}: raise the cap (e.g. --summary-cap-quantile 0.95)")
     params = trainable(tr.raw)
+    param_groups = critic_split(params)
     optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     N = cfg.batch_size * cfg.group_size  # episodes per outer step
     per_step = cfg.ppo_epochs * math.ceil(N / min(cfg.mini_batch_size or N, N))
@@ -721,7 +740,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
             upd, (fresh_lp, fresh_ent) = tr.update(TrainBatch.build(rollout, fwd, adv), optimizer, scheduler,
-                                                   [p for _, p in params], done, examples, deferred=defer)
+                                                   param_groups, done, examples, deferred=defer)
             timings["time/train"] = time.perf_counter() - t0
             entropy = fwd.entropy
             if defer:  # the update's first forward (before its optimizer step) gave the rollout-time log-probs
