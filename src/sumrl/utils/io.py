@@ -188,20 +188,24 @@ def parse_json_text(text: str | bytes, *, file: str | os.PathLike | None = None,
     return obj
 
 
-def read_json_file(path: str | os.PathLike) -> Any:
-    """A whole JSON file (DataError on anything unreadable, including a folder or a missing file)."""
+def _user_file_bytes(p: Path, kind: str) -> bytes:
+    """The bytes of a user's file without a UTF-8 BOM (DataError naming the file for a folder, a
+    missing or an unreadable file)."""
     from sumrl.errors import DataError
 
-    p = Path(path)
     if p.is_dir():
-        raise DataError("is a folder, expected a JSON file", file=str(p))
+        raise DataError(f"is a folder, expected a {kind} file", file=str(p))
     try:
         data = p.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read file ({e.strerror})", file=str(p)) from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    return parse_json_text(data, file=p)
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A whole JSON file (DataError on anything unreadable, including a folder or a missing file)."""
+    p = Path(path)
+    return parse_json_text(_user_file_bytes(p, "JSON"), file=p)
 
 
 def iter_jsonl_file(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
@@ -216,22 +220,14 @@ def iter_jsonl_file(path: str | os.PathLike, *, tolerate_torn_tail: bool = False
     from sumrl.errors import DataError
 
     p = Path(path)
-    if p.is_dir():
-        raise DataError("is a folder, expected a JSONL file", file=str(p))
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read file ({e.strerror})", file=str(p)) from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    lines = data.split(b"\n")
+    lines = _user_file_bytes(p, "JSONL").split(b"\n")
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
             yield i, parse_json_text(raw, file=p, line=i)
         except DataError:
-            torn = i == len(lines) and not data.endswith(b"\n")
+            torn = i == len(lines)  # a non-empty last piece of the split: the file does not end with a newline
             if tolerate_torn_tail and torn:
                 print(f"note: {p}: line {i} is incomplete (an interrupted write); dropped it", file=sys.stderr)
                 return
