@@ -306,3 +306,48 @@ def test_lastmile_recipes():
     entries = {r["name"]: r for r in rl["reward"]}
     assert entries["rm"]["path"] == "runs/rm_lastmile" and entries["rm"]["per_token"] is True
     assert entries["length"]["per_token_penalty"] < entries["length"]["short_penalty"] < 0
+
+
+def test_rm_training_that_blows_up_stops_with_one_line(tiny_model_dir, data_file, tmp_path, capsys):
+    """Issue #19: the reward-model trainers stop like SFT and RL do -- before the optimizer step -- on
+    a loss or gradient that is not finite, or a loss that blows up; nothing is written."""
+    out = tmp_path / "rm"
+    rc = main(["rm", "train", "--kind", "synthetic", "--data", str(data_file), "--out", str(out), "--backbone",
+               "policy", "--model", str(tiny_model_dir), "--steps", "6", "--batch-size", "2", "--max-length", "96",
+               "--max-summary-tokens", "48", "--lr", "1e4", "--max-loss-ratio", "1.5"])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("error: reward-model training") and "lower --lr" in err[0]
+    assert not (out / "model.safetensors").exists()
+
+
+def test_preference_rm_step_checks_before_the_optimizer_step():
+    from sumrl.errors import TrainingDiverged
+    from sumrl.rewards.reward_model import _optimizer_step
+    from sumrl.training.optim import DivergenceGuard
+
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = torch.optim.AdamW([w], lr=0.1)
+    guard = DivergenceGuard(what="reward-model training", max_loss_ratio=2.0)
+    _optimizer_step((w * 0.5).sum(), opt, [w], [], 1, 3, 0.0, guard)  # first loss 0.5: the reference
+    before = w.detach().clone()
+    with pytest.raises(TrainingDiverged, match="blew up at step 2"):
+        _optimizer_step((w * 0 + 5.0 + w * 1e-3).sum(), opt, [w], [], 2, 3, 0.0, guard)
+    assert torch.equal(w.detach(), before)  # stopped before the step
+    with pytest.raises(TrainingDiverged, match="gradient norm is nan"):  # a finite loss, a NaN gradient
+        _optimizer_step((w * 0.4).sum() + _nan_grad(w), opt, [w], [], 3, 3, 0.0, guard)
+    assert torch.equal(w.detach(), before)
+
+
+def _nan_grad(w):
+    """0 in the forward pass, NaN in the gradient."""
+    class F(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.sum() * 0
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.full((1,), float("nan"))
+
+    return F.apply(w)

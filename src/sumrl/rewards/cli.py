@@ -36,6 +36,8 @@ class RMTrainConfig:
     steps: int = opt(100, "optimizer steps")
     batch_size: int = opt(8, "examples (synthetic: positives, each with one negative) or pairs per step")
     lr: float = opt(1e-4, "learning rate (AdamW)")
+    max_loss_ratio: float = opt(3.0, "stop when a step's loss exceeds this many times the first step's (a blow-up; "
+                                     "0 = off); a non-finite loss or gradient always stops the run")
     max_length: int = opt(256, "tokens per (document prefix, summary) input")
     max_summary_tokens: int = opt(128, "summary tokens kept (the document prefix gets the rest)")
     train_layers: int = opt(2, "minilm: top transformer layers trained (-1 = all, 0 = head only)")

@@ -488,16 +488,22 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def divergence_guard(cfg: Any) -> Any:
+    """The reward-model trainers' per-step checks (the same rules as SFT's): a non-finite loss or
+    gradient, a zero gradient at a positive loss, a loss over ``max_loss_ratio`` x the first one."""
+    from sumrl.training.optim import DivergenceGuard
+
+    return DivergenceGuard(what="reward-model training", max_loss_ratio=getattr(cfg, "max_loss_ratio", 0.0))
+
+
 def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[float], step: int, steps: int,
-                    t0: float) -> None:
-    """One clipped AdamW step shared by both reward-model trainers; a non-finite loss stops the run."""
+                    t0: float, guard: Any) -> None:
+    """One clipped AdamW step (preference RM); ``guard`` stops the run before the step."""
     if not torch.isfinite(loss):
         raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
     opt.zero_grad()
     loss.backward()
-    from sumrl.training.optim import check_step  # non-finite gradient: stop before the step
-
-    check_step(float(loss.item()), float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step, what="reward-model training")
+    guard.check(float(loss.item()), float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)
     opt.step()
     history.append(loss.item())
     if step % max(1, steps // 10) == 0 or step == steps:
@@ -505,7 +511,7 @@ def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[fl
 
 
 def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: RewardModel, opt: Any, params: list,
-                      micro: int, history: list[float], step: int, steps: int, t0: float) -> None:
+                      micro: int, history: list[float], step: int, steps: int, t0: float, guard: Any) -> None:
     """One optimizer step on the mean over ``items`` of each item's per-token squared error
     (:func:`_token_mse`), computed in micro-batches of similar length (padding a 60-token summary to
     a 250-token one wastes CPU time); gradients accumulate so the step equals the full-batch one."""
@@ -521,7 +527,7 @@ def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: Re
             raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
         loss.backward()
         total += loss.item()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    guard.check(total, float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)  # before the step
     opt.step()
     history.append(total)
     if step == 1 or step % max(1, steps // 20) == 0 or step == steps:
@@ -607,13 +613,14 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     history: list[float] = []
+    guard = divergence_guard(cfg)
     for step in range(1, cfg.steps + 1):
         items = []
         for i in (rng.randrange(len(train)) for _ in range(cfg.batch_size)):
             items.append((train[i].document, train[i].references[0], train[i].query, 1.0))
         for c, i in balanced_negative_slots(classes, pools, cfg.batch_size, (step - 1) * cfg.batch_size, rng):
             items.append((train[i].document, neg_train[c][i], train[i].query, 0.0))
-        _accumulated_step(items, model, opt, params, cfg.micro_batch_size, history, step, cfg.steps, t0)
+        _accumulated_step(items, model, opt, params, cfg.micro_batch_size, history, step, cfg.steps, t0, guard)
     model.eval()
     _log(f"trained {cfg.steps} steps in {time.time() - t0:.0f}s; held-out evaluation on {len(test)} {cfg.eval_split} papers")
     # held-out: positive scored above its negative, per class, on documents never trained on
@@ -724,6 +731,7 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     history = []
+    guard = divergence_guard(cfg)
     for step in range(1, cfg.steps + 1):
         batch = [train[rng.randrange(len(train))] for _ in range(cfg.batch_size)]
         docs = [r["document"] for r in batch] * 2
@@ -734,7 +742,7 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
         sc, sr = s[:len(batch)], s[len(batch):]
         margin = torch.tensor([float(r.get("margin") or 0.0) for r in batch], device=s.device) if cfg.margin else 0.0
         loss = -torch.nn.functional.logsigmoid(sc - sr - cfg.margin_scale * margin).mean()
-        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0)
+        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0, guard)
     model.eval()
     acc = None
     if test:
