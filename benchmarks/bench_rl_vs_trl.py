@@ -14,7 +14,8 @@ on all attention and MLP projections, the same precision (``--bf16 auto`` resolv
 without reference pass, TRL ``beta 0``), one PPO iteration per rollout, one optimizer step per
 rollout (all completions in one micro-batch), the same rewards (sumrl's ``--reward`` scorers, called
 from a TRL reward function). Activation checkpointing: sumrl's default (off); TRL's own default
-(on) from 2,048 prompt tokens and off below (``--trl-checkpointing`` overrides).
+(on) at every length (``--trl-checkpointing`` overrides): without it TRL's 512-token block was killed
+for memory on the 24 GiB development machine (measured 2026-11-30, as in the issue's first run).
 
 Each (system, length) block runs in its own subprocess (clean peak RSS, no shared caches), blocks
 alternate A B A B for ``--rounds`` rounds, each block runs ``--steps`` steps and its first step is
@@ -209,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="A B rounds per length")
     ap.add_argument("--systems", nargs="+", default=["sumrl", "trl"], choices=["sumrl", "trl"])
     ap.add_argument("--bf16", default="auto", help="auto | true | false, resolved once and used by both")
-    ap.add_argument("--trl-checkpointing", default="auto", choices=["auto", "default", "on", "off"],
-                    help="TRL activation checkpointing: auto = TRL's default (on) from 2048 tokens, off below")
+    ap.add_argument("--trl-checkpointing", default="default", choices=["auto", "default", "on", "off"],
+                    help="TRL activation checkpointing: default = TRL's own (on); auto = on from 2048 tokens, "
+                         "off below (off OOMs a 24 GiB machine at 512 tokens)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in each block")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
