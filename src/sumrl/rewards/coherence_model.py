@@ -186,15 +186,10 @@ class CoherenceJudge:
         self.path = p
 
     def raw(self, summaries: Sequence[str]) -> torch.Tensor:
-        from sumrl.rewards.metric import EMBEDDINGS
+        from sumrl.rewards.metric import embed_sentence_lists
 
         sents = [_sentences(s) for s in summaries]
-        flat = [x for ss in sents for x in ss]
-        embs = EMBEDDINGS.encode(flat) if flat else torch.zeros(0, 384)
-        seqs, k = [], 0
-        for ss in sents:
-            seqs.append(embs[k:k + len(ss)])
-            k += len(ss)
+        seqs = embed_sentence_lists(sents)
         with torch.inference_mode():
             z = summary_features(self.net, summaries, sents, seqs)
         return ((z - self.mu) / self.sd) @ self.w

@@ -414,7 +414,11 @@ def _sentence_embeddings(summaries: Sequence[str]) -> list[torch.Tensor]:
     """Per summary, the (n_sentences, D) embeddings of its sentences (one encoder pass per batch)."""
     from sumrl.evaluation.text import sentences
 
-    sents = [[s for s in sentences(x) if s.strip()] for x in summaries]
+    return embed_sentence_lists([[s for s in sentences(x) if s.strip()] for x in summaries])
+
+
+def embed_sentence_lists(sents: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    """Per list of sentences, their (n, D) MiniLM embeddings, all lists in one cached encoder pass."""
     flat = [s for ss in sents for s in ss]
     embs = EMBEDDINGS.encode(flat) if flat else torch.zeros(0, 384)
     out, k = [], 0
