@@ -209,10 +209,6 @@ def test_switch_point_is_uniform_strictly_inside_the_realised_sequence():
     assert all(abs(ks.count(k) / 4000 - 0.25) < 0.03 for k in (1, 2, 3, 4))
 
 
-class _Ctx:
-    """Stands in for RolloutContext with scripted policy samples and guide writes."""
-
-
 def _ctx(monkeypatch, policy_rows, guide_rows, max_new_tokens=8):
     import sumrl.rl.guided as G
 
@@ -368,3 +364,13 @@ def test_recipes_are_valid():
     assert last.value_target == "mc" and last.reference_trajectory_ratio == 0.5 and last.summary_cap_quantile == 0.95
     assert last.no_eos_penalty == 0.0  # the paper has no end-token penalty
     assert last.ppo_epochs == 1 and last.mini_batch_size is None
+
+
+def test_critic_advantages_report_the_raw_std_a_reference_batch_divides_by():
+    eps, r = _batch([[5, 6, EOS], [5, EOS]])
+    sc = place_rewards(eps, _out([3.0, -1.0]), 3, no_eos_penalty=0.0)
+    fwd = _pass([[0.0] * 3] * 2, values=[[0.0] * 3] * 2)
+    adv = critic_advantages(r, sc, fwd, AdvantageSettings(gamma=1.0, lam=1.0, whiten_advantages=True))
+    # unwhitened advantages of the 5 actions (V = 0, gamma = lam = 1): [3, 3, 3, -1, -1]; unbiased std
+    raw = torch.tensor([3.0, 3.0, 3.0, -1.0, -1.0])
+    assert adv.raw_std == pytest.approx(float(raw.std()), rel=1e-5)

@@ -334,9 +334,12 @@ class RolloutPlan:
     reference_ratio: float = 0.0
     group_algo: bool = False
 
+    def reference_steps_before(self, step: int) -> int:
+        """How many of steps ``0 .. step-1`` are reference steps: ``floor(step * ratio)``."""
+        return int(step * self.reference_ratio + 1e-9)
+
     def is_reference_step(self, step: int) -> bool:
-        r = self.reference_ratio
-        return r > 0 and int((step + 1) * r + 1e-9) > int(step * r + 1e-9)
+        return self.reference_steps_before(step + 1) > self.reference_steps_before(step)
 
     def strategy(self, step: int):
         if self.is_reference_step(step):

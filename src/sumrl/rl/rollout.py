@@ -18,7 +18,7 @@ stages are unit-tested on hand-made inputs (tests/test_rl_rollout.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -267,6 +267,7 @@ def critic_advantages(rollout: Rollout, scored: Scored, fwd: PolicyPass, s: Adva
     if s.value_target == "mc":
         ret = F.discounted_returns(rewards, mask, s.gamma)
     am = rollout.action_mask
+    raw_std = float(F.masked_var(adv, am).clamp(min=1e-16).sqrt()) if am.sum() > 1 else None
     if s.whiten_advantages and am.sum() > 1:
         if rollout.is_reference_batch:
             if advantage_scale:
@@ -274,14 +275,7 @@ def critic_advantages(rollout: Rollout, scored: Scored, fwd: PolicyPass, s: Adva
         else:
             adv = F.masked_whiten(adv, am, shift_mean=True)
     adv = torch.where(am.bool(), adv, torch.zeros((), dtype=adv.dtype))
-    return Advantages(rewards=rewards, advantages=adv, returns=ret, kl=kl)
-
-
-def advantage_std(rollout: Rollout, scored: Scored, fwd: PolicyPass, s: AdvantageSettings) -> float:
-    """Std of the *unwhitened* advantages of a sampled batch's actions: the scale a later reference
-    batch divides by."""
-    raw = critic_advantages(rollout, scored, fwd, replace(s, whiten_advantages=False))
-    return float(F.masked_var(raw.advantages, rollout.action_mask).clamp(min=1e-16).sqrt())
+    return Advantages(rewards=rewards, advantages=adv, returns=ret, kl=kl, raw_std=raw_std)
 
 
 def group_advantages(rollout: Rollout, scored: Scored, fwd: PolicyPass, s: AdvantageSettings) -> Advantages:

@@ -245,11 +245,13 @@ class RLTrainer:
         self.plan = make_rollout_plan(cfg)
         self.max_new_tokens = cfg.max_new_tokens  # replaced by set_summary_cap()
         self._prompt_cache: dict[int, list[int]] = {}
+        self._ref_cache: dict[int, list[int] | None] = {}  # reference actions at the current cap
         self._eval_prompts: list[list[int]] | None = None
         self.torch = torch
 
     def set_summary_cap(self, cap: int) -> None:
         self.max_new_tokens = int(cap)
+        self._ref_cache = {}
 
     def prompt_ids(self, i: int, ex: Any) -> list[int]:
         if i not in self._prompt_cache:
@@ -377,19 +379,28 @@ class RLTrainer:
         return self.cfg.kl_coef > 0 or self.cfg.reference_kl
 
     # ------------------------------------------------------------------ stage 6: update
+    def reference_actions_of(self, i: int, ex: Any) -> list[int] | None:
+        """Example ``i``'s reference + end token as actions (None when it does not fit the cap);
+        tokenised once per run (the target loss reads the same references every mini-batch)."""
+        from sumrl.rl.rollout import reference_actions
+
+        if i not in self._ref_cache:
+            self._ref_cache[i] = reference_actions(self.tok, ex.reference, max_new_tokens=self.max_new_tokens,
+                                                   eos_id=self.eos_id) if ex.references else None
+        return self._ref_cache[i]
+
     def _target_loss(self, example_index: list[int], examples: list, norm_tokens: int) -> Any:
         """TRIL's target regularisation: the NLL of the rows' reference summaries (TRIL ``ppo.py``:
         ``-sum(target log-probs * target_masks) / n_target``), summed over ``example_index`` and
         divided by ``norm_tokens`` (the mini-batch's reference tokens)."""
-        from sumrl.rl.rollout import make_episode, reference_actions
+        from sumrl.rl.rollout import make_episode
         from sumrl.rl.trajectory import collate
 
         eps = []
         for i in example_index:
-            ex = examples[i]
-            acts = reference_actions(self.tok, ex.reference, max_new_tokens=self.max_new_tokens, eos_id=self.eos_id)
+            acts = self.reference_actions_of(i, examples[i])
             if acts is not None:
-                eps.append(make_episode(self.tok, example_index=i, group=i, prompt_ids=self.prompt_ids(i, ex),
+                eps.append(make_episode(self.tok, example_index=i, group=i, prompt_ids=self.prompt_ids(i, examples[i]),
                                         actions=acts, finished=True, source="reference"))
         if not eps:
             return None
@@ -400,14 +411,7 @@ class RLTrainer:
         return -(out["logprobs"] * r.response_mask.to(dev)).sum() / max(norm_tokens, 1)
 
     def _target_tokens(self, example_index: list[int], examples: list) -> int:
-        from sumrl.rl.rollout import reference_actions
-
-        n = 0
-        for i in example_index:
-            acts = reference_actions(self.tok, examples[i].reference, max_new_tokens=self.max_new_tokens,
-                                     eos_id=self.eos_id)
-            n += len(acts) if acts is not None else 0
-        return n
+        return sum(len(self.reference_actions_of(i, examples[i]) or []) for i in example_index)
 
     def update(self, batch: Any, optimizer: Any, scheduler: Any, params: dict[str, list], step: int,
                examples: list | None = None, *, deferred: bool = False) -> tuple[dict, Any]:
@@ -563,7 +567,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
 
     from sumrl.data import load_data, load_heldout
     from sumrl.rl import functional as F
-    from sumrl.rl.rollout import (AdvantageSettings, advantage_std, critic_advantages, group_advantages,
+    from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages,
                                   score_rollout)
     from sumrl.rl.trajectory import TrainBatch
     from sumrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -695,7 +699,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             t_step = time.perf_counter()
             timings: dict[str, float] = {}
             is_ref = plan.is_reference_step(step)
-            n_ref_before = sum(plan.is_reference_step(s) for s in range(step))
+            n_ref_before = plan.reference_steps_before(step)
             if is_ref:
                 idx = [fitting[i] for i in ref_sampler.indices(n_ref_before)]
             else:
@@ -726,7 +730,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                 adv = critic_advantages(rollout, scored, fwd, adv_settings,
                                         advantage_scale=advantage_scale if is_ref else None)
                 if not is_ref and cfg.whiten_advantages:
-                    advantage_scale = advantage_std(rollout, scored, fwd, adv_settings)
+                    advantage_scale = adv.raw_std if adv.raw_std is not None else advantage_scale
             amask = rollout.action_mask.bool()
             for name, t in (("log-probs", None if defer else fwd.logprobs),
                             ("values", fwd.values), ("advantages", adv.advantages)):

@@ -193,6 +193,7 @@ class Advantages:
     advantages: Tensor
     returns: Tensor | None
     kl: Tensor
+    raw_std: float | None = None  # critic: std of the unwhitened advantages of the actions (a later reference batch's scale)
 
 
 @dataclass(frozen=True)
