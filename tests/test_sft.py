@@ -281,3 +281,54 @@ def test_bad_options_are_one_line_errors(flags, msg, tiny_model_dir, sft_data, t
                "--no-progress", *flags])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and msg in err and err.count("\n") == 0
+
+
+# ------------------------------------------------------------------------------ early stopping
+def test_early_stopping_rule_by_hand():
+    from sumrl.training.sft import early_stopping_update as upd
+
+    assert upd(None, 0, 3.0) == (3.0, 0, True)           # the first validation is the first best
+    assert upd(3.0, 0, 2.0) == (2.0, 0, True)
+    assert upd(2.0, 0, 2.0) == (2.0, 1, False)           # equal is not better
+    assert upd(2.0, 1, 1.95, min_delta=0.1) == (2.0, 2, False)  # better, but not by more than min_delta
+    assert upd(2.0, 2, 1.8, min_delta=0.1) == (1.8, 0, True)
+    assert upd(2.0, 0, float("nan")) == (2.0, 1, False)
+
+
+def test_early_stopping_stops_and_publishes_the_best_weights(tiny_model_dir, sft_data, tmp_path, monkeypatch):
+    """Scripted validation losses 3.0, 2.0, 2.5, 2.1, ... at steps 0, 1, 2, 3: with patience 2 the run
+    stops after step 3 and publishes step 1's weights -- the same weights an uninterrupted run has at
+    step 1 (its checkpoint)."""
+    from safetensors.torch import load_file
+
+    from sumrl.training import sft
+
+    kw = dict(steps=6, eval_every=1, val_examples=2, val_generate=0)
+    ref = tmp_path / "ref"
+    sft.train(_cfg(tiny_model_dir, sft_data, ref, save_every=1, keep_checkpoints=10, **kw))
+    step1 = torch.load(ref / "checkpoints" / "step-00000001" / "trainable.pt", weights_only=True)
+
+    losses = iter([3.0, 2.0, 2.5, 2.1, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(sft.Validator, "loss", lambda self, module, device: (next(losses), 10))
+    out = tmp_path / "es"
+    summary = sft.train(_cfg(tiny_model_dir, sft_data, out, early_stopping_patience=2, **kw))
+    assert summary["stopped_at"] == 3 and summary["best_step"] == 1
+    assert [r["step"] for r in _metrics(out) if "train/loss" in r] == [1, 2, 3]
+    meta = json.loads((out / "sumrl_model.json").read_text())
+    assert meta["best_step"] == 1 and meta["best_val_loss"] == 2.0 and meta["stopped_at"] == 3
+    published = load_file(out / "adapter_model.safetensors")
+    assert len(published) == len(step1) > 0
+    for name, w in step1.items():
+        assert torch.equal(published[name.replace(".default", "")], w), name
+    # resuming a run that early stopping ended trains no further and publishes the same weights
+    again = sft.train(_cfg(tiny_model_dir, sft_data, out, early_stopping_patience=2, resume=True, **kw))
+    assert again["start_step"] == 3 and again["best_step"] == 1
+    assert [r["step"] for r in _metrics(out) if "train/loss" in r] == [1, 2, 3]
+    assert all(torch.equal(load_file(out / "adapter_model.safetensors")[k], v) for k, v in published.items())
+
+
+def test_early_stopping_needs_validation(tiny_model_dir, sft_data, tmp_path):
+    from sumrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="early-stopping-patience"):
+        _cfg(tiny_model_dir, sft_data, tmp_path, early_stopping_patience=2, eval_every=0)

@@ -68,6 +68,11 @@ class SFTConfig(DataOptions):
     log_every: int = opt(1, "log train/* metrics every N steps")
     eval_every: int = opt(50, "validate every N steps (and before the first and after the last step); 0 = never")
     val_split: str = opt("val", "split used for validation")
+    early_stopping_patience: int = opt(
+        0, "stop when val/loss has not improved on its best for N validations in a row, and publish the weights of "
+           "the best validation instead of the last (0 = off: run every step, publish the last weights)")
+    early_stopping_min_delta: float = opt(0.0, "a validation counts as an improvement only when val/loss falls by "
+                                               "more than this below the best so far")
     val_examples: int = opt(16, "validation examples for val/loss")
     val_generate: int = opt(4, "validation examples summarised for val/rouge*, val/pred_words (0 = none)")
     val_max_new_tokens: int = opt(256, "generation length for validation samples")
@@ -90,8 +95,12 @@ class SFTConfig(DataOptions):
                      "micro_batch_tokens", "micro_batch_size"):
             positive(name)
         for name in ("warmup_steps", "eval_every", "val_examples", "val_generate", "max_grad_norm", "weight_decay",
-                     "chunk_overlap", "lora_dropout", "max_loss_ratio"):
+                     "chunk_overlap", "lora_dropout", "max_loss_ratio", "early_stopping_patience",
+                     "early_stopping_min_delta"):
             positive(name, allow_zero=True)
+        if self.early_stopping_patience and not (self.eval_every and self.val_examples):
+            raise ConfigError("--early-stopping-patience needs validation losses: set --eval-every and --val-examples "
+                              "above 0")
         if self.max_seq_len < 64:
             raise ConfigError(f"--max-seq-len must be at least 64, got {self.max_seq_len}")
         if self.max_target_tokens >= self.max_seq_len:

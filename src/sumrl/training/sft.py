@@ -30,6 +30,7 @@ from sumrl.training.checkpoint import clear_previous_run, resume_point
 from sumrl.training.config import RESUME_MUTABLE, SFTConfig
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "checkpoints-best"  # the trainable weights of the best validation (--early-stopping-patience)
 CONFIG_FILE = "sft_config.json"
 # Files of a previous run removed by --overwrite (the model files are listed in sumrl_model.json).
 _RUN_FILES = ("metrics.jsonl", "metrics.csv", "samples.jsonl", CONFIG_FILE)
@@ -228,6 +229,18 @@ def publish_model(model: Any, tokenizer: Any, out: Path, *, base_spec: str, extr
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def early_stopping_update(best: float | None, bad: int, val_loss: float,
+                          min_delta: float = 0.0) -> tuple[float, int, bool]:
+    """One validation's effect on early stopping: ``(best, validations without improvement, improved)``.
+
+    An improvement is a loss more than ``min_delta`` below the best so far (the first validation
+    always is one); a non-finite loss never is.
+    """
+    if math.isfinite(val_loss) and (best is None or val_loss < best - min_delta):
+        return val_loss, 0, True
+    return (best if best is not None else val_loss), bad + 1, False
+
+
 # ---------------------------------------------------------------------------------------- train
 def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dict:
     """Run SFT; returns a summary (steps, last losses, last validation metrics, output folder).
@@ -241,7 +254,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     from tqdm.auto import tqdm
 
     from sumrl.data import load_data
-    from sumrl.training.checkpoint import load_checkpoint, save_checkpoint
+    from sumrl.training.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
     from sumrl.training.loss import CausalLMLoss
     from sumrl.training.optim import DivergenceGuard, build_optimizer, build_scheduler, parameters_finite, trainable
     from sumrl.training.packing import collate, n_target_tokens, plan_micro_batches
@@ -271,6 +284,9 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     if main:
         if cfg.overwrite:
             clear_previous_run(out, _RUN_FILES, CHECKPOINT_DIR)
+            import shutil
+
+            shutil.rmtree(out / BEST_DIR, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
     set_seed(cfg.seed)
@@ -315,21 +331,39 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
               f"{world} process(es); output {out}" + (f"; resuming at step {start}" if start else ""))
 
     last_val: dict = {}
+    patience = cfg.early_stopping_patience
 
-    def validate(step: int) -> None:
+    def validate(step: int) -> bool:
+        """Validate on the main process; True when early stopping says to stop (same on every process)."""
         nonlocal last_val
+        stop = False
         if main and validator is not None:
             metrics: dict[str, float] = {}
             if cfg.val_examples:
                 vl, vn = validator.loss(raw_module, device)
                 metrics.update({"val/loss": vl, "val/tokens": vn})
+                if patience:
+                    best, bad, improved = early_stopping_update(counters.get("best_val_loss"), counters.get("bad_evals", 0),
+                                                                vl, cfg.early_stopping_min_delta)
+                    counters.update(best_val_loss=best, bad_evals=bad)
+                    if improved:  # the weights published at the end, unless a later validation beats them
+                        counters["best_step"] = step
+                        save_checkpoint(out / BEST_DIR, step, model=raw_module.model, optimizer=optimizer,
+                                        state={"val_loss": vl}, keep=1)
+                    metrics.update({"val/best_loss": best, "val/best_step": counters["best_step"]})
+                    stop = bad >= patience
             gen, rows = validator.generate(raw_module.model)
             metrics.update({f"val/{k}": v for k, v in gen.items()})
             logger.log(metrics, step)
             if rows:
                 logger.log_samples(rows, step)
             last_val = metrics
+        if patience and world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            stop = broadcast_object_list([stop])[0]
         accelerator.wait_for_everyone()
+        return stop
 
     def checkpoint(step: int) -> None:
         # Adam normalises the step size, so a huge finite --lr can put inf/NaN in the weights with a
@@ -344,8 +378,9 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                                    "epoch": sampler.epoch_at(step)})
         accelerator.wait_for_everyone()
 
+    stopped = bool(counters.get("stopped_at"))  # a resumed run that early stopping had already ended
     if start == 0 and cfg.eval_every > 0:
-        validate(0)
+        stopped = validate(0) or stopped
     bar = tqdm(total=n_steps, initial=start, desc="sft", unit="step", disable=not (main and cfg.progress),
                dynamic_ncols=True)
     last_train: dict = {}
@@ -354,6 +389,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     loss_module.train()
     try:
         for step in range(start, n_steps):
+            if stopped:
+                break
             t0 = time.perf_counter()
             step_seqs = [seqs[i] for i in sampler.indices(step)]
             n_step_targets = sum(n_target_tokens(s) for s in step_seqs)
@@ -400,8 +437,12 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{n_tokens / dt:,.0f}", refresh=False)
                 bar.update(1)
             if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == n_steps):
-                validate(done)
-            if done % cfg.save_every == 0 or done == n_steps:
+                stopped = validate(done)
+                if stopped and main:
+                    counters["stopped_at"] = done
+                    print(f"sft: early stopping at step {done}: val/loss has not improved for {patience} "
+                          f"validations; best {counters['best_val_loss']:.4f} at step {counters['best_step']}")
+            if done % cfg.save_every == 0 or done == n_steps or stopped:
                 checkpoint(done)
             for cb in callbacks or []:
                 cb(done, last_train)
@@ -413,11 +454,20 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     if not parameters_finite(p for _, p in params):
         raise TrainingDiverged(f"sft diverged: the weights are no longer finite; nothing published; the last good "
                                f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
+    extra = {"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps}
+    best_dir = last_checkpoint(out / BEST_DIR) if patience else None
+    if best_dir is not None:  # every process loads it, so that they all return the same weights
+        best_state = load_checkpoint(best_dir, model=raw_module.model, restore_rng=False)
+        extra.update(best_step=int(best_state["step"]), best_val_loss=float(best_state["val_loss"]),
+                     stopped_at=counters.get("stopped_at"))
+        if main:
+            print(f"sft: publishing the weights of step {best_state['step']} (best val/loss "
+                  f"{best_state['val_loss']:.4f})")
     if main:
-        publish_model(raw_module.model, tok, out, base_spec=base_spec,
-                      extra={"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps})
+        publish_model(raw_module.model, tok, out, base_spec=base_spec, extra=extra)
         print(f"saved the {'LoRA adapter' if cfg.lora else 'model'} to {out} (use --model {out})")
     accelerator.wait_for_everyone()
-    return {"out": str(out), "is_main": main, "steps": n_steps, "start_step": start, "train": last_train, "val": last_val,
+    return {"out": str(out), "is_main": main, "steps": n_steps, "best_step": extra.get("best_step"),
+            "stopped_at": counters.get("stopped_at"), "start_step": start, "train": last_train, "val": last_val,
             "n_sequences": len(seqs), "trainable_parameters": n_train,
             "tokens_per_s": run_tokens / run_seconds if run_seconds else None}
