@@ -183,14 +183,42 @@ def test_reference_logprobs_equal_the_starting_policy_from_an_sft_adapter(tiny_m
     assert not torch.allclose(bare[valid], expect[valid], atol=1e-2)  # (the adapter does change the model)
 
 
-def test_rl_from_an_sft_adapter_saves_a_full_model(tiny_model_dir, rl_data, tmp_path):
-    sft = _sft_adapter(tiny_model_dir, tmp_path / "sft")
-    out = tmp_path / "rl"
-    assert main(_args(sft, rl_data, out)) == 0
+def test_rl_from_an_sft_adapter_saves_an_adapter_stacked_on_it(tiny_model_dir, rl_data, tmp_path):
+    """The RL run from an SFT adapter publishes only its own adapter (base = "../sft", relative), and
+    ``--model OUT`` -- even after both folders are moved -- is the policy the run trained: the same
+    log-probs as a trainer rebuilt from the run's last checkpoint."""
+    import shutil
+
+    from sumrl.models.logprobs import model_token_logprobs, next_token_targets
+    from sumrl.rl.trainer import RLTrainer
+    from sumrl.training.checkpoint import last_checkpoint, load_checkpoint
+
+    sft = _sft_adapter(tiny_model_dir, tmp_path / "runs" / "sft")
+    out = tmp_path / "runs" / "rl"
+    assert main(_args(sft, rl_data, out, "--lr", "0.05", "--steps", "2")) == 0
     assert _metrics(out)[0]["objective/kl"] == 0.0  # step 1: policy == reference exactly
     meta = json.loads((out / "sumrl_model.json").read_text())
-    assert meta["merged_from"] == str(sft)
-    _loads(out)
+    assert meta["base"] == "../sft" and meta["stacked_on"] == str(sft) and meta["lora"] is True
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "runs", moved)
+    loaded = _loads(moved / "rl")
+    tr = RLTrainer(_cfg(sft, rl_data, tmp_path / "o"))
+    load_checkpoint(last_checkpoint(out / "checkpoints"), model=tr.raw, restore_rng=False)
+    q = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    qm = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    r = torch.tensor([[20, 21, 22], [23, 24, 0]])
+    rm = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    ids, mask = torch.cat([q, r], 1), torch.cat([qm, rm], 1)
+    with torch.no_grad():
+        trained = tr.raw(q, qm, r, rm)["logprobs"]
+        got = model_token_logprobs(loaded, ids, mask, next_token_targets(ids, torch.cat([torch.zeros_like(qm), rm], 1)))
+        sft_only = model_token_logprobs(_loads(sft), ids, mask,
+                                        next_token_targets(ids, torch.cat([torch.zeros_like(qm), rm], 1)))
+    valid = rm.bool()
+    assert torch.allclose(got[:, 5:8][valid], trained[valid], atol=1e-4)
+    assert not torch.allclose(sft_only[:, 5:8][valid], trained[valid], atol=1e-4)  # RL did change the policy
 
 
 # ----------------------------------------------------------------------- resume / divergence

@@ -156,6 +156,8 @@ def resolve(spec: str) -> ResolvedModel:
                 base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
             if not base:
                 raise ModelNotFoundError(f"{p}: adapter folder does not name its base model")
+            if base.startswith(("./", "../")):  # a base stored relative to the adapter (a stacked adapter)
+                base = os.path.normpath(p / base)
             return ResolvedModel("adapter", spec, str(p), base=base)
         if (p / "config.json").exists():
             return ResolvedModel("hf_dir", spec, str(p))
@@ -329,6 +331,10 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
         from peft import PeftModel
 
         base, tok = load_model(r.base, dtype=dtype, device=device)
+        if resolve(r.base).kind == "adapter":
+            # A stacked adapter (e.g. RL on SFT): it was trained on the weights with the lower adapter
+            # merged in, so that is what it is applied to.
+            base = base.merge_and_unload()
         if (Path(r.path) / "tokenizer_config.json").exists():
             from transformers import AutoTokenizer
 

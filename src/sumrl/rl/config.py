@@ -35,7 +35,7 @@ class RLConfig(DataOptions):
                     choices=ALGOS)
     policy: str = opt("default", "model to fine-tune ('default', a packaged name, a model or SFT adapter folder, "
                                  ".gguf, hub id); an SFT adapter is merged into the weights first so that the "
-                                 "reference policy is the SFT model")
+                                 "reference policy is the SFT model (the RL adapter is then saved stacked on it)")
     # Structured recipes give a list of {name, weight, ...} mappings; the flag takes a spec string.
     reward: typing.Any = opt("rouge,length", "rewards: comma-separated name[:weight] (e.g. rouge,length:0.5,"
                                              "rm:DIR) or, in a recipe, a list of {name, weight, options...}",

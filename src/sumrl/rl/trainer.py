@@ -86,7 +86,7 @@ def build_policy(cfg: RLConfig) -> Policy:
     model, tok, r = _load_merged(cfg.policy, cfg.dropout_off)
     merged_from = cfg.policy if r.kind == "adapter" else None
     if r.kind == "adapter":
-        base_spec = None  # SFT weights are merged in: the result is saved as a full model
+        base_spec = None  # SFT weights are merged in: the RL adapter is saved stacked on the SFT adapter
     elif r.kind in ("hf_dir", "gguf"):
         base_spec = str(Path(cfg.policy).resolve())  # must resolve from wherever OUT is loaded
     else:
@@ -833,21 +833,31 @@ def _sample_rows(episodes: list, examples: list, totals: Any, components: dict, 
     return rows
 
 
+def stacked_base_spec(lower_adapter: str, out: Path) -> str:
+    """How an RL adapter trained on an SFT adapter's merged weights names its base: the SFT folder
+    relative to OUT ("../sft"), so that the two folders can be moved or committed together."""
+    rel = os.path.relpath(Path(lower_adapter).resolve(), Path(out).resolve())
+    return rel if rel.startswith("..") else "./" + rel
+
+
 def _publish(tr: RLTrainer, out: Path, cfg: RLConfig) -> None:
-    """Save the trained policy so ``--model OUT`` loads it: the RL LoRA adapter on the original base,
-    or -- when the run started from an SFT adapter (merged into the weights) or trained all weights --
-    the full merged model."""
+    """Save the trained policy so ``--model OUT`` loads it: the RL LoRA adapter on the original base;
+    when the run started from an SFT adapter, the RL adapter *stacked* on that SFT adapter (a few MB;
+    ``--model OUT`` merges the SFT adapter and applies the RL one, the weights RL trained on); the
+    full model when all weights were trained."""
     from sumrl.training.sft import publish_model
 
     model = tr.raw.model
     extra = {"trained_by": "sumrl rl", "algo": cfg.algo, "steps": cfg.steps, "policy": cfg.policy}
-    if cfg.lora and tr.policy.merged_from is None:
-        publish_model(model, tr.tok, out, base_spec=tr.policy.base_spec, extra={**extra, "lora": True})
-        print(f"saved the RL LoRA adapter to {out} (use --model {out})")
-        return
     if cfg.lora:
-        # the RL adapter sits on SFT-merged weights: one adapter cannot express both, save merged weights
-        model = model.merge_and_unload(adapter_names=["default"])
+        stacked = tr.policy.merged_from is not None
+        base = stacked_base_spec(tr.policy.merged_from, out) if stacked else tr.policy.base_spec
+        publish_model(model, tr.tok, out, base_spec=base,
+                      extra={**extra, "lora": True, **({"stacked_on": tr.policy.merged_from} if stacked else {})})
+        print(f"saved the RL LoRA adapter to {out}" + (f" (on the SFT adapter {tr.policy.merged_from}, "
+                                                        f"which must stay at {base} relative to it)" if stacked else "")
+              + f" (use --model {out})")
+        return
     publish_model(model, tr.tok, out, base_spec=None,
                   extra={**extra, "lora": False, "merged_from": tr.policy.merged_from})
     print(f"saved the full RL model to {out} (use --model {out})")
