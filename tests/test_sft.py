@@ -83,6 +83,22 @@ def test_long_document_is_truncated_like_generation(tiny_tokenizer):
     assert seq.input_ids[: seq.n_prompt] == encode_prompt(tiny_tokenizer, build_prompt(tiny_tokenizer, doc_part))
 
 
+def test_max_prompt_tokens_gives_the_prompt_of_rl_and_eval(tiny_tokenizer):
+    """With --max-prompt-tokens the prompt no longer depends on the summary's length: it is the one
+    `sumrl rl` (and `sumrl eval --max-input-tokens`) build from the same budget."""
+    from sumrl.rl.rollout import encode_prompt_ids
+    from sumrl.training.data import encode_example
+
+    doc = " ".join(CORPUS) * 3
+    expect = encode_prompt_ids(tiny_tokenizer, doc, None, max_prompt_tokens=60)
+    for summary in ("short one", "A longer summary of many words " * 3):
+        (seq,) = encode_example(tiny_tokenizer, Example("a", doc, [summary]), max_seq_len=200,
+                                max_target_tokens=24, max_prompt_tokens=60)
+        assert seq.input_ids[: seq.n_prompt] == expect
+    (free,) = encode_example(tiny_tokenizer, Example("a", doc, ["short one"]), max_seq_len=200, max_target_tokens=24)
+    assert free.n_prompt > len(expect)  # without it, a short summary leaves room for more document
+
+
 def test_chunk_strategy_builds_map_and_reduce_sequences(tiny_tokenizer):
     from sumrl.models.prompts import CHUNK_INSTRUCTION, REDUCE_INSTRUCTION
     from sumrl.training.data import encode_example

@@ -33,6 +33,10 @@ class SFTConfig(DataOptions):
     # --- sequences
     max_seq_len: int = opt(2048, "tokens per training sequence (prompt + summary); longer documents use --strategy")
     max_target_tokens: int = opt(512, "summary tokens kept at most (a longer reference is cut and gets no EOS)")
+    max_prompt_tokens: typing.Optional[int] = opt(
+        None, "prompt tokens at most, the document cut to fit -- the same budget as `sumrl eval --max-input-tokens` "
+              "and `sumrl rl --max-prompt-tokens`, so training and test prompts match (default: whatever "
+              "--max-seq-len leaves beside each summary, so a short summary gets more of the document)")
     strategy: str = opt("truncate", "documents longer than --max-seq-len: truncate = keep the beginning (as "
                                     "`sumrl eval --strategy truncate`); chunk = train the map and reduce prompts of "
                                     "`--strategy chunk` on reference sentences aligned to each window (docs/sft.md)",
@@ -92,7 +96,7 @@ class SFTConfig(DataOptions):
 
         for name in ("max_seq_len", "max_target_tokens", "batch_size", "lr", "loss_chunk_size", "log_every",
                      "save_every", "keep_checkpoints", "lora_r", "lora_alpha", "epochs", "steps",
-                     "micro_batch_tokens", "micro_batch_size"):
+                     "micro_batch_tokens", "micro_batch_size", "max_prompt_tokens"):
             positive(name)
         for name in ("warmup_steps", "eval_every", "val_examples", "val_generate", "max_grad_norm", "weight_decay",
                      "chunk_overlap", "lora_dropout", "max_loss_ratio", "early_stopping_patience",

@@ -106,8 +106,9 @@ def align_sentences(sentences: list[str], windows: list[str]) -> list[list[int]]
 
 def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_tokens: int,
                    strategy: str = "truncate", instruction: str | None = None,
-                   chunk_overlap: int = 32) -> list[TrainSequence]:
-    """The training sequences of one example (one, or several for ``chunk``)."""
+                   chunk_overlap: int = 32, max_prompt_tokens: int | None = None) -> list[TrainSequence]:
+    """The training sequences of one example (one, or several for ``chunk``); ``max_prompt_tokens``
+    caps every prompt (as generation's prompt budget), otherwise a prompt gets what the target leaves."""
     from sumrl.generation.summarize import _windows
     from sumrl.models.prompts import CHUNK_INSTRUCTION, REDUCE_INSTRUCTION, prompt_overhead_tokens
 
@@ -116,6 +117,8 @@ def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_
     target = _target_ids(tokenizer, ex.reference, max_target_tokens)
     doc_ids = tokenizer(ex.document, add_special_tokens=False)["input_ids"]
     room = max_seq_len - len(target)
+    if max_prompt_tokens is not None:
+        room = min(room, max_prompt_tokens)
     prompt, truncated = _fit_prompt(tokenizer, doc_ids, ex.query, instruction, room)
     if not truncated or strategy == "truncate":
         return [TrainSequence(prompt + target, len(prompt), ex.id, "truncate" if truncated else "none")]
@@ -136,7 +139,8 @@ def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_
         part = " ".join(sents[i] for i in g)
         partials.append(part)
         t_ids = _target_ids(tokenizer, part, max_target_tokens)
-        p_ids, _ = _fit_prompt(tokenizer, w_ids, ex.query, CHUNK_INSTRUCTION, max_seq_len - len(t_ids))
+        p_ids, _ = _fit_prompt(tokenizer, w_ids, ex.query, CHUNK_INSTRUCTION,
+                               min(max_seq_len - len(t_ids), max_prompt_tokens or max_seq_len))
         out.append(TrainSequence(p_ids + t_ids, len(p_ids), ex.id, "map"))
     joined_ids = tokenizer("\n".join(partials), add_special_tokens=False)["input_ids"]
     p_ids, _ = _fit_prompt(tokenizer, joined_ids, ex.query, REDUCE_INSTRUCTION, room)

@@ -82,7 +82,8 @@ def encode_for(cfg: SFTConfig, tokenizer: Any, examples: list) -> list:
     from sumrl.training.data import encode_examples
 
     return encode_examples(tokenizer, examples, max_seq_len=cfg.max_seq_len, max_target_tokens=cfg.max_target_tokens,
-                           strategy=cfg.strategy, instruction=cfg.instruction, chunk_overlap=cfg.chunk_overlap)
+                           strategy=cfg.strategy, instruction=cfg.instruction, chunk_overlap=cfg.chunk_overlap,
+                           max_prompt_tokens=cfg.max_prompt_tokens)
 
 
 # ----------------------------------------------------------------------------------------- model
