@@ -32,11 +32,11 @@ for stage in "$@"; do
   case $stage in
     all) exec "$0" sft ;;
     sft)
-      # LoRA SFT until the validation loss stops improving: 4 papers per step, validation loss on 24
+      # LoRA SFT until the validation loss stops improving (at most 2 epochs = 376 steps of 4 papers), validation loss on 24
       # val papers every 20 steps, stop after 3 validations without improvement, publish the best.
       [ -f "$OUT/sft/sumrl_model.json" ] || timed sft "${SUMRL[@]}" sft --config recipes/sft_lora.yaml \
         --out "$OUT/sft" --seed "$SEED" --max-prompt-tokens $PROMPT --max-seq-len $((PROMPT + CAP)) \
-        --max-target-tokens $CAP --batch-size 4 --epochs 2 --lr 2e-4 --warmup-steps 10 \
+        --max-target-tokens $CAP --batch-size 4 --steps 376 --lr 2e-4 --warmup-steps 10 \
         --eval-every 20 --val-examples 24 --val-generate 0 --early-stopping-patience 3 \
         --save-every 10 --no-progress $(again "$OUT/sft") ;;
     *)
