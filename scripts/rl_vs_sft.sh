@@ -12,8 +12,10 @@
 # resumes from its last checkpoint. Seed: $SEED (0), recorded in every stage's config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUMRL=${SUMRL:-.venv/bin/sumrl}
+SUMRL=${SUMRL:-.venv/bin/sumrl}        # how to run sumrl (e.g. "env PYTHONPATH=src .venv/bin/python -m sumrl.cli")
+PY=${PY:-.venv/bin/python}             # the python that has sumrl installed
 read -r -a SUMRL <<< "$SUMRL"
+read -r -a PY <<< "$PY"
 OUT=${OUT:-runs/rl_vs_sft}
 SEED=${SEED:-0}
 PROMPT=2096          # 2,048 document tokens + the 48-token template of the default model
@@ -28,9 +30,41 @@ timed() {  # timed NAME CMD...
   /usr/bin/time -f "$name: %e s wall, %M KB peak RSS" "$@"
 }
 
+TEST=(--data scisummnet --split test --limit 100 --max-input-tokens $PROMPT --max-new-tokens $CAP --batch-size 8
+      --seed "$SEED" --judges)
+OOD=(--data "$OUT/pubmed.jsonl" --split all --limit 64 --max-input-tokens $PROMPT --max-new-tokens $CAP --batch-size 8
+     --seed "$SEED" --judges)
+
+evaluate() {  # evaluate SYSTEM MODEL: the test papers and the out-of-domain set, raw and cleaned up
+  local name=$1 model=$2
+  for set in test ood; do
+    local dir="$OUT/eval_$set/$name"
+    if [ ! -f "$dir/metrics.json" ]; then
+      if [ $set = test ]; then args=("${TEST[@]}"); else args=("${OOD[@]}"); fi
+      timed "eval $set $name" "${SUMRL[@]}" eval --model "$model" "${args[@]}" --system "$name" --out "$dir"
+    fi
+    [ -f "$OUT/eval_$set/$name-cleaned/metrics.json" ] || "${SUMRL[@]}" eval --predictions "$dir/predictions.jsonl" \
+      --cleanup --system "$name-cleaned" --judges --seed "$SEED" --out "$OUT/eval_$set/$name-cleaned"
+  done
+}
+
+rl() {  # rl NAME RECIPE: RL from the SFT model (200 updates), held-out reward on 8 val papers every 20 steps
+  local name=$1 recipe=$2
+  [ -f "$OUT/$name/sumrl_model.json" ] || timed "$name" "${SUMRL[@]}" rl --config "$recipe" --policy "$OUT/sft" \
+    --out "$OUT/$name" --seed "$SEED" --max-prompt-tokens $PROMPT --steps 200 --eval-every 20 --val-examples 8 \
+    --save-every 5 --sample-every 10 --no-progress $(again "$OUT/$name")
+}
+
 for stage in "$@"; do
   case $stage in
-    all) exec "$0" sft ;;
+    all)
+      echo "expected on 2 CPU cores (AMX, nothing else running): sft 2-3 h, composite RL ~3-4 h, last-mile RL ~4-5 h,"
+      echo "evaluations ~1.5 h -- about 12 h in all; rerun the same command after a kill to continue"
+      "$0" data sft eval-sft weights rl-composite eval-rl-composite rm rl-lastmile eval-rl-lastmile report ;;
+    data)
+      # out of domain, evaluation only: the PubMed sample of ../shared (no licence stated: never shipped)
+      [ -f "$OUT/pubmed.jsonl" ] || "${PY[@]}" scripts/cohan_to_jsonl.py ../shared/data/pubmed_cohan_sample/*.txt \
+        --out "$OUT/pubmed.jsonl" ;;
     sft)
       # LoRA SFT until the validation loss stops improving (at most 2 epochs = 376 steps of 4 papers), validation loss on 24
       # val papers every 20 steps, stop after 3 validations without improvement, publish the best.
@@ -39,7 +73,41 @@ for stage in "$@"; do
         --max-target-tokens $CAP --batch-size 4 --steps 376 --lr 2e-4 --warmup-steps 10 \
         --eval-every 20 --val-examples 24 --val-generate 0 --early-stopping-patience 3 \
         --save-every 10 --no-progress $(again "$OUT/sft") ;;
+    eval-sft)
+      evaluate zero-shot default
+      evaluate sft "$OUT/sft" ;;
+    weights)
+      # the composite reward's weights, chosen on 16 validation papers x 4 samples of the SFT model
+      [ -f "$OUT/rl_composite.yaml" ] || "${PY[@]}" scripts/composite_weights.py --policy "$OUT/sft" \
+        --base-recipe recipes/rl_composite.yaml --out "$OUT/rl_composite.yaml" --seed "$SEED" ;;
+    rl-composite)
+      rl rl-composite "$OUT/rl_composite.yaml" ;;
+    eval-rl-composite)
+      evaluate rl-composite "$OUT/rl-composite" ;;
+    rm)
+      # the last-mile token-level reward model (recipes/rm_lastmile.yaml), shared with reproduce_results.sh
+      [ -f runs/rm_lastmile/metrics.json ] || timed rm "${SUMRL[@]}" rm train --config recipes/rm_lastmile.yaml \
+        --out runs/rm_lastmile ;;
+    rl-lastmile)
+      rl rl-lastmile recipes/rl_lastmile.yaml ;;
+    eval-rl-lastmile)
+      evaluate rl-lastmile "$OUT/rl-lastmile" ;;
+    report)
+      # paired tests: each RL variant (as generated) against SFT and against SFT cleaned up
+      train_runs=("$OUT/sft"); variants=()
+      for name in rl-composite rl-lastmile; do
+        [ -f "$OUT/$name/metrics.jsonl" ] && train_runs+=("$OUT/$name")
+        [ -f "$OUT/eval_test/$name/metrics.json" ] && variants+=("$name")
+      done
+      for set in test ood; do
+        systems=()
+        for d in "$OUT/eval_$set"/*/; do [ -f "$d/metrics.json" ] && systems+=("$d"); done
+        "${SUMRL[@]}" report "${systems[@]}" --baseline sft sft-cleaned --rl "${variants[@]}" \
+          --train-runs "${train_runs[@]}" --seed "$SEED" --title "RL vs SFT on long documents ($set)" \
+          --out "$OUT/report_$set.html" --markdown "$OUT/report_$set.md"
+      done ;;
     *)
-      echo "unknown stage $stage" >&2; exit 2 ;;
+      echo "unknown stage $stage (all, data, sft, eval-sft, weights, rl-composite, eval-rl-composite, rm, rl-lastmile, eval-rl-lastmile, report)" >&2
+      exit 2 ;;
   esac
 done

@@ -1,0 +1,81 @@
+"""The helper scripts of the RL-vs-SFT experiment (scripts/rl_vs_sft.sh): the composite reward's
+weight rule and the Cohan-format converter."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pooled_within_group_std_by_hand():
+    f = _script("composite_weights").pooled_within_group_std
+    # groups [1, 3] (variance 1) and [2, 2, 2, 8] (mean 3.5, variance (3*2.25 + 20.25)/4 = 6.75)
+    assert f([[1, 3], [2, 2, 2, 8]]) == pytest.approx(math.sqrt((1 + 6.75) / 2))
+    assert f([[5, 5], [7, 7]]) == 0.0          # the across-paper spread does not count
+    assert f([[1], []]) == 0.0                  # no group with two samples
+
+
+def test_composite_weights_end_to_end(tiny_model_dir, tmp_path):
+    """On a tiny model: every term is scored, weight = prior / within-paper std, the recipe is written
+    (and loads as an RL recipe with the same reward list)."""
+    import yaml
+
+    from sumrl.config import build_config, load_recipe
+    from sumrl.rl.config import RLConfig
+    from conftest import CORPUS
+
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"id": f"d{i}", "document": " ".join(CORPUS[i:i + 4]),
+                                        "summary": CORPUS[i].split(".")[0] + ".", "split": "val"}) + "\n"
+                            for i in range(3)))
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "algo": "grpo", "policy": str(tiny_model_dir), "data": str(data), "max_prompt_tokens": 96,
+        "max_new_tokens": 12, "temperature": 1.0, "samples_per_prompt": 4,
+        "reward": [{"name": "rouge", "weight": 1.0},
+                   {"name": "length", "weight": 0.5, "mode": "reference", "per_token_penalty": -1.0,
+                    "short_penalty": -1.0},
+                   {"name": "copy", "weight": 0.25}]}))
+    out = tmp_path / "chosen.yaml"
+    cw = _script("composite_weights")
+    assert cw.main(["--policy", str(tiny_model_dir), "--base-recipe", str(base), "--out", str(out),
+                    "--limit", "3", "--samples", "3"]) == 0
+    text = out.read_text()
+    assert text.startswith("# Written by scripts/composite_weights.py")
+    chosen = build_config(RLConfig, load_recipe(str(out)), source=str(out)).reward
+    assert [e["name"] for e in chosen] == ["rouge", "length", "copy"]
+    # the header's table holds each term's std; the weight is prior / std (or the prior when std is 0)
+    rows = [l.split() for l in text.splitlines() if l.startswith("#   ") and l.split()[1] in ("rouge", "length", "copy")]
+    for (_, name, prior, _mean, std, weight), entry in zip(rows, chosen):
+        expect = float(prior) / float(std) if float(std) > 1e-9 else float(prior)
+        assert entry["weight"] == pytest.approx(expect, rel=2e-3) and float(weight) == entry["weight"]
+
+
+def test_cohan_to_jsonl(tmp_path):
+    src = tmp_path / "test.txt"
+    rows = [{"article_id": "PMC1", "article_text": ["first sentence .", "second one ."],
+             "abstract_text": ["<S> the abstract . </S>", "<S> more . </S>"]},
+            {"article_id": "PMC1", "article_text": ["dup"], "abstract_text": ["<S> dup </S>"]},
+            {"article_id": "PMC2", "article_text": [""], "abstract_text": ["<S> x </S>"]}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o.jsonl"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "cohan_to_jsonl.py"), str(src), "--out", str(out)],
+                       capture_output=True, text=True, check=True)
+    assert "1 articles" in r.stdout and "2 skipped" in r.stdout
+    (row,) = [json.loads(l) for l in out.read_text().splitlines()]
+    assert row == {"id": "PMC1", "document": "first sentence . second one .", "summary": "the abstract . more ."}
