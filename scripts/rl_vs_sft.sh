@@ -18,6 +18,7 @@ read -r -a SUMRL <<< "$SUMRL"
 read -r -a PY <<< "$PY"
 OUT=${OUT:-runs/rl_vs_sft}
 SEED=${SEED:-0}
+SHARED=${SHARED:-../shared}  # the shared data folder beside the repository
 PROMPT=2096          # 2,048 document tokens + the 48-token template of the default model
 CAP=256              # summary tokens (p95 of the train references is 245)
 mkdir -p "$OUT"
@@ -63,7 +64,7 @@ for stage in "$@"; do
       "$0" data sft eval-sft weights rl-composite eval-rl-composite rm rl-lastmile eval-rl-lastmile report ;;
     data)
       # out of domain, evaluation only: the PubMed sample of ../shared (no licence stated: never shipped)
-      [ -f "$OUT/pubmed.jsonl" ] || "${PY[@]}" scripts/cohan_to_jsonl.py ../shared/data/pubmed_cohan_sample/*.txt \
+      [ -f "$OUT/pubmed.jsonl" ] || "${PY[@]}" scripts/cohan_to_jsonl.py "$SHARED"/data/pubmed_cohan_sample/*.txt \
         --out "$OUT/pubmed.jsonl" ;;
     sft)
       # LoRA SFT until the validation loss stops improving (at most 2 epochs = 376 steps of 4 papers), validation loss on 24
