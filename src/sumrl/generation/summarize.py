@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from sumrl.data.schema import Example
 from sumrl.errors import SumrlError
-from sumrl.models.loading import context_length
+from sumrl.models.loading import context_length, prompt_capacity
 from sumrl.models.prompts import CHUNK_INSTRUCTION, REDUCE_INSTRUCTION, build_prompt, has_chat_template, prompt_overhead_tokens
 
 STRATEGIES = ("truncate", "chunk")
@@ -75,6 +75,18 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def generate_new_tokens(model: Any, ids: Any, mask: Any, **kwargs: Any) -> Any:
+    """``model.generate`` on left-padded prompts ``(B, L)``, returning only the new tokens ``(B, n)``,
+    for a decoder (the prompt is the start of its output) or an encoder-decoder (the prompt goes
+    to the encoder, once per run of identical prompts: :func:`sumrl.models.seq2seq.generate`)."""
+    from sumrl.models.seq2seq import generate as seq2seq_generate, is_encoder_decoder
+
+    if is_encoder_decoder(model):
+        return seq2seq_generate(model, ids, mask, **kwargs)
+    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    return out[:, ids.shape[1]:]
+
+
 def generate_texts(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings,
                    desc: str = "generate", on_progress: Callable[[int], None] | None = None) -> list[tuple[str, int, bool, int]]:
     """Generate one completion per prompt.
@@ -115,8 +127,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], settings: Gen
             else:  # silence sampling defaults from generation_config
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             with torch.inference_mode():
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-            new = out[:, width:].cpu()
+                new = generate_new_tokens(model, ids.to(device), mask.to(device), **kwargs).cpu()
             for r, i in enumerate(idx):
                 toks = new[r].tolist()
                 finished = False
@@ -140,9 +151,16 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], settings: Gen
 
 
 def input_budget(model: Any, settings: GenerationSettings) -> int:
+    """Prompt tokens per generation call: ``--max-input-tokens``, capped by what the model accepts
+    (a decoder's context minus ``max_new_tokens``; an encoder-decoder's encoder limit, except for
+    relative-position encoders (T5), where ``--max-input-tokens`` may exceed the trained length)."""
+    from sumrl.models.seq2seq import has_hard_input_limit, is_encoder_decoder
+
     ctx = context_length(model)
-    budget = settings.max_input_tokens or (ctx - settings.max_new_tokens)
-    budget = min(budget, ctx - settings.max_new_tokens)
+    cap = prompt_capacity(model, settings.max_new_tokens)
+    budget = settings.max_input_tokens or cap
+    if not (is_encoder_decoder(model) and not has_hard_input_limit(model)):
+        budget = min(budget, cap)
     if budget < 64:
         raise SumrlError(f"input budget of {budget} tokens is too small (context {ctx}, "
                          f"max_new_tokens {settings.max_new_tokens})")
@@ -169,6 +187,10 @@ def summarize(model: Any, tokenizer: Any, examples: list[Example], settings: Gen
     chunk_state: dict[int, dict] = {}
     for i, ex in enumerate(examples):
         room = budget - prompt_overhead_tokens(tokenizer, ex.query, settings.instruction)
+        if room < 1:  # truncating the document cannot help: the query and instruction alone are too long
+            raise SumrlError(f"example '{ex.id}': the prompt without its document takes {budget - room} tokens, more "
+                             f"than the {budget} the model accepts; shorten the query/--instruction or raise "
+                             f"--max-input-tokens")
         if len(doc_ids[i]) <= room:
             final_prompts[i] = build_prompt(tokenizer, ex.document, ex.query, settings.instruction)
             chunk_state[i] = {"strategy": "none", "n_chunks": 1, "depth": 0, "partials": []}

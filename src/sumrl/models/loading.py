@@ -15,6 +15,11 @@ Accepted specs (checked in this order):
 * a folder with ``config.json``: a Hugging Face model folder (also what ``sumrl sft --full`` saves).
 * a path ending in ``.gguf``.
 * anything else: a Hugging Face hub id (real hub loading; needs network or a warm HF cache).
+
+Encoder-decoder configs (T5, BART, PEGASUS, LED: ``config.is_encoder_decoder``) load with
+``AutoModelForSeq2SeqLM``, everything else with ``AutoModelForCausalLM``; their tokenizer is marked
+(:func:`sumrl.models.prompts.mark_seq2seq`) so prompts use the plain ``prefix + document``
+convention. Encoder-decoder specifics: :mod:`sumrl.models.seq2seq`.
 """
 
 from __future__ import annotations
@@ -260,16 +265,35 @@ def configure_tokenizer(tok: Any) -> Any:
     return tok
 
 
+def _hf_config(path: str, spec: str) -> Any:
+    """The config of an HF folder or hub id, or None when it cannot be read (the model load that
+    follows then reports the problem in one line)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception:  # noqa: BLE001 - reported by the load itself
+        return None
+
+
 def load_tokenizer(spec: str) -> Any:
     from transformers import AutoTokenizer
 
+    from sumrl.models.prompts import mark_seq2seq
+
     r = resolve(spec)
+    if r.kind == "adapter":
+        src = Path(r.path)
+        if not (src / "tokenizer_config.json").exists():
+            return load_tokenizer(r.base)
+        tok = configure_tokenizer(AutoTokenizer.from_pretrained(str(src)))
+        base = resolve(r.base)
+        if base.kind in ("hf_dir", "hub"):
+            mark_seq2seq(tok, _hf_config(base.path, r.base))
+        return tok
     if r.kind == "packaged":
         path = materialize_packaged(r.path)
         tok = AutoTokenizer.from_pretrained(str(path))
-    elif r.kind == "adapter":
-        src = Path(r.path)
-        tok = AutoTokenizer.from_pretrained(str(src)) if (src / "tokenizer_config.json").exists() else load_tokenizer(r.base)
     elif r.kind == "gguf":
         g = Path(r.path)
         tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
@@ -278,12 +302,20 @@ def load_tokenizer(spec: str) -> Any:
             tok = AutoTokenizer.from_pretrained(r.path)
         except OSError as e:
             raise ModelNotFoundError(f"{spec}: cannot load tokenizer ({str(e).splitlines()[0][:200]})") from None
+        tok = configure_tokenizer(tok)
+        mark_seq2seq(tok, _hf_config(r.path, spec))
+        return tok
     return configure_tokenizer(tok)
 
 
 def _declared_context(model_or_config: Any) -> int | None:
-    """``max_position_embeddings`` of a model or config (the text part of multimodal ones), or None."""
+    """``max_position_embeddings`` of a model or config (the text part of multimodal ones), or None;
+    for an encoder-decoder, its encoder's input limit (:func:`sumrl.models.seq2seq.input_limit`)."""
+    from sumrl.models.seq2seq import input_limit, is_encoder_decoder
+
     cfg = getattr(model_or_config, "config", model_or_config)
+    if is_encoder_decoder(cfg):
+        return input_limit(cfg)
     cfg = getattr(cfg, "text_config", None) or cfg
     n = getattr(cfg, "max_position_embeddings", None)
     return int(n) if n else None
@@ -291,6 +323,15 @@ def _declared_context(model_or_config: Any) -> int | None:
 
 def context_length(model_or_config: Any, tokenizer: Any | None = None) -> int:
     return _declared_context(model_or_config) or 2048
+
+
+def prompt_capacity(model: Any, max_new_tokens: int) -> int:
+    """Prompt tokens the model accepts when it may also write ``max_new_tokens``: a decoder's
+    context holds both; an encoder-decoder's prompt has the encoder to itself."""
+    from sumrl.models.seq2seq import is_encoder_decoder
+
+    ctx = context_length(model)
+    return ctx if is_encoder_decoder(model) else ctx - max_new_tokens
 
 
 def context_length_of_spec(spec: str) -> int | None:
@@ -323,7 +364,9 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
     ``trainable``). Dropout is turned off by callers that train with RL (see sumrl.rl).
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from sumrl.models.seq2seq import is_encoder_decoder
 
     r = resolve(spec)
     torch_dtype = _dtype(dtype)
@@ -338,7 +381,10 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
         if (Path(r.path) / "tokenizer_config.json").exists():
             from transformers import AutoTokenizer
 
+            from sumrl.models.prompts import mark_seq2seq
+
             tok = configure_tokenizer(AutoTokenizer.from_pretrained(r.path))
+            mark_seq2seq(tok, base.config)
         model = PeftModel.from_pretrained(base, r.path, is_trainable=trainable)
         return model, tok
     if r.kind == "packaged":
@@ -350,8 +396,10 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
         tok = configure_tokenizer(tok)
         model = model.to(torch_dtype)
     else:
+        cfg = _hf_config(r.path, spec)
+        auto = AutoModelForSeq2SeqLM if cfg is not None and is_encoder_decoder(cfg) else AutoModelForCausalLM
         try:
-            model = AutoModelForCausalLM.from_pretrained(r.path, dtype=torch_dtype)
+            model = auto.from_pretrained(r.path, dtype=torch_dtype)
         except OSError as e:
             raise ModelNotFoundError(
                 f"{spec}: cannot load model ({str(e).splitlines()[0][:200]}); offline? "

@@ -318,6 +318,9 @@ def output_head(model) -> tuple[Tensor, float | None]:
         )
     if getattr(head, "bias", None) is not None:
         raise ValueError("LM heads with a bias are not supported by chunked log-probs")
+    flb = getattr(m, "final_logits_bias", None)  # BART/PEGASUS/LED: a buffer, zero in their checkpoints
+    if flb is not None and bool(flb.any()):
+        raise ValueError("a non-zero final_logits_bias is not supported by chunked log-probs")
     config = m.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for attr in ("logit_scale", "logits_scaling"):

@@ -7,6 +7,11 @@ from typing import Any, Iterator
 
 
 def default_target_modules(model: Any) -> list[str]:
+    """Attention and MLP projections of every layer, by the names each family uses."""
+    from sumrl.models.seq2seq import default_target_modules as seq2seq_targets, is_encoder_decoder
+
+    if is_encoder_decoder(model):
+        return seq2seq_targets(model)
     names = {n.split(".")[-1] for n, _ in model.named_modules()}
     wanted = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     found = [n for n in wanted if n in names]
@@ -20,7 +25,10 @@ def add_lora(model: Any, r: int = 16, alpha: int = 32, dropout: float = 0.0,
     lowest adapted one then need no backward pass, which is what makes CPU training affordable."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
+    from sumrl.models.seq2seq import is_encoder_decoder
+
+    task = "SEQ_2_SEQ_LM" if is_encoder_decoder(model) else "CAUSAL_LM"
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type=task,
                      target_modules=target_modules or default_target_modules(model),
                      layers_to_transform=layers_to_transform)
     return get_peft_model(model, cfg, adapter_name=adapter_name)

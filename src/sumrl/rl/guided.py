@@ -154,8 +154,11 @@ def _policy_sample(ctx: RolloutContext, prompts: list[list[int]], limits: list[i
     """``(actions, finished)`` per prompt. With ``share_prompt`` consecutive identical prompts (a
     group) are prefilled once and their cache expanded, finished rows leave the batch; the tokens
     follow the same distribution as ``rollout.sample`` (tested equal under greedy decoding)."""
+    from sumrl.models.seq2seq import is_encoder_decoder
+
     raw = None
-    if ctx.share_prompt:
+    # encoder-decoders share the encoder pass of a group inside rollout.sample (seq2seq.generate)
+    if ctx.share_prompt and not is_encoder_decoder(ctx.policy):
         from sumrl.generation.sampler import consecutive_prompt_groups, sample_groups
 
         uniq, sizes = consecutive_prompt_groups(prompts)

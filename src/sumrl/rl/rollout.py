@@ -92,11 +92,12 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
     was_training = model.training
     model.eval()
     try:
+        from sumrl.generation.summarize import generate_new_tokens
+
         with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gc)
+            new = generate_new_tokens(model, ids.to(device), mask.to(device), generation_config=gc).cpu().tolist()
     finally:
         model.train(was_training)
-    new = out[:, width:].cpu().tolist()
     return [row[:lim] for row, lim in zip(new, limits)]
 
 

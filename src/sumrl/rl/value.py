@@ -208,6 +208,9 @@ class PolicyValueModule(torch.nn.Module):
         self.chunk_size = int(chunk_size)
         self.bf16 = bool(bf16)
         self.share_prompt = bool(share_prompt)
+        from sumrl.models.seq2seq import is_encoder_decoder
+
+        self._seq2seq = is_encoder_decoder(model)
         self._adapter_params: list[Tensor] = []
         if self.value_adapter:
             self._adapter_params = [p for n, p in model.named_parameters() if "lora_" in n]
@@ -223,8 +226,16 @@ class PolicyValueModule(torch.nn.Module):
         token ``t`` and is where the critic evaluates ``V(s_t)``. Rows with the same prompt in a row
         (a GRPO group) share one pass over it (:func:`sumrl.models.grouped.grouped_response_hidden`,
         exact) when ``share_prompt``; otherwise, or for models with sliding-window layers shorter than
-        the sequence, the plain pass over prompt + response."""
+        the sequence, the plain pass over prompt + response. For an encoder-decoder the prompt is
+        encoded once per group and the decoder reads the response
+        (:func:`sumrl.models.seq2seq.response_hidden`)."""
         Lq, T = query_ids.shape[1], response_ids.shape[1]
+        if self._seq2seq:  # the prompt is the encoder's input, run once per group (exact)
+            from sumrl.models.seq2seq import response_hidden
+
+            ctx = torch.autocast(query_ids.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+            with ctx:
+                return response_hidden(self.model, query_ids, query_mask, response_ids, response_mask)
         if self.share_prompt:
             from sumrl.models.grouped import consecutive_groups, grouped_response_hidden
 

@@ -114,9 +114,13 @@ def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_
 
     if not ex.reference.strip():
         raise DataError("SFT needs a reference summary", field="summary", file=None, line=None)
+    from sumrl.models.prompts import seq2seq_prefix
+
     target = _target_ids(tokenizer, ex.reference, max_target_tokens)
     doc_ids = tokenizer(ex.document, add_special_tokens=False)["input_ids"]
-    room = max_seq_len - len(target)
+    # a decoder reads prompt + target in one context; an encoder-decoder's prompt has the encoder
+    # to itself (max_seq_len is then the encoder's input length)
+    room = max_seq_len if seq2seq_prefix(tokenizer) is not None else max_seq_len - len(target)
     if max_prompt_tokens is not None:
         room = min(room, max_prompt_tokens)
     prompt, truncated = _fit_prompt(tokenizer, doc_ids, ex.query, instruction, room)
@@ -139,8 +143,8 @@ def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_
         part = " ".join(sents[i] for i in g)
         partials.append(part)
         t_ids = _target_ids(tokenizer, part, max_target_tokens)
-        p_ids, _ = _fit_prompt(tokenizer, w_ids, ex.query, CHUNK_INSTRUCTION,
-                               min(max_seq_len - len(t_ids), max_prompt_tokens or max_seq_len))
+        p_room = max_seq_len if seq2seq_prefix(tokenizer) is not None else max_seq_len - len(t_ids)
+        p_ids, _ = _fit_prompt(tokenizer, w_ids, ex.query, CHUNK_INSTRUCTION, min(p_room, max_prompt_tokens or p_room))
         out.append(TrainSequence(p_ids + t_ids, len(p_ids), ex.id, "map"))
     joined_ids = tokenizer("\n".join(partials), add_special_tokens=False)["input_ids"]
     p_ids, _ = _fit_prompt(tokenizer, joined_ids, ex.query, REDUCE_INSTRUCTION, room)

@@ -141,20 +141,21 @@ class Validator:
     def loss(self, loss_module: Any, device: Any) -> tuple[float, int]:
         import torch
 
-        from sumrl.training.packing import collate, plan_micro_batches
+        from sumrl.training.packing import plan_micro_batches
 
         if not self.sequences:
             return float("nan"), 0
+        packing = self.cfg.packing and loss_module.supports_packing
         groups = plan_micro_batches([len(s) for s in self.sequences], self.cfg.tokens_per_micro_batch,
-                                    self.cfg.micro_batch_size, packing=self.cfg.packing)
+                                    self.cfg.micro_batch_size, packing=packing)
         total, n = 0.0, 0
         was = loss_module.training
         loss_module.eval()
         try:
             with torch.no_grad():
                 for g in groups:
-                    batch = _to(collate([self.sequences[i] for i in g], packing=self.cfg.packing,
-                                        pad_id=self.tokenizer.pad_token_id), device)
+                    batch = _to(loss_module.collate([self.sequences[i] for i in g], packing=packing,
+                                                    pad_id=self.tokenizer.pad_token_id), device)
                     ls, nt = loss_module(**batch)
                     total += float(ls)
                     n += int(nt)
@@ -256,9 +257,9 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
 
     from sumrl.data import load_data
     from sumrl.training.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
-    from sumrl.training.loss import CausalLMLoss
+    from sumrl.training.loss import make_loss_module
     from sumrl.training.optim import DivergenceGuard, build_optimizer, build_scheduler, parameters_finite, trainable
-    from sumrl.training.packing import collate, n_target_tokens, plan_micro_batches
+    from sumrl.training.packing import n_target_tokens, plan_micro_batches
     from sumrl.utils.io import read_json, write_json
     from sumrl.utils.logging import MetricLogger
 
@@ -296,6 +297,11 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     examples = load_data(cfg.data, cfg.split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
                          require_summary=True, limit=cfg.limit, seed=cfg.seed)
     model, tok, base_spec = build_model(cfg)
+    from sumrl.models.seq2seq import has_hard_input_limit, input_limit, is_encoder_decoder
+
+    if is_encoder_decoder(model) and has_hard_input_limit(model) and cfg.max_seq_len > input_limit(model):
+        raise ConfigError(f"--max-seq-len {cfg.max_seq_len} exceeds the {input_limit(model)} input tokens "
+                          f"{cfg.model} accepts (an encoder-decoder: --max-seq-len is the encoder's input)")
     seqs = encode_for(cfg, tok, examples)
     n_steps = total_steps(cfg, len(seqs))
     sampler = StepSampler(len(seqs), cfg.batch_size, cfg.seed)
@@ -308,7 +314,11 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                               skip_invalid=cfg.skip_invalid, require_summary=True, limit=n_val, seed=cfg.seed)
         validator = Validator(cfg, tok, val_ex, encode_for(cfg, tok, val_ex[: cfg.val_examples])) if val_ex else None
 
-    loss_module = CausalLMLoss(model, chunk_size=cfg.loss_chunk_size, bf16=use_bf16)
+    loss_module = make_loss_module(model, chunk_size=cfg.loss_chunk_size, bf16=use_bf16)
+    packing = cfg.packing and loss_module.supports_packing
+    if cfg.packing and not packing and main:
+        print("sft: packing does not apply to encoder-decoder models (the prompt is the encoder's input): "
+              "micro-batches are length-sorted and padded instead", flush=True)
     loss_module = accelerator.prepare(loss_module)
     raw_module = accelerator.unwrap_model(loss_module)
     params = trainable(raw_module.model)
@@ -397,12 +407,13 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
             n_step_targets = sum(n_target_tokens(s) for s in step_seqs)
             local = step_seqs[rank::world]
             groups = plan_micro_batches([len(s) for s in local], cfg.tokens_per_micro_batch, cfg.micro_batch_size,
-                                        packing=cfg.packing)
+                                        packing=packing)
             scale = world / n_step_targets
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             local_tokens = sum(len(s) for s in local)
             for k, g in enumerate(groups):
-                batch = _to(collate([local[i] for i in g], packing=cfg.packing, pad_id=tok.pad_token_id), device)
+                batch = _to(raw_module.collate([local[i] for i in g], packing=packing, pad_id=tok.pad_token_id),
+                            device)
                 # gradients are all-reduced once per step, on the last micro-batch
                 sync = k == len(groups) - 1
                 with nullcontext() if sync else accelerator.no_sync(loss_module):

@@ -1,0 +1,271 @@
+"""Encoder-decoder summarizers (T5, BART, LED) through the common model interface, on tiny random
+models built here: loading and prompts, log-probs equal to the model's own logits, the shared
+encoder pass equal to the unshared one (values and gradients), generation strategies, and every
+command end to end (summarize, eval, sft, rm with the policy backbone, rl)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import CORPUS, build_tiny_tokenizer  # noqa: E402
+from sumrl.cli import main  # noqa: E402
+
+FAMILIES = ("t5", "bart", "led")
+CHEAP = "length,eos,repetition"
+
+
+def build_seq2seq(family: str, tok, seed: int = 0):
+    from transformers import (BartConfig, BartForConditionalGeneration, LEDConfig, LEDForConditionalGeneration,
+                              T5Config, T5ForConditionalGeneration)
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                  decoder_start_token_id=tok.pad_token_id)
+    if family == "t5":  # tied embeddings: the decoder output is rescaled before the head
+        cfg = T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, n_positions=512,
+                       task_specific_params={"summarization": {"prefix": "summarize: "}}, **common)
+        model = T5ForConditionalGeneration(cfg)
+    elif family == "bart":
+        cfg = BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                         max_position_embeddings=256, bos_token_id=tok.bos_token_id, forced_bos_token_id=None,
+                         **common)
+        model = BartForConditionalGeneration(cfg)
+    else:
+        cfg = LEDConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_encoder_position_embeddings=1024, max_decoder_position_embeddings=256,
+                        attention_window=[8, 8], bos_token_id=tok.bos_token_id, **common)
+        model = LEDForConditionalGeneration(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+@pytest.fixture(scope="session")
+def seq2seq_dirs(tmp_path_factory):
+    dirs = {}
+    for fam in FAMILIES:
+        d = tmp_path_factory.mktemp(f"tiny-{fam}")
+        tok = build_tiny_tokenizer(chat=False)
+        build_seq2seq(fam, tok).save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs[fam] = d
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def s2s_data(tmp_path_factory):
+    """16 rows (10 train / 3 val / 3 test); summaries are document prefixes."""
+    rng = random.Random(0)
+    p = tmp_path_factory.mktemp("s2s-data") / "docs.jsonl"
+    rows = []
+    for i in range(16):
+        doc = " ".join(rng.choice(CORPUS) for _ in range(rng.randint(2, 8)))
+        rows.append({"id": f"d{i}", "document": doc, "summary": " ".join(doc.split()[:rng.randint(3, 8)]),
+                     "split": "train" if i < 10 else "val" if i < 13 else "test"})
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def _left_padded(rows, pad):
+    from sumrl.generation.sampler import left_pad
+
+    return left_pad(rows, pad)
+
+
+# ------------------------------------------------------------------------------ loading, prompts
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_loading_prompt_convention_and_limits(fam, seq2seq_dirs):
+    from sumrl.models.loading import context_length, load_model, load_tokenizer
+    from sumrl.models.lora import default_target_modules
+    from sumrl.models.prompts import build_prompt, has_chat_template, seq2seq_prefix
+    from sumrl.models.seq2seq import is_encoder_decoder
+
+    model, tok = load_model(str(seq2seq_dirs[fam]))
+    assert is_encoder_decoder(model) and type(model).__name__.endswith("ForConditionalGeneration")
+    prefix = "summarize: " if fam == "t5" else ""
+    assert seq2seq_prefix(tok) == prefix and seq2seq_prefix(load_tokenizer(str(seq2seq_dirs[fam]))) == prefix
+    assert not has_chat_template(tok)
+    assert build_prompt(tok, "A document.") == prefix + "A document."
+    assert build_prompt(tok, "Doc.", query="Who?") == prefix + "question: Who? context: Doc."
+    assert build_prompt(tok, "Doc.", instruction="Summarize briefly:") == "Summarize briefly: Doc."
+    assert context_length(model) == {"t5": 512, "bart": 256, "led": 1024}[fam]
+    targets = default_target_modules(model)
+    assert {"t5": {"q", "v", "wi"}, "bart": {"q_proj", "fc1"}, "led": {"query", "q_proj", "fc2"}}[fam] <= set(targets)
+    assert "lm_head" not in targets
+
+
+def test_decoder_prompts_are_unchanged(tiny_model_dir):
+    from sumrl.models.loading import load_tokenizer
+    from sumrl.models.prompts import build_prompt, seq2seq_prefix
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    assert seq2seq_prefix(tok) is None
+    assert build_prompt(tok, "Doc.").startswith("<|im_start|>user\n")
+
+
+# --------------------------------------------------------------------- log-probs and the encoder
+def _rows(tok, fam):
+    """4 rows, two prompts of different lengths (left-padded), two responses each (right-padded)."""
+    g = torch.Generator().manual_seed({"t5": 0, "bart": 1, "led": 2}[fam])
+    V = len(tok)
+    p1 = torch.randint(5, V, (13,), generator=g).tolist()
+    p2 = torch.randint(5, V, (7,), generator=g).tolist()
+    q, qm = _left_padded([p1, p1, p2, p2], tok.pad_token_id)
+    r = torch.randint(5, V, (4, 6), generator=g)
+    rm = torch.ones_like(r)
+    rm[1, 3:] = 0
+    rm[3, 5:] = 0
+    r = r.masked_fill(rm == 0, tok.pad_token_id)
+    return [p1, p1, p2, p2], q, qm, r, rm
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_policy_logprobs_equal_the_models_own_logits(fam, seq2seq_dirs):
+    """chunked log-probs from the policy/value module == log_softmax(model(...).logits) of each row
+    run alone (no padding), with a T5 head rescale, BART/LED absolute positions and LED's global
+    attention; entropy too."""
+    from sumrl.models.loading import load_model
+    from sumrl.models.seq2seq import encoder_kwargs
+    from sumrl.rl.value import PolicyValueModule, ValueHead
+
+    model, tok = load_model(str(seq2seq_dirs[fam]))
+    prompts, q, qm, r, rm = _rows(tok, fam)
+    mod = PolicyValueModule(model, ValueHead(32), chunk_size=3)
+    with torch.no_grad():
+        out = mod(q, qm, r, rm, with_values=True, with_entropy=True)
+    for b, p in enumerate(prompts):
+        n = int(rm[b].sum())
+        ids = torch.tensor([p])
+        dec = torch.cat([torch.tensor([[tok.pad_token_id]]), r[b:b + 1, :n - 1]], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=ids, decoder_input_ids=dec, **encoder_kwargs(model, torch.ones_like(ids))).logits
+        ref = torch.log_softmax(logits.float(), -1)[0]
+        want = ref.gather(1, r[b, :n, None]).squeeze(1)
+        torch.testing.assert_close(out["logprobs"][b, :n], want, atol=1e-5, rtol=0)
+        ent = -(ref.exp() * ref).sum(-1)
+        torch.testing.assert_close(out["entropy"][b, :n], ent, atol=1e-5, rtol=0)
+        assert torch.all(out["logprobs"][b, n:] == 0)
+    assert out["values"].shape == r.shape
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_shared_encoder_equals_the_unshared_computation(fam, seq2seq_dirs):
+    """One encoder pass per group (expanded to its rows) == one pass per row: hidden states to
+    1e-5 and the gradients of LoRA adapters on the encoder and decoder (the training pass)."""
+    from sumrl.models.loading import load_model
+    from sumrl.models.lora import add_lora
+    from sumrl.models.seq2seq import response_hidden
+
+    model, tok = load_model(str(seq2seq_dirs[fam]))
+    model = add_lora(model, r=4, alpha=8)
+    with torch.no_grad():  # non-zero B so that the adapters change the outputs
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    enc_lora = [n for n, p in model.named_parameters() if "lora_" in n and "encoder" in n]
+    assert enc_lora, "the default targets adapt the encoder too"
+    _, q, qm, r, rm = _rows(tok, fam)
+    grads = {}
+    for share in (True, False):
+        model.zero_grad()
+        h = response_hidden(model, q, qm, r, rm, share_encoder=share)
+        (h * torch.linspace(-1, 1, h.shape[-1])).sum().backward()
+        grads[share] = (h.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(grads[True][0], grads[False][0], atol=1e-5, rtol=0)
+    assert set(grads[True][1]) == set(grads[False][1]) and set(enc_lora) <= set(grads[True][1])
+    for n in grads[True][1]:
+        torch.testing.assert_close(grads[True][1][n], grads[False][1][n], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_grouped_sampling_equals_one_row_at_a_time(fam, seq2seq_dirs):
+    """rollout.sample shares the encoder within a group; greedy tokens equal generate() per row."""
+    from sumrl.models.loading import load_model
+    from sumrl.models.seq2seq import encoder_kwargs
+    from sumrl.rl.rollout import sample
+
+    model, tok = load_model(str(seq2seq_dirs[fam]))
+    prompts = _rows(tok, fam)[0]
+    got = sample(model, prompts, max_new_tokens=5, temperature=0.0, top_p=1.0, stop_ids=[tok.eos_token_id],
+                 pad_id=tok.pad_token_id)
+    for p, row in zip(prompts, got):
+        ids = torch.tensor([p])
+        want = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                              **encoder_kwargs(model, torch.ones_like(ids)))[0, 1:].tolist()
+        assert row == want
+
+
+def test_final_logits_bias_must_be_zero(seq2seq_dirs):
+    from sumrl.models.loading import load_model
+    from sumrl.models.logprobs import output_head
+
+    model, _ = load_model(str(seq2seq_dirs["bart"]))
+    output_head(model)
+    model.final_logits_bias[0, 3] = 1.0
+    with pytest.raises(ValueError, match="final_logits_bias"):
+        output_head(model)
+
+
+# ------------------------------------------------------------------------------ summarize / eval
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_summarize_truncate_and_chunk(fam, seq2seq_dirs):
+    from sumrl.data.schema import Example
+    from sumrl.generation.summarize import GenerationSettings, summarize
+    from sumrl.models.loading import load_model
+
+    model, tok = load_model(str(seq2seq_dirs[fam]))
+    long_doc = " ".join(CORPUS * 3)
+    exs = [Example(id="short", document=CORPUS[0], references=[]), Example(id="long", document=long_doc, references=[])]
+    for strategy, want in (("truncate", ["none", "truncate"]), ("chunk", ["none", "chunk"])):
+        outs = summarize(model, tok, exs, GenerationSettings(max_new_tokens=4, strategy=strategy, max_input_tokens=80,
+                                                             progress=False))
+        assert [o.strategy for o in outs] == want
+        assert outs[0].n_input_tokens <= 80 and outs[1].n_input_tokens <= 80
+        assert all(o.n_output_tokens <= 4 for o in outs)  # a random model may write only pad tokens
+    assert outs[1].n_chunks > 1 and len(outs[1].chunk_summaries) == outs[1].n_chunks
+
+
+def test_encoder_limit_is_the_budget_not_context_minus_output(seq2seq_dirs):
+    from sumrl.generation.summarize import GenerationSettings, input_budget
+    from sumrl.models.loading import load_model
+
+    bart, _ = load_model(str(seq2seq_dirs["bart"]))
+    assert input_budget(bart, GenerationSettings(max_new_tokens=200)) == 256  # BART: hard limit, output separate
+    assert input_budget(bart, GenerationSettings(max_new_tokens=8, max_input_tokens=999)) == 256
+    t5, _ = load_model(str(seq2seq_dirs["t5"]))
+    assert input_budget(t5, GenerationSettings(max_new_tokens=8)) == 512  # trained length by default
+    assert input_budget(t5, GenerationSettings(max_new_tokens=8, max_input_tokens=2048)) == 2048  # relative positions
+
+
+def test_prompt_that_cannot_be_truncated_to_fit_is_one_line(seq2seq_dirs, tmp_path, capsys):
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"id": "q1", "document": "Short doc.", "summary": "s", "query": "why " * 200}) + "\n")
+    rc = main(["summarize", "--model", str(seq2seq_dirs["bart"]), "--data", str(data), "--out",
+               str(tmp_path / "o.jsonl"), "--split", "all", "--strategy", "truncate", "--max-new-tokens", "4"])
+    err = capsys.readouterr().err
+    errors = [l for l in err.splitlines() if l.startswith("error")]
+    assert rc == 2 and "Traceback" not in err and len(errors) == 1 and "'q1'" in errors[0]
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_eval_and_summarize_cli(fam, seq2seq_dirs, s2s_data, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(seq2seq_dirs[fam]), "--data", str(s2s_data), "--split", "test",
+                 "--out", str(out), "--max-new-tokens", "6", "--no-semantic", "--n-bootstrap", "20",
+                 "--strategy", "chunk", "--max-input-tokens", "64"]) == 0
+    rows = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["n_input_tokens"] <= 64 for r in rows)
+    assert "rouge1_f" in json.loads((out / "metrics.json").read_text())["metrics"]
+    summ = tmp_path / "s.jsonl"
+    assert main(["summarize", "--model", str(seq2seq_dirs[fam]), "--data", str(s2s_data), "--split", "test",
+                 "--limit", "2", "--out", str(summ), "--strategy", "chunk", "--max-input-tokens", "64",
+                 "--max-new-tokens", "4"]) == 0
+    assert len(summ.read_text().splitlines()) == 2
