@@ -23,24 +23,26 @@ def build_seq2seq(family: str, tok, seed: int = 0):
     from transformers import (BartConfig, BartForConditionalGeneration, LEDConfig, LEDForConditionalGeneration,
                               T5Config, T5ForConditionalGeneration)
 
+    # dropout 0: the full fine-tuning equivalence tests compare runs with different micro-batching
+    # (dropout masks would consume the random stream differently); LoRA dropout is still tested
     torch.manual_seed(seed)
     common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                   decoder_start_token_id=tok.pad_token_id)
     if family == "t5":  # tied embeddings: the decoder output is rescaled before the head
-        cfg = T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, n_positions=512,
+        cfg = T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, n_positions=512, dropout_rate=0.0,
                        task_specific_params={"summarization": {"prefix": "summarize: "}}, **common)
         model = T5ForConditionalGeneration(cfg)
     elif family == "bart":
         cfg = BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                          decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                          max_position_embeddings=256, bos_token_id=tok.bos_token_id, forced_bos_token_id=None,
-                         **common)
+                         dropout=0.0, **common)
         model = BartForConditionalGeneration(cfg)
     else:
         cfg = LEDConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                         max_encoder_position_embeddings=1024, max_decoder_position_embeddings=256,
-                        attention_window=[8, 8], bos_token_id=tok.bos_token_id, **common)
+                        attention_window=[8, 8], bos_token_id=tok.bos_token_id, dropout=0.0, **common)
         model = LEDForConditionalGeneration(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -269,3 +271,120 @@ def test_eval_and_summarize_cli(fam, seq2seq_dirs, s2s_data, tmp_path):
                  "--limit", "2", "--out", str(summ), "--strategy", "chunk", "--max-input-tokens", "64",
                  "--max-new-tokens", "4"]) == 0
     assert len(summ.read_text().splitlines()) == 2
+
+
+# ------------------------------------------------------------------------------------------- sft
+def _sft_cfg(model_dir, data, out, **kw):
+    from sumrl.config import build_config
+    from sumrl.training.config import SFTConfig
+
+    base = dict(model=str(model_dir), data=str(data), out=str(out), max_seq_len=96, max_target_tokens=24,
+                batch_size=4, steps=1, eval_every=0, progress=False, tensorboard=False, lr=1e-4, warmup_steps=1,
+                save_every=1000, bf16=False)
+    base.update(kw)
+    return build_config(SFTConfig, overrides=base)
+
+
+def _sft_metrics(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def _trainable(out):
+    from sumrl.training.checkpoint import last_checkpoint
+
+    return torch.load(last_checkpoint(out / "checkpoints") / "trainable.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_sft_loss_is_the_models_own_cross_entropy(fam, seq2seq_dirs, s2s_data):
+    """chunked seq2seq loss (sum / tokens) == the model's own ``labels=`` loss (full logits)."""
+    from sumrl.data import load_data
+    from sumrl.models.loading import load_model
+    from sumrl.training.data import encode_examples
+    from sumrl.training.loss import make_loss_module
+
+    model, tok = load_model(str(seq2seq_dirs[fam]))
+    exs = load_data(str(s2s_data), "train", limit=4)
+    seqs = encode_examples(tok, exs, max_seq_len=40, max_target_tokens=8)
+    assert any(s.kind == "truncate" for s in seqs) and all(s.n_prompt <= 40 for s in seqs)
+    loss = make_loss_module(model, chunk_size=5)
+    assert not loss.supports_packing
+    batch = loss.collate(seqs, packing=True, pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        s, n = loss(**batch)
+        from sumrl.models.seq2seq import encoder_kwargs
+
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    **encoder_kwargs(model, batch["attention_mask"])).loss
+    assert int(n) == sum(len(x.input_ids) - x.n_prompt for x in seqs)
+    torch.testing.assert_close(s / n, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fam", ["t5", "led"])
+def test_sft_gradient_accumulation_equals_full_batch(fam, seq2seq_dirs, s2s_data, tmp_path, capsys):
+    from sumrl.training.sft import train
+
+    params, rows = {}, {}
+    for name, kw in {"one": dict(micro_batch_tokens=4096), "accum": dict(micro_batch_size=1)}.items():
+        out = tmp_path / name
+        train(_sft_cfg(seq2seq_dirs[fam], s2s_data, out, lora=False, **kw))
+        params[name], rows[name] = _trainable(out), _sft_metrics(out)[-1]
+    assert "packing does not apply to encoder-decoder models" in capsys.readouterr().out
+    assert rows["one"]["train/micro_batches"] == 1 and rows["accum"]["train/micro_batches"] == 4
+    assert rows["accum"]["train/loss"] == pytest.approx(rows["one"]["train/loss"], rel=1e-6)
+    assert rows["accum"]["train/grad_norm"] == pytest.approx(rows["one"]["train/grad_norm"], rel=1e-5)
+    for k, v in params["one"].items():
+        assert torch.allclose(params["accum"][k], v, atol=1e-6, rtol=0), k
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_sft_resume_reproduces_the_uninterrupted_run(seq2seq_dirs, s2s_data, tmp_path):
+    from sumrl.training.sft import train
+
+    kw = dict(steps=4, save_every=2, lora_dropout=0.1, micro_batch_tokens=1024, lr=1e-2)
+    train(_sft_cfg(seq2seq_dirs["bart"], s2s_data, tmp_path / "full", **kw))
+
+    def kill_at_3(step, _):
+        if step == 3:
+            raise _Kill
+
+    out = tmp_path / "killed"
+    with pytest.raises(_Kill):
+        train(_sft_cfg(seq2seq_dirs["bart"], s2s_data, out, **kw), callbacks=[kill_at_3])
+    assert train(_sft_cfg(seq2seq_dirs["bart"], s2s_data, out, resume=True, **kw))["start_step"] == 2
+
+    def traj(o):
+        return [(r["step"], r["train/loss"]) for r in _sft_metrics(o) if "train/loss" in r]
+
+    assert traj(out) == traj(tmp_path / "full") and len(traj(out)) == 4
+    a, b = _trainable(out), _trainable(tmp_path / "full")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_sft_cli_lora_adapter_then_eval(fam, seq2seq_dirs, s2s_data, tmp_path):
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(seq2seq_dirs[fam]), "--data", str(s2s_data), "--out", str(out),
+                 "--max-seq-len", "96", "--max-target-tokens", "24", "--batch-size", "4", "--steps", "2",
+                 "--eval-every", "0", "--no-progress", "--no-tensorboard", "--lora-r", "4", "--no-bf16",
+                 "--strategy", "chunk"]) == 0
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["task_type"] == "SEQ_2_SEQ_LM"
+    from sumrl.models.loading import load_model
+    from sumrl.models.prompts import seq2seq_prefix
+
+    model, tok = load_model(str(out))
+    assert type(model).__name__ == "PeftModelForSeq2SeqLM" and seq2seq_prefix(tok) is not None
+    ev = tmp_path / "eval"
+    assert main(["eval", "--model", str(out), "--data", str(s2s_data), "--split", "test", "--limit", "2",
+                 "--out", str(ev), "--max-new-tokens", "4", "--no-semantic", "--n-bootstrap", "10"]) == 0
+
+
+def test_sft_max_seq_len_beyond_the_encoder_limit_is_one_line(seq2seq_dirs, s2s_data, tmp_path, capsys):
+    rc = main(["sft", "--model", str(seq2seq_dirs["bart"]), "--data", str(s2s_data), "--out", str(tmp_path / "x"),
+               "--max-seq-len", "2048", "--steps", "1", "--no-progress", "--no-tensorboard"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "exceeds the 256 input tokens" in err and "Traceback" not in err

@@ -31,7 +31,8 @@ class SFTConfig(DataOptions):
     lora_target_modules: list[str] = opt(default_factory=list, help="module names LoRA is applied to "
                                          "(default: all attention and MLP projections)")
     # --- sequences
-    max_seq_len: int = opt(2048, "tokens per training sequence (prompt + summary); longer documents use --strategy")
+    max_seq_len: int = opt(2048, "tokens per training sequence (prompt + summary; for an encoder-decoder the "
+                                 "encoder input alone); longer documents use --strategy")
     max_target_tokens: int = opt(512, "summary tokens kept at most (a longer reference is cut and gets no EOS)")
     max_prompt_tokens: typing.Optional[int] = opt(
         None, "prompt tokens at most, the document cut to fit -- the same budget as `sumrl eval --max-input-tokens` "
