@@ -430,14 +430,6 @@ def test_reference_steps_neither_stop_the_run_nor_confirm_a_checkpoint(tiny_mode
     assert "diverged at step 3" in err and "no checkpoint was written yet" in err
 
 
-def test_more_than_one_process_is_refused_not_duplicated(tiny_model_dir, rl_data, tmp_path, monkeypatch, capsys):
-    # torchrun --nproc_per_node 2 on CPU: WORLD_SIZE=2 but no process group; each process would run the
-    # whole job into the same folder. Refused with one line until data-parallel RL exists.
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(_args(tiny_model_dir, rl_data, tmp_path / "two")) == 2
-    assert "runs in one process" in capsys.readouterr().err
-
-
 def test_shared_prompt_forward_equals_the_plain_one_in_the_policy_value_module(tiny_model_dir):
     """The trainer's module with share_prompt computes each group's prompt once: log-probs, entropy,
     values (head and value adapter) and every trainable gradient equal the plain pass."""

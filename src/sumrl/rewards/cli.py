@@ -103,6 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(RMTrainConfig, args)
     metrics = train_synthetic_rm(cfg) if cfg.kind == "synthetic" else train_preference_rm(cfg)
+    if not metrics.get("is_main", True):  # several processes: one report per run
+        return 0
     if cfg.kind == "synthetic":
         print(f"held-out accuracy per negative class ({metrics['eval_split']} split: reference scored above its "
               f"negative; documents never trained on):")

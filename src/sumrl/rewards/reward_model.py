@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict
@@ -213,6 +214,11 @@ class RewardModel(torch.nn.Module):
             h = backbone(**batch).last_hidden_state
         values = self.head(h.float()).squeeze(-1)
         return values, mask.to(values.device), spans
+
+    def forward(self, documents, summaries, queries) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """:meth:`forward_values` as the module's ``forward``: under ``accelerate launch`` the trained
+        module is wrapped (DDP / FSDP), and only a call through the wrapper synchronises gradients."""
+        return self.forward_values(documents, summaries, queries)
 
     @staticmethod
     def sequence_scores(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -485,7 +491,43 @@ def _mean_std(xs: Sequence[float]) -> dict[str, float]:
 
 
 def _log(msg: str) -> None:
-    print(msg, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process (torchrun / accelerate launch)
+        print(msg, flush=True)
+
+
+class _Parallel:
+    """Data parallelism of the reward-model trainers under ``accelerate launch`` / ``torchrun``
+    (one process: a no-op wrapper). Every process draws the same global batch (same seed), runs its
+    ``1/world`` share through the wrapped module and back-propagates its share of the *global*
+    loss times ``world``: Accelerate averages gradients over processes, so the step is the one
+    process's step on the whole batch. Only the main process saves."""
+
+    def __init__(self, model: "RewardModel"):
+        from accelerate import Accelerator
+
+        from sumrl.rl.distributed import accelerator_kwargs
+
+        self.acc = Accelerator(**accelerator_kwargs())
+        self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
+        self.module = self.acc.prepare(model) if self.world > 1 else model
+        self.raw = model
+
+    def check(self, n: int, what: str) -> None:
+        if n % self.world:
+            raise ConfigError(f"--batch-size: {n} {what} per step do not split evenly over {self.world} processes")
+
+    def mine(self, items: list) -> list:
+        """This process's share: every ``world``-th item from ``rank`` (items sorted by length stay
+        balanced over processes)."""
+        return items[self.rank::self.world]
+
+    def total(self, x: float) -> float:
+        """Sum over processes."""
+        if self.world == 1:
+            return x
+        from sumrl.rl.distributed import reduce_sums
+
+        return reduce_sums(self.acc, {"x": x})["x"]
 
 
 def divergence_guard(cfg: Any) -> Any:
@@ -497,36 +539,46 @@ def divergence_guard(cfg: Any) -> Any:
 
 
 def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[float], step: int, steps: int,
-                    t0: float, guard: Any) -> None:
-    """One clipped AdamW step (preference RM); ``guard`` stops the run before the step."""
+                    t0: float, guard: Any, par: "_Parallel | None" = None) -> None:
+    """One clipped AdamW step (preference RM); ``guard`` stops the run before the step. With several
+    processes ``loss`` is this process's share of the global loss (:class:`_Parallel`)."""
     if not torch.isfinite(loss):
         raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
     opt.zero_grad()
-    loss.backward()
-    guard.check(float(loss.item()), float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)
+    world = par.world if par is not None else 1
+    (loss * world).backward()  # processes' gradients are averaged
+    value = par.total(float(loss.item())) if par is not None else float(loss.item())
+    guard.check(value, float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)
     opt.step()
-    history.append(loss.item())
+    history.append(value)
     if step % max(1, steps // 10) == 0 or step == steps:
         _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
 
 
-def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: RewardModel, opt: Any, params: list,
-                      micro: int, history: list[float], step: int, steps: int, t0: float, guard: Any) -> None:
+def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: Any, opt: Any, params: list,
+                      micro: int, history: list[float], step: int, steps: int, t0: float, guard: Any,
+                      par: "_Parallel | None" = None) -> None:
     """One optimizer step on the mean over ``items`` of each item's per-token squared error
     (:func:`_token_mse`), computed in micro-batches of similar length (padding a 60-token summary to
-    a 250-token one wastes CPU time); gradients accumulate so the step equals the full-batch one."""
+    a 250-token one wastes CPU time); gradients accumulate so the step equals the full-batch one.
+    With several processes (``par``) each runs its share of the items (:class:`_Parallel`)."""
     order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    world = par.world if par is not None else 1
+    if par is not None:
+        order = par.mine(order)
     chunks = [order[s:s + micro] for s in range(0, len(order), micro)] if micro > 0 else [order]
     opt.zero_grad()
     total = 0.0
     for ch in chunks:
         d, sm, q, tg = zip(*(items[i] for i in ch))
-        values, mask, _ = model.forward_values(list(d), list(sm), list(q))
+        values, mask, _ = model(list(d), list(sm), list(q))
         loss = _token_mse(values, mask, torch.tensor(tg, device=values.device)) * (len(ch) / len(items))
         if not torch.isfinite(loss):
             raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
-        loss.backward()
+        (loss * world).backward()  # processes' gradients are averaged
         total += loss.item()
+    if par is not None:
+        total = par.total(total)
     guard.check(total, float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)  # before the step
     opt.step()
     history.append(total)
@@ -610,6 +662,8 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
         raise SumrlError(f"{cfg.data}: no usable negative of any class {', '.join(classes)}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    par = _Parallel(model)
+    par.check(2 * cfg.batch_size, "positives and negatives")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     history: list[float] = []
@@ -620,7 +674,8 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
             items.append((train[i].document, train[i].references[0], train[i].query, 1.0))
         for c, i in balanced_negative_slots(classes, pools, cfg.batch_size, (step - 1) * cfg.batch_size, rng):
             items.append((train[i].document, neg_train[c][i], train[i].query, 0.0))
-        _accumulated_step(items, model, opt, params, cfg.micro_batch_size, history, step, cfg.steps, t0, guard)
+        _accumulated_step(items, par.module, opt, params, cfg.micro_batch_size, history, step, cfg.steps, t0, guard,
+                          par)
     model.eval()
     _log(f"trained {cfg.steps} steps in {time.time() - t0:.0f}s; held-out evaluation on {len(test)} {cfg.eval_split} papers")
     # held-out: positive scored above its negative, per class, on documents never trained on
@@ -660,9 +715,11 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
         "paper_equivalent_length": paper_length_penalties(token_normalization),
         "seconds": round(time.time() - t0, 1),
     }
-    model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization,
-                         "token_normalization": token_normalization}, metrics)
-    return metrics
+    if par.is_main:
+        model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization,
+                             "token_normalization": token_normalization}, metrics)
+    par.acc.wait_for_everyone()
+    return {**metrics, "is_main": par.is_main} if par.world > 1 else metrics
 
 
 # --------------------------------------------------------------------------- preference pairs
@@ -728,21 +785,26 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
     model = _init_model(cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    par = _Parallel(model)
+    par.check(cfg.batch_size, "pairs")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     history = []
     guard = divergence_guard(cfg)
     for step in range(1, cfg.steps + 1):
         batch = [train[rng.randrange(len(train))] for _ in range(cfg.batch_size)]
+        n_global = len(batch)
+        batch = par.mine(batch)  # this process's pairs of the step's global batch
         docs = [r["document"] for r in batch] * 2
         sums = [r["chosen"] for r in batch] + [r["rejected"] for r in batch]
         qs = [r.get("query") for r in batch] * 2
-        values, mask, _ = model.forward_values(docs, sums, qs)
+        values, mask, _ = par.module(docs, sums, qs)
         s = RewardModel.sequence_scores(values, mask)
         sc, sr = s[:len(batch)], s[len(batch):]
         margin = torch.tensor([float(r.get("margin") or 0.0) for r in batch], device=s.device) if cfg.margin else 0.0
-        loss = -torch.nn.functional.logsigmoid(sc - sr - cfg.margin_scale * margin).mean()
-        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0, guard)
+        # the global batch's mean: this process's sum over its pairs / all pairs of the step
+        loss = -torch.nn.functional.logsigmoid(sc - sr - cfg.margin_scale * margin).sum() / n_global
+        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0, guard, par)
     model.eval()
     acc = None
     if test:
@@ -764,6 +826,8 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
                "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
                "heldout_pairwise_accuracy": acc, "normalization": normalization,
                "token_normalization": token_normalization, "seconds": round(time.time() - t0, 1)}
-    model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization,
-                         "token_normalization": token_normalization}, metrics)
-    return metrics
+    if par.is_main:
+        model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization,
+                             "token_normalization": token_normalization}, metrics)
+    par.acc.wait_for_everyone()
+    return {**metrics, "is_main": par.is_main} if par.world > 1 else metrics

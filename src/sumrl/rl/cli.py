@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(RLConfig, args)
     summary = train(cfg)
+    if not summary.get("is_main", True):  # one summary line per run, not per process
+        return 0
     first, last = summary.get("first") or {}, summary.get("last") or {}
     parts = [f"steps {summary['steps']}"]
     for k in ("objective/reward", "objective/kl", "completions/mean_length"):

@@ -148,30 +148,19 @@ class RolloutContext:
     guide: Guide | None = None
     share_prompt: bool = False  # prefill each prompt once per group (sumrl.generation.sampler.sample_groups)
     merge_lora: bool = False  # sample with the LoRA weights merged (restored exactly afterwards)
+    engine: Any = None  # the rollout engine (sumrl.generation.engine); None: HFEngine(policy, share_prompt, merge_lora)
 
 
 def _policy_sample(ctx: RolloutContext, prompts: list[list[int]], limits: list[int]) -> list[tuple[list[int], bool]]:
-    """``(actions, finished)`` per prompt. With ``share_prompt`` consecutive identical prompts (a
-    group) are prefilled once and their cache expanded, finished rows leave the batch; the tokens
-    follow the same distribution as ``rollout.sample`` (tested equal under greedy decoding)."""
-    from sumrl.models.seq2seq import is_encoder_decoder
+    """``(actions, finished)`` per prompt, sampled by the rollout engine (the one seam of policy
+    generation, :mod:`sumrl.generation.engine`). With ``share_prompt`` the HF engine prefills
+    consecutive identical prompts (a group) once and drops finished rows; the tokens follow the
+    same distribution as ``rollout.sample`` (tested equal under greedy decoding)."""
+    from sumrl.generation.engine import HFEngine, Sampling
 
-    raw = None
-    # encoder-decoders share the encoder pass of a group inside rollout.sample (seq2seq.generate)
-    if ctx.share_prompt and not is_encoder_decoder(ctx.policy):
-        from sumrl.generation.sampler import consecutive_prompt_groups, sample_groups
-
-        uniq, sizes = consecutive_prompt_groups(prompts)
-        try:
-            raw = sample_groups(ctx.policy, uniq, group_size=sizes, max_new_tokens=limits,
-                                temperature=ctx.temperature, top_p=ctx.top_p, stop_ids=ctx.stop_ids,
-                                pad_id=ctx.pad_id, prefill_chunk=2048, merge_lora=ctx.merge_lora)
-        except ValueError as e:  # sliding-window models (Gemma 3) take the plain path
-            if "sliding" not in str(e):
-                raise
-    if raw is None:
-        raw = sample(ctx.policy, prompts, max_new_tokens=limits, temperature=ctx.temperature, top_p=ctx.top_p,
-                     stop_ids=ctx.stop_ids, pad_id=ctx.pad_id)
+    engine = ctx.engine or HFEngine(ctx.policy, share_prompt=ctx.share_prompt, merge_lora=ctx.merge_lora)
+    raw = engine.generate(prompts, limits, Sampling(temperature=ctx.temperature, top_p=ctx.top_p,
+                                                    stop_ids=tuple(ctx.stop_ids), pad_id=ctx.pad_id))
     return [truncate_at_eos(r, ctx.stop_ids) for r in raw]
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,18 +187,18 @@ class RLTrainer:
         from sumrl.rl.value import (PolicyValueModule, ValueHead, hidden_size, init_value_adapter_from_rm,
                                     init_value_head_from_rm)
 
+        from sumrl.rl.distributed import accelerator_kwargs
+
         self.cfg = cfg
-        self.accelerator = Accelerator()
-        # torchrun / accelerate launch on CPU set WORLD_SIZE without Accelerate joining a process group:
-        # num_processes stays 1 and every process would run the whole job into the same folder
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if self.accelerator.num_processes > 1 or world > 1:
-            raise ConfigError("sumrl rl runs in one process (one GPU or the CPU); launch it without "
-                              "accelerate launch --num_processes > 1")
+        # data-parallel under accelerate launch / torchrun (sumrl.rl.distributed); on CPU, Accelerate
+        # only joins the (gloo) process group when told it runs on the CPU
+        self.accelerator = Accelerator(**accelerator_kwargs(find_unused=cfg.algo == "d2lols"))
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         from sumrl.models.precision import precision_line, resolve_bf16
 
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
-        print(precision_line("rl", self.use_bf16, why), flush=True)
+        if self.accelerator.is_main_process:
+            print(precision_line("rl", self.use_bf16, why), flush=True)
         self.reward = build_reward(cfg.reward)
         self.policy = build_policy(cfg)
         tok = self.policy.tokenizer
@@ -243,6 +242,13 @@ class RLTrainer:
                                     temperature=cfg.guide_temperature)
             self.guide.model.to(self.device)
         self.plan = make_rollout_plan(cfg)
+        # the one seam of policy generation (sumrl.generation.engine): rollouts and held-out greedy summaries
+        from sumrl.generation.engine import HFEngine
+
+        self.engine = HFEngine(self.raw.model, share_prompt=cfg.share_prompt,
+                               merge_lora=cfg.share_prompt and cfg.merge_lora_for_generation and cfg.lora
+                               and cfg.value_model == "head")
+        self.eval_engine = HFEngine(self.raw.model)
         self.max_new_tokens = cfg.max_new_tokens  # replaced by set_summary_cap()
         self._prompt_cache: dict[int, list[int]] = {}
         self._ref_cache: dict[int, list[int] | None] = {}  # reference actions at the current cap
@@ -272,8 +278,7 @@ class RLTrainer:
                               stop_ids=self.stop_ids, pad_id=self.pad_id, eos_id=self.eos_id,
                               max_new_tokens=self.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                               group_size=cfg.group_size, guide=self.guide, share_prompt=cfg.share_prompt,
-                              merge_lora=cfg.share_prompt and cfg.merge_lora_for_generation and cfg.lora
-                              and cfg.value_model == "head")
+                              engine=self.engine)
 
     # ------------------------------------------------------------------ held-out evaluation
     def evaluate(self, examples: list, n_rows: int) -> tuple[dict[str, float], list[dict]]:
@@ -284,7 +289,8 @@ class RLTrainer:
         evaluating does not change what a (resumed) run samples."""
         import torch
 
-        from sumrl.rl.rollout import make_episode, sample, score_rollout, truncate_at_eos
+        from sumrl.generation.engine import Sampling
+        from sumrl.rl.rollout import make_episode, score_rollout, truncate_at_eos
         from sumrl.rl.trajectory import collate
 
         cfg, tok = self.cfg, self.tok
@@ -292,8 +298,10 @@ class RLTrainer:
             self._eval_prompts = [self._encode(ex) for ex in examples]
         episodes = []
         for s in range(0, len(examples), cfg.val_batch_size):
-            raw = sample(self.raw.model, self._eval_prompts[s:s + cfg.val_batch_size], max_new_tokens=self.max_new_tokens,
-                         temperature=0.0, top_p=1.0, stop_ids=self.stop_ids, pad_id=self.pad_id)
+            prompts = self._eval_prompts[s:s + cfg.val_batch_size]
+            raw = self.eval_engine.generate(prompts, [self.max_new_tokens] * len(prompts),
+                                            Sampling(temperature=0.0, top_p=1.0, stop_ids=tuple(self.stop_ids),
+                                                     pad_id=self.pad_id))
             for k, r in enumerate(raw):
                 acts, fin = truncate_at_eos(r, self.stop_ids)
                 episodes.append(make_episode(tok, example_index=s + k, group=s + k, source="eval (greedy)",
@@ -418,10 +426,14 @@ class RLTrainer:
         """Stage 6: PPO epochs over mini-batches, gradient accumulation over micro-batches with the
         exact normaliser of the mini-batch. Returns ``(metrics, fresh)`` where ``fresh`` holds the
         detached (B, T) log-probs and entropy of the first epoch's forward passes (the "old"
-        log-probs when the no-grad policy pass was deferred)."""
+        log-probs when the no-grad policy pass was deferred).
+
+        With several processes ``batch`` is the global batch on every process: each runs the
+        micro-batches of its own block of every mini-batch (:mod:`sumrl.rl.distributed`)."""
         import torch
 
         from sumrl.rl import functional as F
+        from sumrl.rl.distributed import reduce_sums, reduce_tensor_sum, shard
 
         cfg, acc = self.cfg, self.accelerator
         N = len(batch)
@@ -462,8 +474,9 @@ class RLTrainer:
                 # exact normalisers of the whole mini-batch, so accumulating micro-batches = one big batch
                 norm = normaliser(mini, n_act)
                 vnorm = normaliser(mini, n_val)
-                for ms in range(0, len(mini), cfg.micro_batch_size):
-                    sub = list(range(ms, min(ms + cfg.micro_batch_size, len(mini))))
+                mine = shard(range(len(mini)), self.rank, self.world)  # this process's rows of the mini-batch
+                for ms in range(0, len(mine), cfg.micro_batch_size):
+                    sub = mine[ms:ms + cfg.micro_batch_size]
                     mt = mini.select(sub).to(self.device)
                     amask = mt.action_mask
                     w = float(amask.sum())
@@ -473,7 +486,7 @@ class RLTrainer:
                                       critic=mt.critic)
                     if epoch == 0:
                         width = out["logprobs"].shape[1]
-                        idx = torch.tensor([rows[ms + j] for j in range(len(sub))])
+                        idx = torch.tensor([rows[j] for j in sub])
                         fresh_lp[idx, :width] = out["logprobs"].detach().float().cpu()
                         if "entropy" in out:
                             fresh_ent[idx, :width] = out["entropy"].detach().float().cpu()
@@ -504,18 +517,20 @@ class RLTrainer:
                     lv = float(loss.detach())
                     if not math.isfinite(lv):
                         raise TrainingDiverged(self._diverged_msg(f"the loss is {lv}", step))
-                    acc.backward(loss)
+                    # the processes' gradients are averaged: times world, their sum is the mini-batch's
+                    acc.backward(loss * self.world if self.world > 1 else loss)
                 if cfg.target_coef > 0 and examples is not None:
                     # TRIL: the references of the mini-batch's rows (one per row, as in its buffer)
                     ex_rows = [int(i) for i in mini.example_index.tolist()]
                     n_target = self._target_tokens(ex_rows, examples)
+                    ex_rows = shard(ex_rows, self.rank, self.world)
                     for ms in range(0, len(ex_rows), cfg.micro_batch_size):
                         tl = self._target_loss(ex_rows[ms:ms + cfg.micro_batch_size], examples, n_target)
                         if tl is None:
                             continue
                         if not math.isfinite(float(tl.detach())):
                             raise TrainingDiverged(self._diverged_msg("the target loss is not finite", step))
-                        acc.backward(cfg.target_coef * tl)
+                        acc.backward(cfg.target_coef * tl * self.world)
                         add("policy/target_loss", float(tl.detach()), 1.0)
                 # policy and critic clipped separately: returns in the hundreds give value gradients
                 # whose norm would otherwise shrink the policy's update to nothing under one global clip
@@ -532,6 +547,9 @@ class RLTrainer:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
+        if self.world > 1:  # every process's share of the sums (grad norms: the same on each, weights too)
+            sums, weights = reduce_sums(acc, sums), reduce_sums(acc, weights)
+            fresh_lp, fresh_ent = reduce_tensor_sum(acc, fresh_lp), reduce_tensor_sum(acc, fresh_ent)
         out = {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
         # losses were summed over micro-batches: report per optimizer step
         for k in ("policy/loss", "value/loss", "policy/kl_loss", "policy/target_loss"):
@@ -567,6 +585,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
 
     from sumrl.data import load_data, load_heldout
     from sumrl.rl import functional as F
+    from sumrl.rl.distributed import check_divisible, gather_step, process_state, shard, step_seed
     from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages,
                                   score_rollout)
     from sumrl.rl.trajectory import TrainBatch
@@ -577,6 +596,15 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.utils.logging import MetricLogger
 
     out = Path(cfg.out)
+    # several processes (accelerate launch / torchrun): the main one alone writes the run folder
+    ps = process_state()
+    rank, world, is_main = ps.process_index, ps.num_processes, ps.is_main_process
+    check_divisible(batch_size=cfg.batch_size, group_size=cfg.group_size, mini_batch_size=cfg.mini_batch_size,
+                    world=world)
+    if world > 1 and cfg.target_coef > 0:
+        raise ConfigError("--target-coef runs in one process only (the reference rows of a mini-batch are not "
+                          "split evenly over processes)")
+    say = print if is_main else (lambda *a, **k: None)
     resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
     if resume_from is not None:
         bad = _resume_mismatches(read_json(resume_from / "state.json").get("config", {}), cfg)
@@ -593,10 +621,12 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         val_examples = load_heldout(cfg.data, cfg.val_split, purpose="held-out evaluation (--eval-every)",
                                     fields=_fields(cfg), skip_invalid=cfg.skip_invalid, require_summary=True,
                                     limit=cfg.val_examples, seed=cfg.seed)
-    if cfg.overwrite:
-        clear_previous_run(out, _RUN_FILES, CHECKPOINT_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
+    if is_main:
+        if cfg.overwrite:
+            clear_previous_run(out, _RUN_FILES, CHECKPOINT_DIR)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
+    ps.wait_for_everyone()
 
     tr = RLTrainer(cfg)
     # The output cap, from the data when asked; reference batches only use references that fit it whole.
@@ -605,7 +635,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     tr.set_summary_cap(cap)
     fitting = [i for i, n in enumerate(ref_lens) if 0 < n and n + 1 <= cap]
     q = sorted(ref_lens)
-    print(f"rl: training references are {q[len(q) // 2]} policy tokens at the median, "
+    say(f"rl: training references are {q[len(q) // 2]} policy tokens at the median, "
           f"{q[max(math.ceil(0.95 * len(q)) - 1, 0)]} at the 95th percentile; summaries capped at {cap} tokens "
           f"({'from --summary-cap-quantile %g' % cfg.summary_cap_quantile if cfg.summary_cap_quantile else '--max-new-tokens'})"
           + (f"; {len(examples) - len(fitting)} of {len(examples)} references do not fit whole and are left out of "
@@ -629,14 +659,16 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     sampler = StepSampler(len(examples), cfg.batch_size, cfg.seed)
     ref_sampler = StepSampler(max(len(fitting), 1), cfg.batch_size, cfg.seed + 1)
     plan = tr.plan
-    logger = MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None)
+    logger = (MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None) if is_main
+              else _NoLogger())
     n_train = sum(p.numel() for _, p in params)
     n_all = sum(p.numel() for p in tr.raw.parameters())
-    print(f"rl: {cfg.algo} on {len(examples)} prompts, {cfg.steps} steps of {cfg.batch_size} prompts x "
+    say(f"rl: {cfg.algo} on {len(examples)} prompts, {cfg.steps} steps of {cfg.batch_size} prompts x "
           f"{cfg.group_size} samples; trainable {n_train:,} / {n_all:,} parameters "
-          f"({'LoRA' if cfg.lora else 'full'}); output {out}" + (f"; resuming at step {start}" if start else ""))
+          f"({'LoRA' if cfg.lora else 'full'}); output {out}" + (f"; resuming at step {start}" if start else "")
+          + (f"; {world} processes, {cfg.batch_size // world} prompts each" if world > 1 else ""))
     if tr.rm_note:
-        print(f"rl: {tr.rm_note}")
+        say(f"rl: {tr.rm_note}")
     adv_settings = AdvantageSettings(kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, kl_in_reward=not cfg.kl_in_loss,
                                      gamma=cfg.gamma, lam=cfg.lam, value_target=cfg.value_target,
                                      whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages,
@@ -647,6 +679,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         # ``rng``: the generator state at the end of ``step`` (a deferred save happens later, after
         # the next rollout has used the generator; the checkpoint must hold the state to resume from).
         now = rng_state() if rng is not None else None
+        if not is_main:
+            return
         if rng is not None:
             set_rng_state(rng)
         try:
@@ -658,7 +692,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                 set_rng_state(now)
 
     pending: tuple[int, dict, float | None] | None = None  # a checkpoint waiting for the next sampled KL check
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algo}", unit="step", disable=not cfg.progress,
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algo}", unit="step", disable=not (cfg.progress and is_main),
                dynamic_ncols=True)
     last: dict = {}
     first: dict = {}
@@ -692,7 +726,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         if val_examples and start == 0:  # the policy before any update: the "before" of the curve
             before = held_out(0)
             logger.log(before, 0)
-            bar.write(f"[step 0] eval/reward {before['eval/reward']:+.3f} on {len(val_examples)} held-out "
+            say(f"[step 0] eval/reward {before['eval/reward']:+.3f} on {len(val_examples)} held-out "
                       f"{cfg.val_split} documents, mean length {before['eval/mean_length']:.0f} tokens")
         for step in range(start, cfg.steps):
             done = step + 1
@@ -704,9 +738,14 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                 idx = [fitting[i] for i in ref_sampler.indices(n_ref_before)]
             else:
                 idx = sampler.indices(step - n_ref_before)
+            idx = shard(idx, rank, world)  # this process's prompts (the whole batch with one process)
             # Decisions (guide roll-in/out, switch points) come from a generator seeded by the step, so
-            # a resumed run makes the same ones; sampling uses the global RNG saved in checkpoints.
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            # a resumed run makes the same ones; sampling uses the global RNG saved in checkpoints --
+            # with several processes, a generator seeded by (seed, step, rank) instead: a resume with
+            # any number of processes continues reproducibly
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (rank * 7_777_777 if world > 1 else 0))
+            if world > 1:
+                torch.manual_seed(step_seed(cfg.seed, step, rank))
             # 1 generate (policy samples, reference summaries or guided), 2 truncate at the first end token
             t0 = time.perf_counter()
             rollout = plan.collect(step, tr.rollout_context(), idx, examples, gen, timings)
@@ -723,6 +762,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             t0 = time.perf_counter()
             fwd = tr.forward_rollout(rollout, defer=defer)
             timings["time/forward"] = time.perf_counter() - t0
+            # several processes: from here on every process holds the global batch of the step
+            rollout, scored, fwd = gather_step(tr.accelerator, rollout, scored, fwd, tr.pad_id)
             # 5 advantages: per-token rewards with the KL term; GAE or group baselines
             if cfg.algo in GROUP_ALGOS:
                 adv = group_advantages(rollout, scored, fwd, adv_settings)
@@ -746,6 +787,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             upd, (fresh_lp, fresh_ent) = tr.update(TrainBatch.build(rollout, fwd, adv), optimizer, scheduler,
                                                    param_groups, done, examples, deferred=defer)
             timings["time/train"] = time.perf_counter() - t0
+            tr.engine.sync_weights(tr.raw.model)  # a serving engine copies the updated weights here
             entropy = fwd.entropy
             if defer:  # the update's first forward (before its optimizer step) gave the rollout-time log-probs
                 entropy = fresh_ent
@@ -799,7 +841,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                 rows = _sample_rows(list(episodes), examples, scored.totals, scored.components, cfg.n_samples)
                 logger.log_samples(rows, done)
                 if cfg.progress:
-                    for r in rows:
+                    for r in rows if is_main else []:
                         bar.write(f"[step {done}] reward {r['reward']:+.3f} ({r['source']}, {r['n_tokens']} tok): "
                                   f"{r['summary'][:160]!r}")
             bar.set_postfix(reward=f"{metrics['objective/reward']:.3f}", kl=f"{kl_mean:.3f}",
@@ -815,8 +857,24 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         bar.close()
         logger.close()
 
-    _publish(tr, out, cfg)
-    return {"out": str(out), "steps": cfg.steps, "start_step": start, "first": first, "last": last}
+    if is_main:
+        _publish(tr, out, cfg)
+    tr.accelerator.wait_for_everyone()
+    return {"out": str(out), "steps": cfg.steps, "start_step": start, "first": first, "last": last,
+            "is_main": is_main}
+
+
+class _NoLogger:
+    """The metric logger of a process that is not the main one: it writes nothing."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def log_samples(self, rows: list, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _sample_rows(episodes: list, examples: list, totals: Any, components: dict, n: int) -> list[dict]:

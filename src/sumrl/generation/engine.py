@@ -1,0 +1,90 @@
+"""The rollout-engine seam: every policy sample of ``sumrl rl`` (training rollouts and the greedy
+held-out evaluation) goes through one call,
+
+    engine.generate(prompts, limits, sampling) -> token ids
+
+so that a serving engine (vLLM, SGLang) can be put behind it without touching the trainer.
+:class:`HFEngine` is today's engine: ``model.generate`` (:func:`sumrl.rl.rollout.sample`) or the
+group sampler (:func:`sumrl.generation.sampler.sample_groups`: each prompt prefilled once per group).
+
+What another engine must provide (docs/scale.md, "A serving engine"):
+
+* ``generate`` returns, per prompt, the new token ids (at most ``limits[i]``; the caller cuts at
+  the first stop token), drawn from ``softmax(logits / temperature)`` over the *whole* vocabulary
+  (nucleus only when ``top_p < 1``; no repetition penalty, no top-k, no min-length: the trainer's
+  log-probs assume exactly this distribution -- see ``neutral_generation_config``);
+* the policy's current weights before each step's rollout (:meth:`sync_weights`, called by the
+  trainer after every optimizer update; the HF engine samples from the trained module itself, so it
+  has nothing to copy);
+* if its numerics differ from the trainer's forward pass (another kernel, bf16/fp8 sampling), a
+  log-prob mismatch correction (truncated importance sampling of the trainer's old log-probs
+  against the engine's) -- the HF engine samples with the trainer's own weights and kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+__all__ = ["Sampling", "RolloutEngine", "HFEngine"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: ``temperature == 0`` is greedy; ``stop_ids`` end a row; ``pad_id`` pads."""
+
+    temperature: float
+    top_p: float
+    stop_ids: tuple[int, ...]
+    pad_id: int
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], sampling: Sampling) -> list[list[int]]:
+        """New token ids per prompt (row ``i`` at most ``limits[i]`` long)."""
+        ...
+
+    def sync_weights(self, model: Any) -> None:
+        """Make the engine sample from ``model``'s current weights."""
+        ...
+
+
+class HFEngine:
+    """Hugging Face generation on the policy module itself (no weight copy to keep in sync).
+
+    ``share_prompt``: runs of consecutive identical prompts (a GRPO group) are prefilled once and
+    finished rows leave the batch (the group sampler); ``merge_lora``: sample with the LoRA weights
+    merged in (restored bit for bit afterwards). Models the group sampler cannot run (sliding-window
+    attention) take ``model.generate``."""
+
+    def __init__(self, model: Any, *, share_prompt: bool = False, merge_lora: bool = False, prefill_chunk: int = 2048):
+        self.model = model
+        self.share_prompt = share_prompt
+        self.merge_lora = merge_lora
+        self.prefill_chunk = prefill_chunk
+
+    def sync_weights(self, model: Any) -> None:
+        self.model = model
+
+    def generate(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], sampling: Sampling) -> list[list[int]]:
+        from sumrl.rl.rollout import sample
+
+        from sumrl.models.seq2seq import is_encoder_decoder
+
+        if not prompts:
+            return []
+        # encoder-decoders share the encoder pass of a group inside rollout.sample (seq2seq.generate)
+        if self.share_prompt and not is_encoder_decoder(self.model):
+            from sumrl.generation.sampler import consecutive_prompt_groups, sample_groups
+
+            uniq, sizes = consecutive_prompt_groups(prompts)
+            try:
+                return sample_groups(self.model, uniq, group_size=sizes, max_new_tokens=list(limits),
+                                     temperature=sampling.temperature, top_p=sampling.top_p,
+                                     stop_ids=list(sampling.stop_ids), pad_id=sampling.pad_id,
+                                     prefill_chunk=self.prefill_chunk, merge_lora=self.merge_lora)
+            except ValueError as e:  # sliding-window models (Gemma 3) take the plain path
+                if "sliding" not in str(e):
+                    raise
+        return sample(self.model, prompts, max_new_tokens=list(limits), temperature=sampling.temperature,
+                      top_p=sampling.top_p, stop_ids=list(sampling.stop_ids), pad_id=sampling.pad_id)

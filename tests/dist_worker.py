@@ -1,0 +1,65 @@
+"""Runs ``sumrl`` in one process of a (torchrun) group for tests/test_distributed.py, with the
+rollout engine replaced by a deterministic one: each completion is a function of (prompt tokens,
+its index among the identical prompts of the call, seed) -- not of the process that samples it --
+so one process and N processes produce the same episodes and their training can be compared
+number for number. Usage: python dist_worker.py SEED COMMANDS.json (a list of sumrl argument
+lists, run one after the other in the same process group: one launch for several runs)."""
+
+from __future__ import annotations
+
+import sys
+import zlib
+
+import torch
+
+
+class FixedEngine:
+    def __init__(self, seed: int, vocab: int):
+        self.seed, self.vocab = seed, vocab
+
+    def sync_weights(self, model) -> None:
+        pass
+
+    def generate(self, prompts, limits, sampling):
+        seen: dict[tuple, int] = {}
+        out = []
+        for p, lim in zip(prompts, limits):
+            key = tuple(int(x) for x in p)
+            k = seen.get(key, 0)
+            seen[key] = k + 1
+            g = torch.Generator().manual_seed(zlib.crc32(repr((key, k, self.seed)).encode()))
+            n = int(torch.randint(1, lim + 1, (1,), generator=g))
+            toks = torch.randint(3, self.vocab, (n,), generator=g).tolist()
+            if n < lim and float(torch.rand(1, generator=g)) < 0.7:
+                toks[-1] = int(sampling.stop_ids[0])  # most rows end with an end token
+            out.append(toks + [int(sampling.pad_id)] * (lim - n))
+        return out
+
+
+def install(seed: int) -> None:
+    """Replace the HF engine's sampling by :class:`FixedEngine` (tokens below 300: in any test vocabulary)."""
+    import sumrl.generation.engine as E
+
+    def generate(self, prompts, limits, sampling):
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        return FixedEngine(seed, min(vocab, 300)).generate(prompts, limits, sampling)
+
+    E.HFEngine.generate = generate
+
+
+def main() -> int:
+    import json
+    from pathlib import Path
+
+    install(int(sys.argv[1]))
+    from sumrl.cli import main as cli
+
+    for args in json.loads(Path(sys.argv[2]).read_text()):
+        rc = cli(args)
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Data-parallel training on 2 CPU (gloo) processes under torchrun equals 1 process with the same
+global batch and seed: ``sumrl rl`` (GRPO; PPO with a critic) and ``sumrl rm`` (synthetic and
+preference).
+
+The 2-process runs are launched once for the module (one ``torchrun`` running the four commands
+in turn: process start-up is most of the cost); each test runs its 1-process twin in-process and
+compares.
+
+Sampling is made comparable by a deterministic rollout engine (tests/dist_worker.py) installed in
+both runs: each completion is a function of its prompt and its index in the group, not of the
+process that samples it, so both runs train on the same episodes; everything else (scoring, no-grad
+passes, KL, whitening, group baselines, the update, clipping, checkpoints, logging) is sumrl's own.
+
+Tolerance: the runs differ only by floating-point rounding (a process pads its rows to its own
+widest in the no-grad passes; gradients are summed by an all-reduce instead of accumulated in one
+process): every logged metric within rel 1e-4 / abs 1e-6, trained weights within 1e-5 (relative to
+their largest entry, at least 1). A statistic over half the batch, a gradient not averaged or a
+normaliser of the local mini-batch moves them by orders of magnitude more."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sumrl.cli import main
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+CHEAP = "length,eos,repetition"
+
+RL_CASES = {
+    # group baselines, KL in the reward, micro-batches that cut across a process's rows
+    "grpo": ["--algo", "grpo", "--samples-per-prompt", "2", "--batch-size", "4", "--kl-coef", "0.05",
+             "--micro-batch-size", "3"],
+    # critic, GAE, whitened advantages, 2 epochs x 2 mini-batches, policy/critic clipped separately
+    "ppo": ["--algo", "ppo", "--batch-size", "4", "--ppo-epochs", "2", "--mini-batch-size", "2",
+            "--micro-batch-size", "1", "--kl-coef", "0.05", "--max-grad-norm", "0.5"],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU"):
+        env.pop(k, None)
+    return env
+
+
+def torchrun(nproc: int, commands: list[list[str]], workdir: Path, *, seed: int = 0,
+             timeout: int = 600) -> subprocess.CompletedProcess:
+    """``sumrl`` commands in turn in one group of ``nproc`` gloo processes, with the deterministic engine."""
+    cmd_file = workdir / "commands.json"
+    cmd_file.write_text(json.dumps(commands))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(_free_port()), str(HERE / "dist_worker.py"), str(seed), str(cmd_file)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=str(ROOT))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    return p
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    f = out / "adapter_model.safetensors"
+    return load_file(str(f if f.exists() else out / "model.safetensors"))
+
+
+def _close(a, b, rel=1e-4, abs_=1e-6, where=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _close(a[k], b[k], rel, abs_, f"{where}/{k}")
+    elif isinstance(a, (int, float)) and not isinstance(a, bool) and a is not None:
+        assert b == pytest.approx(a, rel=rel, abs=abs_), (where, a, b)
+    elif isinstance(a, list) and a and isinstance(a[0], (int, float)):
+        assert b == pytest.approx(a, rel=rel, abs=abs_), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def assert_same_weights(a: Path, b: Path, tol: float = 1e-5, skip: tuple = ()) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and wa
+    moved = 0
+    for k in wa:
+        if k in skip:
+            continue
+        scale = max(float(wa[k].abs().max()), 1.0)
+        assert float((wa[k] - wb[k]).abs().max()) <= tol * scale, k
+        moved += int(bool((wa[k] != 0).any()))
+    assert moved  # the comparison is not between two untrained models
+
+
+def _rl(policy, data, out, case):
+    return ["rl", "--policy", str(policy), "--data", str(data), "--out", str(out), "--reward", CHEAP,
+            "--max-new-tokens", "6", "--max-prompt-tokens", "96", "--no-progress", "--no-tensorboard",
+            "--steps", "2", "--eval-every", "0", "--no-bf16", "--lr", "0.01", "--seed", "3", *RL_CASES[case]]
+
+
+def _rm(kind, source, model, out):
+    common = ["--out", str(out), "--backbone", "policy", "--model", str(model), "--steps", "2", "--batch-size", "2",
+              "--max-length", "96", "--lr", "1e-2", "--seed", "1"]
+    if kind == "synthetic":
+        return ["rm", "train", "--kind", "synthetic", "--data", str(source), "--max-summary-tokens", "48",
+                "--micro-batch-size", "1", *common]
+    return ["rm", "train", "--kind", "preference", "--pairs", str(source), "--max-summary-tokens", "32",
+            "--margin", *common]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from test_reward_model import _docs
+
+    from conftest import CORPUS
+
+    d = tmp_path_factory.mktemp("dist")
+    # distinct documents: the deterministic engine tells completions apart by their prompt
+    rows = [{"id": f"d{i}", "document": f"Paper {i}. " + " ".join(CORPUS[i:i + 3]), "summary": CORPUS[i].split(".")[0] + ".",
+             "split": "train" if i < 8 else "val"} for i in range(10)]
+    (d / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = _docs()
+    (d / "rm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in docs + [{**docs[0], "id": "v0", "split": "val"}]))
+    pairs = [{"id": r["id"], "document": r["document"], "query": None, "chosen": r["summary"],
+              "rejected": "the the the the", "margin": 1.0, "source": "toy",
+              "meta": {"split": "test" if k >= 4 else "train"}} for k, r in enumerate(docs)]
+    (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    return d
+
+
+@pytest.fixture(scope="module")
+def two(files, tiny_model_dir):
+    """The 2-process runs: {name: output folder}, plus the launcher's stdout."""
+    outs = {name: files / f"two-{name}" for name in [*RL_CASES, "synthetic", "preference"]}
+    cmds = [_rl(tiny_model_dir, files / "rl.jsonl", outs[c], c) for c in RL_CASES]
+    cmds += [_rm("synthetic", files / "rm.jsonl", tiny_model_dir, outs["synthetic"]),
+             _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"])]
+    p = torchrun(2, cmds, files)
+    return outs, p.stdout
+
+
+@pytest.fixture
+def engine():
+    """The worker's deterministic engine in this (1-process) run too."""
+    import sumrl.generation.engine as E
+    from dist_worker import install
+
+    saved = E.HFEngine.generate
+    install(0)
+    yield
+    E.HFEngine.generate = saved
+
+
+@pytest.mark.parametrize("case", list(RL_CASES))
+def test_rl_on_two_processes_equals_one(case, two, files, tiny_model_dir, tmp_path, engine):
+    outs, stdout = two
+    one = tmp_path / "one"
+    assert main(_rl(tiny_model_dir, files / "rl.jsonl", one, case)) == 0
+    ma, mb = _metrics(one), _metrics(outs[case])
+    assert [r["step"] for r in mb] == [1, 2]  # each step logged once, by the main process
+    for ra, rb in zip(ma, mb):
+        _close({k: v for k, v in ra.items() if not k.startswith("time/")},
+               {k: v for k, v in rb.items() if not k.startswith("time/")}, where=f"step {ra['step']}")
+    assert_same_weights(one, outs[case])
+    assert stdout.count("rl done") == len(RL_CASES)  # one summary line per run, not per process
+    assert stdout.count("2 processes, 2 prompts each") == len(RL_CASES)
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "preference"])
+def test_rm_on_two_processes_equals_one(kind, two, files, tiny_model_dir, tmp_path):
+    outs, stdout = two
+    one = tmp_path / "one"
+    source = files / ("rm.jsonl" if kind == "synthetic" else "pairs.jsonl")
+    assert main(_rm(kind, source, tiny_model_dir, one)) == 0
+    ma = json.loads((one / "metrics.json").read_text())
+    mb = json.loads((outs[kind] / "metrics.json").read_text())
+    ma.pop("seconds"), mb.pop("seconds")
+    skip = ()
+    if kind == "preference":
+        # The head's bias adds the same amount to the chosen and the rejected score: its true gradient
+        # under the pairwise loss is 0, and Adam turns the rounding noise in it (1e-10) into steps of up
+        # to lr. Its difference is bounded by lr x steps and shifts the mean value by exactly itself.
+        db = float(_weights(outs[kind])["head.bias"] - _weights(one)["head.bias"])
+        assert abs(db) <= 1e-2 * 2
+        for k in ("normalization", "token_normalization"):
+            ma[k]["mean"] += db
+        skip = ("head.bias",)
+    _close(ma, mb, where=kind)
+    assert_same_weights(one, outs[kind], skip=skip)
+    assert stdout.count("saved reward model to") == 2
+
+
+def test_a_batch_that_does_not_split_evenly_is_one_line(tiny_model_dir, files, tmp_path):
+    from sumrl.errors import ConfigError
+    from sumrl.rl.distributed import check_divisible
+
+    check_divisible(batch_size=4, group_size=2, mini_batch_size=None, world=2)
+    with pytest.raises(ConfigError, match="--batch-size 3 must be a multiple of the number of processes"):
+        check_divisible(batch_size=3, group_size=2, mini_batch_size=None, world=2)
+    with pytest.raises(ConfigError, match="--mini-batch-size 3"):
+        check_divisible(batch_size=4, group_size=2, mini_batch_size=3, world=2)
+
+
+def test_concatenated_parts_equal_one_collate():
+    """What the processes' rollouts concatenate to is exactly ``collate`` of all their episodes."""
+    from sumrl.rl.distributed import concat_rollouts, concat_rows, shard
+    from sumrl.rl.trajectory import Episode, collate
+
+    eps = [Episode(example_index=i, group=i // 2, prompt_ids=tuple(range(1, 3 + i)), action_ids=tuple(range(5, 5 + (i * 3) % 5 + 1)),
+                   summary_ids=tuple(range(5, 5 + (i * 3) % 5)), finished=True, text=str(i)) for i in range(8)]
+    whole = collate(eps, pad_id=0)
+    parts = [collate(shard(eps, r, 4), pad_id=0) for r in range(4)]
+    got = concat_rollouts(parts, pad_id=0)
+    for f in ("query_ids", "query_mask", "response_ids", "response_mask", "action_mask", "value_mask", "finished"):
+        assert torch.equal(getattr(got, f), getattr(whole, f)), f
+    assert got.episodes == whole.episodes
+    x = [torch.ones(2, 3), torch.ones(2, 5)]
+    assert concat_rows(x).shape == (4, 5) and float(concat_rows(x).sum()) == 16.0
+    assert concat_rows([None, None]) is None
+    assert shard(list(range(6)), 1, 3) == [2, 3]
