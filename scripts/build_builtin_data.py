@@ -14,7 +14,10 @@ What is built (see docs/data.md for the why of each choice):
   (near-empty extractions), as are papers whose text is unreadable OCR (fewer than
   MIN_ALPHA_FRACTION of the tokens are words). Val/test (100 each) are drawn with SCISUMMNET_SEED
   only from papers that have a non-empty abstract, so both reference views (abstract / human
-  summary) evaluate on the same papers; all other papers are train.
+  summary) evaluate on the same papers; all other papers are train. Then papers whose text is OCR
+  garbage (sumrl.data.quality: more than 14.5% mangled tokens) are dropped -- after the split
+  is drawn, so that every other paper keeps the split it had before this rule (the test and val
+  splits may hold a few papers fewer than 100).
 - scitldr.jsonl.gz: SciTLDR-A, one row per paper {id, split, title, document, summary: [TLDRs]},
   document = the abstract sentences joined by spaces; official train/dev/test (dev -> val).
 - qmsum.jsonl.gz: one row per meeting {id, split, document, queries: [{query, answer, kind}]};
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import sys
 import hashlib
 import io
 import json
@@ -38,6 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "src" / "sumrl" / "builtin_data"
+sys.path.insert(0, str(ROOT / "src"))  # the OCR-garbage rule is sumrl's own (sumrl.data.quality)
+
+from sumrl.data.quality import is_ocr_garbage, mangled_share  # noqa: E402
 
 SCISUMMNET_SEED = 20250101
 SCISUMMNET_EVAL_SIZE = 100  # per split (val and test)
@@ -114,6 +121,10 @@ def build_scisummnet(shared: Path) -> tuple[list[dict], dict]:
     out = []
     for r in kept:
         split = "test" if r["id"] in test else "val" if r["id"] in val else "train"
+        if is_ocr_garbage(r["document"]):
+            dropped.append({"id": r["id"], "split_before": split,
+                            "rule": f"OCR garbage ({mangled_share(r['document']):.3f} of the tokens mangled)"})
+            continue
         out.append({
             "id": r["id"], "split": split, "title": r["title"], "document": r["document"],
             "abstract": r["abstract"], "human_summary": r["summary_scisummnet_human"],

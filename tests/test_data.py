@@ -365,8 +365,8 @@ def test_builtin_registry_and_files():
 
 
 @pytest.mark.parametrize("name, sizes", [
-    ("scisummnet", {"train": 751, "val": 100, "test": 100}),
-    ("scisummnet:human", {"train": 772, "val": 100, "test": 100}),
+    ("scisummnet", {"train": 744, "val": 100, "test": 99}),
+    ("scisummnet:human", {"train": 765, "val": 100, "test": 99}),
     ("scitldr", {"train": 1992, "val": 619, "test": 618}),
     ("qmsum", {"train": 319, "val": 272, "test": 281}),
 ])

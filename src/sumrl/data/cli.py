@@ -215,7 +215,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"skipped: {p}")
     if len(problems) > 20:
         print(f"... and {len(problems) - 20} more skipped rows")
+    for w in ocr_warnings(cfg, examples):
+        print(w)
     return 0
+
+
+def ocr_warnings(cfg: DataSourceConfig, examples: list) -> list[str]:
+    """One warning line per document whose text is OCR garbage (sumrl.data.quality), naming the
+    file, line and field. A warning, not an error: the rule is calibrated on scientific papers,
+    and the user decides whether such a document belongs in their data."""
+    from sumrl.data.builtin import is_builtin
+    from sumrl.data.quality import OCR_GARBAGE_MAX_SHARE, is_ocr_garbage, mangled_share
+
+    bad = [ex for ex in examples if is_ocr_garbage(ex.document)]
+    if not bad:
+        return []
+    lines: dict[str, int] = {}
+    if not is_builtin(cfg.data):
+        from pathlib import Path
+
+        from sumrl.data.loaders import load_examples
+
+        # line numbers of the rows (the split selection above drops them); only when there is
+        # something to warn about, so a clean file is read once
+        lines = load_examples(Path(cfg.data), fields=cfg.fields(), skip_invalid=True, require_summary=False,
+                              split=cfg.split if Path(cfg.data).is_dir() else None).lines
+    out = []
+    for ex in bad:
+        where = f"{cfg.data}, line {lines[ex.id]}" if ex.id in lines else f"{cfg.data}, id {ex.id}"
+        out.append(f"warning: {where}, field '{cfg.document_field}': text looks like OCR garbage "
+                   f"({mangled_share(ex.document):.0%} of its words are mangled, more than "
+                   f"{OCR_GARBAGE_MAX_SHARE:.1%}; docs/data.md)")
+    return out
 
 
 def _cut(text: str, n: int) -> str:

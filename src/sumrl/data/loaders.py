@@ -54,6 +54,7 @@ class LoadResult:
     examples: list[Example]
     n_skipped: int = 0
     problems: list[str] = field(default_factory=list)  # one DataError message per skipped row
+    lines: dict[str, int] = field(default_factory=dict)  # example id -> its line (as DataError counts lines)
 
 
 class _RowError(Exception):
@@ -454,7 +455,7 @@ def load_examples(path: str | Path, *, fields: FieldMap | None = None, skip_inva
         raise DataError("file is empty (no data rows)", file=str(path))
     if not examples:
         raise DataError(f"no valid rows ({len(problems)} skipped; first problem: {problems[0]})", file=str(path))
-    return LoadResult(examples=examples, n_skipped=len(problems), problems=problems)
+    return LoadResult(examples=examples, n_skipped=len(problems), problems=problems, lines=seen)
 
 
 def load_heldout(spec: str, split: str, *, purpose: str = "held-out evaluation", **kwargs: Any) -> list[Example]:
