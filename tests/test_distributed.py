@@ -234,3 +234,29 @@ def test_concatenated_parts_equal_one_collate():
     assert concat_rows(x).shape == (4, 5) and float(concat_rows(x).sum()) == 16.0
     assert concat_rows([None, None]) is None
     assert shard(list(range(6)), 1, 3) == [2, 3]
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_configs_are_refused_with_one_line(var, tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    # sumrl's trainers are data-parallel only: an FSDP / DeepSpeed launch stops before any work
+    # (on a CPU Accelerate would silently run data-parallel instead)
+    monkeypatch.setenv(var, "true")
+    assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "grpo")) == 2
+    assert main(["sft", "--model", str(tiny_model_dir), "--data", str(files / "rl.jsonl"), "--out", str(tmp_path / "s"),
+                 "--steps", "1", "--max-target-tokens", "16", "--max-seq-len", "96", "--no-bf16"]) == 2
+    assert main(_rm("preference", files / "pairs.jsonl", tiny_model_dir, tmp_path / "rm")) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+    assert len(err) == 3 and all("does not run under" in l and "recipes/accelerate/ddp.yaml" in l for l in err)
+
+
+def test_accelerate_recipes_are_valid_configs():
+    import yaml
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    root = ROOT / "recipes" / "accelerate"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert names == ["ddp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "fsdp2.yaml"]
+    for name in names:
+        cfg = ClusterConfig.from_yaml_file(str(root / name))  # Accelerate's own reader (unknown keys fail)
+        assert cfg.mixed_precision in ("no", "bf16") and cfg.num_processes == 8, name
+    assert yaml.safe_load((root / "fsdp2.yaml").read_text())["fsdp_config"]["fsdp_version"] == 2

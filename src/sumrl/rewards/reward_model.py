@@ -635,6 +635,9 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     from sumrl.data import load_data
     from sumrl.rewards.negatives import NEGATIVE_CLASSES, make_negatives
 
+    from sumrl.rl.distributed import refuse_sharded
+
+    refuse_sharded("rm")
     _set_seed(cfg.seed)
     classes = list(cfg.classes)
     bad = [c for c in classes if c not in NEGATIVE_CLASSES]
@@ -769,6 +772,9 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
     """Bradley-Terry: ``-log sigmoid(s(chosen) - s(rejected) - margin_scale * margin)`` (margin term
     only with ``--margin``; null margins count 0). Held out by document: pairs of ``test``
     documents are never trained on and give the reported pairwise accuracy."""
+    from sumrl.rl.distributed import refuse_sharded
+
+    refuse_sharded("rm")
     _set_seed(cfg.seed)
     if not cfg.pairs:
         raise ConfigError("--kind preference needs --pairs FILE (pairs.jsonl from `sumrl data pairs` or `sumrl human export`)")

@@ -586,7 +586,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
 
     from sumrl.data import load_data, load_heldout
     from sumrl.rl import functional as F
-    from sumrl.rl.distributed import check_divisible, gather_step, process_state, shard, step_seed
+    from sumrl.rl.distributed import check_divisible, gather_step, process_state, refuse_sharded, shard, step_seed
     from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages,
                                   score_rollout)
     from sumrl.rl.trajectory import TrainBatch
@@ -597,6 +597,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.utils.logging import MetricLogger
 
     out = Path(cfg.out)
+    refuse_sharded("rl")
     # several processes (accelerate launch / torchrun): the main one alone writes the run folder
     ps = process_state()
     rank, world, is_main = ps.process_index, ps.num_processes, ps.is_main_process

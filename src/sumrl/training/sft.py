@@ -265,6 +265,9 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
 
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
     # is a CPU run; without this, `torchrun --nproc_per_node N` would start N independent runs.
+    from sumrl.rl.distributed import refuse_sharded
+
+    refuse_sharded("sft")
     mps = getattr(torch.backends, "mps", None)
     accelerator = Accelerator(cpu=not (torch.cuda.is_available() or (mps is not None and mps.is_available())))
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
