@@ -4,9 +4,9 @@
 #   scripts/rl_vs_sft.sh all          # every stage in order; rerun after a kill and it continues
 #   scripts/rl_vs_sft.sh sft eval     # some stages
 #
-# Default model (SmolLM2-135M-Instruct), built-in ScisummNet split (seed 0: 751 train / 100 val /
-# 100 test papers), prompts of 2,096 tokens = the first 2,048 tokens of each paper + the 48-token
-# prompt template, summaries capped at 256 tokens. Every system is evaluated on the same 100 test
+# Default model (SmolLM2-135M-Instruct), built-in ScisummNet split (744 train / 100 val / 99 test
+# papers after the OCR-garbage rule), prompts of 2,096 tokens = the first 2,048 tokens of each paper + the 48-token
+# prompt template, summaries capped at 256 tokens. Every system is evaluated on the same 99 test
 # papers (and 64 PubMed articles out of domain) by the same `sumrl eval` settings.
 # Outputs: $OUT (runs/rl_vs_sft). A stage whose output exists is skipped; a killed training stage
 # resumes from its last checkpoint. Seed: $SEED (0), recorded in every stage's config.
@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUMRL=${SUMRL:-.venv/bin/sumrl}        # how to run sumrl (e.g. "env PYTHONPATH=src .venv/bin/python -m sumrl.cli")
 PY=${PY:-.venv/bin/python}             # the python that has sumrl installed
-read -r -a SUMRL <<< "$SUMRL"
-read -r -a PY <<< "$PY"
+read -r -a SUMRL_CMD <<< "$SUMRL"  # (arrays of their own: an exported variable keeps its string for "$0")
+read -r -a PY_CMD <<< "$PY"
 OUT=${OUT:-runs/rl_vs_sft}
 SEED=${SEED:-0}
 SHARED=${SHARED:-../shared}  # the shared data folder beside the repository
@@ -42,16 +42,16 @@ evaluate() {  # evaluate SYSTEM MODEL: the test papers and the out-of-domain set
     local dir="$OUT/eval_$set/$name"
     if [ ! -f "$dir/metrics.json" ]; then
       if [ $set = test ]; then args=("${TEST[@]}"); else args=("${OOD[@]}"); fi
-      timed "eval $set $name" "${SUMRL[@]}" eval --model "$model" "${args[@]}" --system "$name" --out "$dir"
+      timed "eval $set $name" "${SUMRL_CMD[@]}" eval --model "$model" "${args[@]}" --system "$name" --out "$dir"
     fi
-    [ -f "$OUT/eval_$set/$name-cleaned/metrics.json" ] || "${SUMRL[@]}" eval --predictions "$dir/predictions.jsonl" \
+    [ -f "$OUT/eval_$set/$name-cleaned/metrics.json" ] || "${SUMRL_CMD[@]}" eval --predictions "$dir/predictions.jsonl" \
       --cleanup --system "$name-cleaned" --judges --seed "$SEED" --out "$OUT/eval_$set/$name-cleaned"
   done
 }
 
 rl() {  # rl NAME RECIPE: RL from the SFT model (200 updates), held-out reward on 8 val papers every 20 steps
   local name=$1 recipe=$2
-  [ -f "$OUT/$name/sumrl_model.json" ] || timed "$name" "${SUMRL[@]}" rl --config "$recipe" --policy "$OUT/sft" \
+  [ -f "$OUT/$name/sumrl_model.json" ] || timed "$name" "${SUMRL_CMD[@]}" rl --config "$recipe" --policy "$OUT/sft" \
     --out "$OUT/$name" --seed "$SEED" --max-prompt-tokens $PROMPT --steps 200 --eval-every 20 --val-examples 8 \
     --save-every 5 --sample-every 10 --no-progress $(again "$OUT/$name")
 }
@@ -64,14 +64,14 @@ for stage in "$@"; do
       "$0" data sft eval-sft weights rl-composite eval-rl-composite rm rl-lastmile eval-rl-lastmile report ;;
     data)
       # out of domain, evaluation only: the PubMed sample of ../shared (no licence stated: never shipped)
-      [ -f "$OUT/pubmed.jsonl" ] || "${PY[@]}" scripts/cohan_to_jsonl.py "$SHARED"/data/pubmed_cohan_sample/*.txt \
+      [ -f "$OUT/pubmed.jsonl" ] || "${PY_CMD[@]}" scripts/cohan_to_jsonl.py "$SHARED"/data/pubmed_cohan_sample/*.txt \
         --out "$OUT/pubmed.jsonl" ;;
     sft)
-      # LoRA SFT until the validation loss stops improving (at most 2 epochs = 376 steps of 4 papers), validation loss on 24
+      # LoRA SFT until the validation loss stops improving (at most 2 epochs = 372 steps of 4 papers), validation loss on 24
       # val papers every 20 steps, stop after 3 validations without improvement, publish the best.
-      [ -f "$OUT/sft/sumrl_model.json" ] || timed sft "${SUMRL[@]}" sft --config recipes/sft_lora.yaml \
+      [ -f "$OUT/sft/sumrl_model.json" ] || timed sft "${SUMRL_CMD[@]}" sft --config recipes/sft_lora.yaml \
         --out "$OUT/sft" --seed "$SEED" --max-prompt-tokens $PROMPT --max-seq-len $((PROMPT + CAP)) \
-        --max-target-tokens $CAP --batch-size 4 --steps 376 --lr 2e-4 --warmup-steps 10 \
+        --max-target-tokens $CAP --batch-size 4 --steps 372 --lr 2e-4 --warmup-steps 10 \
         --eval-every 20 --val-examples 24 --val-generate 0 --early-stopping-patience 3 \
         --save-every 10 --no-progress $(again "$OUT/sft") ;;
     eval-sft)
@@ -79,7 +79,7 @@ for stage in "$@"; do
       evaluate sft "$OUT/sft" ;;
     weights)
       # the composite reward's weights, chosen on 16 validation papers x 4 samples of the SFT model
-      [ -f "$OUT/rl_composite.yaml" ] || "${PY[@]}" scripts/composite_weights.py --policy "$OUT/sft" \
+      [ -f "$OUT/rl_composite.yaml" ] || "${PY_CMD[@]}" scripts/composite_weights.py --policy "$OUT/sft" \
         --base-recipe recipes/rl_composite.yaml --out "$OUT/rl_composite.yaml" --seed "$SEED" ;;
     rl-composite)
       rl rl-composite "$OUT/rl_composite.yaml" ;;
@@ -87,7 +87,7 @@ for stage in "$@"; do
       evaluate rl-composite "$OUT/rl-composite" ;;
     rm)
       # the last-mile token-level reward model (recipes/rm_lastmile.yaml), shared with reproduce_results.sh
-      [ -f runs/rm_lastmile/metrics.json ] || timed rm "${SUMRL[@]}" rm train --config recipes/rm_lastmile.yaml \
+      [ -f runs/rm_lastmile/metrics.json ] || timed rm "${SUMRL_CMD[@]}" rm train --config recipes/rm_lastmile.yaml \
         --out runs/rm_lastmile ;;
     rl-lastmile)
       rl rl-lastmile recipes/rl_lastmile.yaml ;;
@@ -103,7 +103,7 @@ for stage in "$@"; do
       for set in test ood; do
         systems=()
         for d in "$OUT/eval_$set"/*/; do [ -f "$d/metrics.json" ] && systems+=("$d"); done
-        "${SUMRL[@]}" report "${systems[@]}" --baseline sft sft-cleaned --rl "${variants[@]}" \
+        "${SUMRL_CMD[@]}" report "${systems[@]}" --baseline sft sft-cleaned --rl "${variants[@]}" \
           --train-runs "${train_runs[@]}" --seed "$SEED" --title "RL vs SFT on long documents ($set)" \
           --out "$OUT/report_$set.html" --markdown "$OUT/report_$set.md"
       done ;;
