@@ -214,8 +214,9 @@ def _ctx(monkeypatch, policy_rows, guide_rows, max_new_tokens=8):
 
     calls = {"policy": [], "guide": []}
 
-    def fake_policy(ctx, prompts, limits):
+    def fake_policy(ctx, prompts, limits, prefix_lens=None):
         calls["policy"].append((prompts, limits))
+        calls.setdefault("prefix_lens", []).append(prefix_lens)
         return [truncate_at_eos(policy_rows[i][:lim], [EOS]) for i, lim in enumerate(limits)]
 
     def fake_guide(guide, tok, items, so_far, budgets):
@@ -248,6 +249,8 @@ def test_ppo_plus_plus_rolls_in_a_prefix_of_the_guides_own_sample(monkeypatch):
     # row 1: the guide's sample has one token: no switch point inside it, a plain policy episode
     assert e1.n_prefix == 0 and e1.source == "policy" and list(e1.prompt_ids) == [9, 9]
     assert r.action_mask.sum(dim=1).tolist() == [8 - k, 8]
+    # the sampler and the rollout are told which prompt tokens are the roll-in (an encoder-decoder's decoder input)
+    assert calls["prefix_lens"][0] == [k, 0] and r.prefix_len.tolist() == [k, 0]
     nobody = GuideRollin(beta=0.0).collect(ctx, [0, 1], [_Ex(), _Ex()], torch.Generator(), {})
     assert all(e.n_prefix == 0 for e in nobody.episodes)
 

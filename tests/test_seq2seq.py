@@ -388,3 +388,234 @@ def test_sft_max_seq_len_beyond_the_encoder_limit_is_one_line(seq2seq_dirs, s2s_
                "--max-seq-len", "2048", "--steps", "1", "--no-progress", "--no-tensorboard"])
     err = capsys.readouterr().err
     assert rc == 2 and "exceeds the 256 input tokens" in err and "Traceback" not in err
+
+
+# -------------------------------------------------------------------------------------------- rl
+def _rl_args(policy, data, out, *extra):
+    return ["rl", "--policy", str(policy), "--data", str(data), "--out", str(out), "--reward", CHEAP,
+            "--batch-size", "2", "--max-new-tokens", "6", "--max-prompt-tokens", "64", "--no-progress",
+            "--no-tensorboard", "--steps", "1", "--eval-every", "0", "--no-bf16", *extra]
+
+
+def _rl_metrics(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+@pytest.mark.parametrize("fam, algo, extra", [
+    ("t5", "ppo", ["--steps", "2", "--ppo-epochs", "2", "--mini-batch-size", "1", "--micro-batch-size", "1",
+                   "--eval-every", "1"]),
+    ("bart", "grpo", ["--samples-per-prompt", "2", "--value-model", "adapter"]),
+    ("led", "rloo", ["--samples-per-prompt", "2", "--entropy-coef", "0.01"]),
+    ("bart", "ppo", ["--value-model", "adapter", "--reference-trajectory-ratio", "1.0",
+                     "--summary-cap-quantile", "1.0"]),
+])
+def test_rl_runs_and_saves(fam, algo, extra, seq2seq_dirs, s2s_data, tmp_path):
+    out = tmp_path / algo
+    assert main(_rl_args(seq2seq_dirs[fam], s2s_data, out, "--algo", algo, *extra)) == 0
+    rows = [r for r in _rl_metrics(out) if "policy/loss" in r]
+    if "objective/kl" in rows[0]:  # (a reference-trajectory step logs reference/* instead)
+        assert rows[0]["objective/kl"] == 0.0  # step 1: adapters-off reference == policy exactly
+    assert ("value/loss" in rows[-1]) == (algo == "ppo")
+    if "--reference-trajectory-ratio" in extra:
+        assert rows[-1]["completions/reference_fraction"] == 1.0
+        assert rows[-1]["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    if "--eval-every" in extra:
+        assert any("eval/reward" in r for r in _rl_metrics(out))
+    from sumrl.models.loading import load_model
+
+    model, tok = load_model(str(out))
+    assert type(model).__name__ == "PeftModelForSeq2SeqLM"
+
+
+@pytest.mark.parametrize("fam, guide", [("t5", "decoder"), ("led", "bart")])
+def test_rl_ppo_plus_plus_rolls_in_on_the_decoder(fam, guide, seq2seq_dirs, tiny_base_model_dir, s2s_data,
+                                                  tmp_path):
+    """PPO++ with a decoder guide (other prompt format) and with an encoder-decoder guide: the
+    roll-in prefix is decoder input for both the encoder-decoder guide and policy."""
+    g = tiny_base_model_dir if guide == "decoder" else seq2seq_dirs[guide]
+    out = tmp_path / "pp"
+    assert main(_rl_args(seq2seq_dirs[fam], s2s_data, out, "--algo", "ppo++", "--guide", str(g),
+                         "--guide-rollin-prob", "1.0", "--ppo-epochs", "1")) == 0
+    row = _rl_metrics(out)[-1]
+    assert row["guide/rollin_fraction"] > 0
+    assert row["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # old pass == training pass with prefixes
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_rollin_prefix_logprobs_equal_the_models_own(fam, seq2seq_dirs):
+    """With a roll-in prefix at the end of the prompt the module scores the response after
+    ``[start] + prefix`` on the decoder: equal to the model's own logits, row by row; and sampling
+    continues after the prefix like generate() with that decoder input."""
+    from sumrl.models.loading import load_model
+    from sumrl.models.seq2seq import encoder_kwargs
+    from sumrl.rl.rollout import sample
+    from sumrl.rl.value import PolicyValueModule
+
+    model, tok = load_model(str(seq2seq_dirs[fam]))
+    prompts, q, qm, r, rm = _rows(tok, fam)
+    pre = [[11, 12, 13], [], [14], [15, 16]]
+    full = [p + k for p, k in zip(prompts, pre)]
+    fq, fqm = _left_padded(full, tok.pad_token_id)
+    mod = PolicyValueModule(model)
+    with torch.no_grad():
+        lp = mod(fq, fqm, r, rm, prefix_len=torch.tensor([len(k) for k in pre]))["logprobs"]
+    start = tok.pad_token_id
+    for b, (p, k) in enumerate(zip(prompts, pre)):
+        n = int(rm[b].sum())
+        ids = torch.tensor([p])
+        dec = torch.tensor([[start, *k, *r[b, :n - 1].tolist()]])
+        with torch.no_grad():
+            logits = model(input_ids=ids, decoder_input_ids=dec, **encoder_kwargs(model, torch.ones_like(ids))).logits
+        want = torch.log_softmax(logits.float(), -1)[0, len(k):].gather(1, r[b, :n, None]).squeeze(1)
+        torch.testing.assert_close(lp[b, :n], want, atol=1e-5, rtol=0)
+    got = sample(model, full, max_new_tokens=4, temperature=0.0, top_p=1.0, stop_ids=[tok.eos_token_id],
+                 pad_id=tok.pad_token_id, prefix_lens=[len(k) for k in pre])
+    for p, k, row in zip(prompts, pre, got):
+        ids = torch.tensor([p])
+        want = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              decoder_input_ids=torch.tensor([[start, *k]]), max_new_tokens=4, do_sample=False,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                              **encoder_kwargs(model, torch.ones_like(ids)))[0, 1 + len(k):].tolist()
+        assert row == want
+
+
+def _rl_cfg(policy, data, out, **kw):
+    from sumrl.config import build_config
+    from sumrl.rl.config import RLConfig
+
+    base = dict(policy=str(policy), data=str(data), out=str(out), reward=CHEAP, batch_size=2, max_new_tokens=6,
+                max_prompt_tokens=64, progress=False, tensorboard=False, bf16=False)
+    return build_config(RLConfig, None, {**base, **kw})
+
+
+def test_rl_micro_batches_equal_the_full_batch(seq2seq_dirs, s2s_data, tmp_path):
+    """GRPO step with 4 rows: micro-batches of 1 (encoder per row) == one micro-batch of 4 (encoder
+    shared per group): same metrics and the same LoRA weights after the update."""
+    from sumrl.rl.trainer import train
+    from sumrl.training.checkpoint import last_checkpoint
+
+    res = {}
+    for mb in (1, 4):
+        out = tmp_path / f"mb{mb}"
+        train(_rl_cfg(seq2seq_dirs["t5"], s2s_data, out, algo="grpo", samples_per_prompt=2, micro_batch_size=mb, steps=1,
+                      eval_every=0, kl_coef=0.05, lr=1e-3))
+        res[mb] = (_rl_metrics(out)[-1], torch.load(last_checkpoint(out / "checkpoints") / "trainable.pt",
+                                                    weights_only=True))
+    (m1, w1), (m4, w4) = res[1], res[4]
+    for k in ("objective/reward", "objective/kl", "policy/loss", "train/grad_norm"):
+        assert m1[k] == pytest.approx(m4[k], rel=1e-4, abs=1e-6), k
+    for k in w1:
+        torch.testing.assert_close(w1[k], w4[k], atol=1e-6, rtol=0)
+
+
+def test_rl_resume_continues_the_same_trajectory(seq2seq_dirs, s2s_data, tmp_path):
+    from sumrl.rl.trainer import train
+
+    kw = dict(steps=3, save_every=1, temperature=1.0, eval_every=0)
+    train(_rl_cfg(seq2seq_dirs["bart"], s2s_data, tmp_path / "full", **kw))
+
+    def kill_at_2(step, _m):
+        if step == 2:
+            raise _Kill
+
+    out = tmp_path / "killed"
+    with pytest.raises(_Kill):
+        train(_rl_cfg(seq2seq_dirs["bart"], s2s_data, out, **kw), callbacks=[kill_at_2])
+    assert train(_rl_cfg(seq2seq_dirs["bart"], s2s_data, out, resume=True, **kw))["start_step"] == 1
+    a, b = _rl_metrics(out), _rl_metrics(tmp_path / "full")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for k in ("objective/reward", "objective/kl", "policy/loss", "value/loss", "completions/mean_length"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["step"], k)
+
+
+# -------------------------------------------------------------------------------------------- rm
+DOC = "Alice Smith studied robots for 12 years. The study of robots is not easy. " * 3
+SUMMARY = "Alice Smith studied robots for 12 years."
+
+
+def _rm(model_dir, tmp_path):
+    from sumrl.rewards.reward_model import RewardModel
+
+    torch.manual_seed(0)
+    rm = RewardModel({"backbone": "policy", "model": str(model_dir), "max_length": 96, "max_summary_tokens": 32,
+                      "lora_r": 4})
+    with torch.no_grad():  # a trained-looking RM: non-zero LoRA B and head
+        for n, p in rm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.3)
+        rm.head.weight.normal_(std=0.5)
+        rm.head.bias.fill_(0.3)
+    out = tmp_path / "rm"
+    rm.save(out, {"kind": "synthetic", "normalization": {"mean": 0.7, "std": 0.5, "n": 3},
+                  "token_normalization": {"mean": 0.5, "std": 0.25, "n": 40}}, {})
+    return rm, out
+
+
+@pytest.mark.parametrize("fam", ["t5", "bart"])
+def test_policy_backbone_rm_is_causal_and_initialises_the_critic(fam, seq2seq_dirs, tmp_path):
+    """An encoder-decoder RM reads the document in the encoder and the summary in the decoder: a
+    token's value does not change when tokens are appended; the RL critic initialised from it
+    (value adapter + head) outputs its normalised token values one position later."""
+    from sumrl.models.loading import load_model
+    from sumrl.models.lora import add_lora
+    from sumrl.rewards.registry import build_reward
+    from sumrl.rl.value import VALUE_ADAPTER, PolicyValueModule, ValueHead, hidden_size, init_value_adapter_from_rm
+
+    rm, path = _rm(seq2seq_dirs[fam], tmp_path)
+    short, long = rm.token_values([DOC, DOC], [SUMMARY, SUMMARY + " The report is about robots."])
+    assert len(long) > len(short)
+    torch.testing.assert_close(long[:len(short)], short, atol=1e-5, rtol=0)
+
+    reward = build_reward([{"name": "rm", "path": str(path), "per_token": True}])
+    model, _ = load_model(str(seq2seq_dirs[fam]))
+    model = add_lora(model, r=4, alpha=8)
+    model.add_adapter(VALUE_ADAPTER, model.peft_config["default"])
+    head = ValueHead(hidden_size(model))
+    assert "same base weights" in init_value_adapter_from_rm(model, head, reward)
+    module = PolicyValueModule(model, head, value_adapter=True)
+    rm_model = reward.rewards[0].rm.model
+    batch, mask, _ = rm_model._features([DOC], [SUMMARY], [None])
+    q, n = batch["input_ids"], int(mask[0].sum())
+    r = batch["response_ids"][:, :n]
+    with torch.no_grad():
+        values = module(q, batch["attention_mask"], r, torch.ones_like(r), with_values=True)["values"][0]
+    expected = (rm_model.token_values([DOC], [SUMMARY])[0] - 0.5) / 0.25
+    torch.testing.assert_close(values[1:], expected[:-1], atol=1e-4, rtol=0)
+    assert not torch.allclose(expected[:-1], expected[1:], atol=1e-3)
+
+
+def test_rm_cli_policy_backbone_then_rl_with_it(seq2seq_dirs, s2s_data, tmp_path):
+    out = tmp_path / "rm"
+    assert main(["rm", "train", "--kind", "synthetic", "--data", str(s2s_data), "--out", str(out),
+                 "--backbone", "policy", "--model", str(seq2seq_dirs["led"]), "--steps", "2", "--batch-size", "2",
+                 "--max-length", "96", "--max-summary-tokens", "24", "--lr", "1e-3"]) == 0
+    from sumrl.rewards.reward_model import load_reward_model
+
+    rm = load_reward_model(out)
+    a, b = rm.score([DOC], [SUMMARY]), rm.score([DOC], [SUMMARY])
+    assert a == pytest.approx(b) and len(a) == 1
+    rl = tmp_path / "rl"
+    assert main(["rl", "--policy", str(seq2seq_dirs["led"]), "--data", str(s2s_data), "--out", str(rl),
+                 "--reward", f"rm:{out}", "--batch-size", "2", "--max-new-tokens", "6", "--max-prompt-tokens", "64",
+                 "--no-progress", "--no-tensorboard", "--steps", "1", "--eval-every", "0", "--no-bf16",
+                 "--value-model", "adapter"]) == 0
+
+
+def test_leds_value_projection_is_not_mistaken_for_the_value_adapter(seq2seq_dirs):
+    """LED's Longformer attention has a module named ``value``: its policy-LoRA weights belong to
+    the policy, only the ``"value"`` adapter's weights to the critic."""
+    from sumrl.models.loading import load_model
+    from sumrl.models.lora import add_lora
+    from sumrl.rl.trainer import critic_split
+    from sumrl.rl.value import VALUE_ADAPTER
+
+    model, _ = load_model(str(seq2seq_dirs["led"]))
+    model = add_lora(model, r=4, alpha=8)
+    model.add_adapter(VALUE_ADAPTER, model.peft_config["default"])
+    params = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    split = critic_split(params)
+    names = {id(p): n for n, p in params}
+    assert any(".value.lora_A.default." in names[id(p)] for p in split["policy"])
+    assert all(f".{VALUE_ADAPTER}.weight" in names[id(p)] for p in split["critic"]) and split["critic"]
+    assert len(split["policy"]) == len(split["critic"])

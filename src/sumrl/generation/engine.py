@@ -40,8 +40,11 @@ class Sampling:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], sampling: Sampling) -> list[list[int]]:
-        """New token ids per prompt (row ``i`` at most ``limits[i]`` long)."""
+    def generate(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], sampling: Sampling, *,
+                 prefix_lens: Sequence[int] | None = None) -> list[list[int]]:
+        """New token ids per prompt (row ``i`` at most ``limits[i]`` long). ``prefix_lens`` (PPO++
+        only): trailing prompt tokens that are a summary prefix, which an encoder-decoder's decoder
+        starts from instead of its encoder reading them."""
         ...
 
     def sync_weights(self, model: Any) -> None:
@@ -66,7 +69,8 @@ class HFEngine:
     def sync_weights(self, model: Any) -> None:
         self.model = model
 
-    def generate(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], sampling: Sampling) -> list[list[int]]:
+    def generate(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], sampling: Sampling, *,
+                 prefix_lens: Sequence[int] | None = None) -> list[list[int]]:
         from sumrl.rl.rollout import sample
 
         from sumrl.models.seq2seq import is_encoder_decoder
@@ -87,4 +91,5 @@ class HFEngine:
                 if "sliding" not in str(e):
                     raise
         return sample(self.model, prompts, max_new_tokens=list(limits), temperature=sampling.temperature,
-                      top_p=sampling.top_p, stop_ids=list(sampling.stop_ids), pad_id=sampling.pad_id)
+                      top_p=sampling.top_p, stop_ids=list(sampling.stop_ids), pad_id=sampling.pad_id,
+                      prefix_lens=prefix_lens)

@@ -166,26 +166,66 @@ def group_index(query_ids: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor, 
     return pq, pm, index
 
 
+def split_prefix(query_ids: Tensor, query_mask: Tensor, prefix_len: Tensor) -> tuple[Tensor, Tensor, list[list[int]]]:
+    """A guide roll-in (PPO++) puts its prefix at the end of the prompt: for a decoder it is state
+    read after the prompt, for an encoder-decoder it belongs to the *decoder*. Returns the encoder
+    part (left-padded again) and each row's decoder prefix."""
+    from sumrl.generation.sampler import left_pad
+
+    enc, pre = [], []
+    for ids, m, k in zip(query_ids.tolist(), query_mask.tolist(), prefix_len.tolist()):
+        real = [t for t, keep in zip(ids, m) if keep]
+        cut = len(real) - int(k)
+        enc.append(real[:cut])
+        pre.append(real[cut:])
+    e_ids, e_mask = left_pad(enc, 0)  # pad value never read (masked)
+    return e_ids.to(query_ids.device), e_mask.to(query_mask.device), pre
+
+
 def decoder_hidden(model: Any, enc_states: Tensor, enc_mask: Tensor, response_ids: Tensor,
-                   response_mask: Tensor) -> Tensor:
+                   response_mask: Tensor, prefixes: Sequence[Sequence[int]] | None = None) -> Tensor:
     """(B, T, H) decoder states (head-scaled) teacher-forced on the response: ``h[:, t]`` predicts
-    ``response_ids[:, t]`` from the encoder states and ``response_ids[:, :t]``."""
-    B = response_ids.shape[0]
-    start = torch.full((B, 1), decoder_start_id(model), dtype=response_ids.dtype, device=response_ids.device)
-    dec_ids = torch.cat([start, response_ids[:, :-1]], dim=1)
-    dec_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+    ``response_ids[:, t]`` from the encoder states, the row's decoder ``prefixes`` (a PPO++ roll-in;
+    none by default) and ``response_ids[:, :t]``. The decoder reads
+    ``[start] + prefix + response[:-1]`` right-padded, so its positions are those of generation."""
+    B, T = response_ids.shape
+    dev = response_ids.device
+    start = torch.full((B, 1), decoder_start_id(model), dtype=response_ids.dtype, device=dev)
+    if not prefixes or not any(len(p) for p in prefixes):
+        dec_ids = torch.cat([start, response_ids[:, :-1]], dim=1)
+        dec_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+        offsets = None
+    else:
+        P = max(len(p) for p in prefixes)
+        dec_ids = torch.zeros((B, 1 + P + T - 1), dtype=response_ids.dtype, device=dev)
+        dec_mask = torch.zeros((B, 1 + P + T - 1), dtype=response_mask.dtype, device=dev)
+        for b, p in enumerate(prefixes):
+            k = len(p)
+            row = torch.cat([start[b], torch.tensor(list(p), dtype=response_ids.dtype, device=dev),
+                             response_ids[b, :-1]])
+            dec_ids[b, :row.numel()] = row
+            dec_mask[b, :1 + k] = 1
+            dec_mask[b, 1 + k:1 + k + T - 1] = response_mask[b, :-1]
+        offsets = torch.tensor([len(p) for p in prefixes], device=dev)
     dec = unwrap(model).get_decoder()
     out = dec(input_ids=dec_ids, attention_mask=dec_mask, encoder_hidden_states=enc_states,
               encoder_attention_mask=enc_mask, use_cache=False, return_dict=True)
     h = out.last_hidden_state
+    if offsets is not None:  # position k + t reads the last prefix token / response[t-1], predicts response[t]
+        cols = offsets[:, None] + torch.arange(T, device=dev)[None, :]
+        h = h.gather(1, cols[:, :, None].expand(-1, -1, h.shape[-1]))
     s = head_scale(model)
     return h * s if s != 1.0 else h
 
 
 def response_hidden(model: Any, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
-                    *, share_encoder: bool = True) -> Tensor:
+                    *, share_encoder: bool = True, prefix_len: Tensor | None = None) -> Tensor:
     """(B, T, H): what :meth:`sumrl.rl.value.PolicyValueModule.response_hidden` returns for a causal
-    LM, for an encoder-decoder. ``share_encoder``: one encoder pass per run of identical prompts."""
+    LM, for an encoder-decoder. ``share_encoder``: one encoder pass per run of identical prompts.
+    ``prefix_len`` (B,): trailing prompt tokens that are a roll-in prefix (decoder input)."""
+    prefixes = None
+    if prefix_len is not None and bool((prefix_len > 0).any()):
+        query_ids, query_mask, prefixes = split_prefix(query_ids, query_mask, prefix_len)
     if share_encoder:
         pq, pm, index = group_index(query_ids, query_mask)
         states, emask = encode(model, pq, pm)
@@ -193,7 +233,34 @@ def response_hidden(model: Any, query_ids: Tensor, query_mask: Tensor, response_
             states, emask = states.index_select(0, index), emask.index_select(0, index)
     else:
         states, emask = encode(model, query_ids, query_mask)
-    return decoder_hidden(model, states, emask, response_ids, response_mask)
+    return decoder_hidden(model, states, emask, response_ids, response_mask, prefixes)
+
+
+def generate_rows(model: Any, prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int], pad_id: int,
+                  **kwargs: Any) -> list[list[int]]:
+    """New tokens per row when some prompts end with a decoder prefix (PPO++ roll-in, a guide
+    continuing a summary): rows without one are generated together (shared encoder), rows with one
+    in batches of equal prefix length (the decoder input ``[start] + prefix`` needs no padding, so
+    its positions are exactly those of an unbatched run)."""
+    from sumrl.generation.sampler import left_pad
+
+    out: list[list[int] | None] = [None] * len(prompts)
+    by_len: dict[int, list[int]] = {}
+    for i, k in enumerate(prefix_lens):
+        by_len.setdefault(int(k), []).append(i)
+    dev = next(model.parameters()).device
+    for k, rows in sorted(by_len.items()):
+        enc = [list(prompts[i])[:len(prompts[i]) - k] for i in rows]
+        ids, mask = left_pad(enc, pad_id)
+        extra = {}
+        if k:
+            start = decoder_start_id(model)
+            extra["decoder_input_ids"] = torch.tensor([[start, *list(prompts[i])[len(prompts[i]) - k:]] for i in rows],
+                                                      dtype=torch.long, device=dev)
+        new = generate(model, ids.to(dev), mask.to(dev), **extra, **kwargs)[:, k:]
+        for r, i in enumerate(rows):
+            out[i] = new[r].tolist()
+    return out  # type: ignore[return-value]
 
 
 def generate(model: Any, ids: Tensor, mask: Tensor, *, share_encoder: bool = True, **kwargs: Any) -> Tensor:

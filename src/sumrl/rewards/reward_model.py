@@ -115,6 +115,10 @@ class RewardModel(torch.nn.Module):
             self.lm = add_lora(lm, r=int(arch.get("lora_r", 8)), alpha=2 * int(arch.get("lora_r", 8)),
                                layers_to_transform=layers)
             self.tokenizer = tok
+            from sumrl.models.seq2seq import is_encoder_decoder
+
+            # an encoder-decoder reads the document in its encoder and the summary in its decoder
+            self.seq2seq = is_encoder_decoder(lm)
             hidden = cfg.hidden_size
         else:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose minilm or policy")
@@ -160,6 +164,8 @@ class RewardModel(torch.nn.Module):
         # the summary grows, appending tokens after position k would cut the document and change
         # the values at positions <= k -- the causal RM would not be causal any more
         budget = max(0, self.max_length - self.max_summary_tokens - len(head_ids) - len(tail_ids))
+        if getattr(self, "seq2seq", False):
+            return self._seq2seq_features(firsts, sums, head_ids, max(0, self.max_length - len(head_ids)))
         for first, s in zip(firsts, sums):
             se = tok(s, add_special_tokens=False, return_offsets_mapping=True)
             # re-tokenising the cut text can (rarely) merge differently at the cut: keep the window
@@ -180,6 +186,32 @@ class RewardModel(torch.nn.Module):
         attn = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
         mask = torch.tensor([m + [False] * (T - len(m)) for m in masks], dtype=torch.bool)
         return {"input_ids": input_ids, "attention_mask": attn}, mask, spans
+
+    def _seq2seq_features(self, firsts: Sequence[str], sums: Sequence[str], head_ids: list[int], budget: int):
+        """Encoder-decoder inputs: the encoder reads ``Document:\n{doc}`` (the document cut to a fixed
+        budget), the decoder ``[start] + summary``; the value of summary token ``k`` is read from the
+        decoder state after token ``k`` (position ``k + 1``), so it depends on the document and the
+        summary up to ``k`` only (causal, like the decoder RM). Empty summary: the start state."""
+        tok = self.tokenizer
+        enc_rows, dec_rows, spans = [], [], []
+        for first, s in zip(firsts, sums):
+            se = tok(s, add_special_tokens=False, return_offsets_mapping=True)
+            s_ids = list(se["input_ids"])[:self.max_summary_tokens]
+            enc_rows.append(head_ids + tok(first, add_special_tokens=False)["input_ids"][:budget])
+            dec_rows.append(s_ids)
+            sp = [tuple(o) for o in se["offset_mapping"]][:self.max_summary_tokens]
+            spans.append(sp if s_ids else [(0, 0)])
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        L, T = max(len(r) for r in enc_rows), max(len(r) for r in dec_rows) + 1
+        input_ids = torch.tensor([r + [pad] * (L - len(r)) for r in enc_rows])
+        attn = torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in enc_rows])
+        # decoder_hidden reads [start] + response[:-1]: one trailing slot makes it read the whole summary
+        resp = torch.tensor([r + [pad] * (T - len(r)) for r in dec_rows])
+        resp_mask = torch.tensor([[1] * (len(r) + 1) + [0] * (T - len(r) - 1) for r in dec_rows])
+        mask = torch.tensor([[False] + [True] * len(r) + [False] * (T - len(r) - 1) if r else [True] + [False] * (T - 1)
+                             for r in dec_rows], dtype=torch.bool)
+        return {"input_ids": input_ids, "attention_mask": attn, "response_ids": resp, "response_mask": resp_mask}, \
+            mask, spans
 
     @property
     def causal(self) -> bool:
@@ -208,6 +240,11 @@ class RewardModel(torch.nn.Module):
         batch = {k: v.to(self.device()) for k, v in batch.items()}
         if self.backbone == "minilm":
             h = self.encoder(**batch).last_hidden_state
+        elif getattr(self, "seq2seq", False):
+            from sumrl.models.seq2seq import decoder_hidden, encode
+
+            states, emask = encode(self.lm, batch["input_ids"], batch["attention_mask"])
+            h = decoder_hidden(self.lm, states, emask, batch["response_ids"], batch["response_mask"])
         else:
             base = self.lm.get_base_model()
             backbone = getattr(base, base.base_model_prefix)  # the transformer without the LM head: no vocab logits

@@ -94,7 +94,8 @@ class Guide:
             extra = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
             inputs.append(list(p) + list(extra))
         outs = sample(self.model, inputs, max_new_tokens=[max(1, int(m)) for m in max_new_tokens],
-                      temperature=self.temperature, top_p=1.0, stop_ids=self.stop_ids, pad_id=self.pad_id)
+                      temperature=self.temperature, top_p=1.0, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                      prefix_lens=[len(i) - len(p) for i, p in zip(inputs, prompts)])
         res = []
         for toks in outs:
             acts, fin = truncate_at_eos(toks, self.stop_ids)
@@ -151,16 +152,21 @@ class RolloutContext:
     engine: Any = None  # the rollout engine (sumrl.generation.engine); None: HFEngine(policy, share_prompt, merge_lora)
 
 
-def _policy_sample(ctx: RolloutContext, prompts: list[list[int]], limits: list[int]) -> list[tuple[list[int], bool]]:
+def _policy_sample(ctx: RolloutContext, prompts: list[list[int]], limits: list[int],
+                   prefix_lens: list[int] | None = None) -> list[tuple[list[int], bool]]:
     """``(actions, finished)`` per prompt, sampled by the rollout engine (the one seam of policy
     generation, :mod:`sumrl.generation.engine`). With ``share_prompt`` the HF engine prefills
     consecutive identical prompts (a group) once and drops finished rows; the tokens follow the
-    same distribution as ``rollout.sample`` (tested equal under greedy decoding)."""
+    same distribution as ``rollout.sample`` (tested equal under greedy decoding). ``prefix_lens``:
+    trailing prompt tokens that are a guide roll-in (decoder input of an encoder-decoder)."""
     from sumrl.generation.engine import HFEngine, Sampling
 
     engine = ctx.engine or HFEngine(ctx.policy, share_prompt=ctx.share_prompt, merge_lora=ctx.merge_lora)
-    raw = engine.generate(prompts, limits, Sampling(temperature=ctx.temperature, top_p=ctx.top_p,
-                                                    stop_ids=tuple(ctx.stop_ids), pad_id=ctx.pad_id))
+    sampling = Sampling(temperature=ctx.temperature, top_p=ctx.top_p, stop_ids=tuple(ctx.stop_ids), pad_id=ctx.pad_id)
+    if prefix_lens is not None and any(prefix_lens):  # only then: an engine without roll-ins still serves PPO/GRPO
+        raw = engine.generate(prompts, limits, sampling, prefix_lens=prefix_lens)
+    else:
+        raw = engine.generate(prompts, limits, sampling)
     return [truncate_at_eos(r, ctx.stop_ids) for r in raw]
 
 
@@ -256,7 +262,7 @@ class GuideRollin:
         prompts = [ctx.prompt_ids(ei, examples[ei]) + prefixes.get(n, []) for n, (ei, _) in enumerate(slots)]
         limits = [ctx.max_new_tokens - len(prefixes.get(n, [])) for n in range(len(slots))]
         t0 = time.perf_counter()
-        cut = _policy_sample(ctx, prompts, limits)
+        cut = _policy_sample(ctx, prompts, limits, prefix_lens=[len(prefixes.get(n, [])) for n in range(len(slots))])
         timings["time/generate_policy"] = time.perf_counter() - t0
         eps = []
         for n, ((ei, g), p, (a, f)) in enumerate(zip(slots, prompts, cut)):

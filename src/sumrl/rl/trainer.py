@@ -142,11 +142,11 @@ def critic_split(params: list[tuple[str, Any]]) -> dict[str, list]:
     """Trainable parameters by owner: the critic's (value heads, the value adapter's LoRA weights)
     and the policy's (everything else, e.g. the policy LoRA; with the shared-trunk head critic the
     trunk's LoRA gets both losses' gradients and counts as the policy's)."""
-    from sumrl.rl.value import VALUE_ADAPTER
+    from sumrl.rl.value import is_value_adapter_param
 
     def is_critic(n: str) -> bool:
         return (n.startswith(("value_head.", "guide_value_head.")) or ".value_head." in n
-                or ("lora_" in n and f".{VALUE_ADAPTER}." in n))
+                or is_value_adapter_param(n))
 
     return {"policy": [p for n, p in params if not is_critic(n)], "critic": [p for n, p in params if is_critic(n)]}
 
@@ -329,9 +329,10 @@ class RLTrainer:
         dev = self.device
         with torch.no_grad():
             for s in range(0, n, mb):
+                pl = rollout.prefix_len[s:s + mb].to(dev) if rollout.prefix_len is not None else None
                 o = module(rollout.query_ids[s:s + mb].to(dev), rollout.query_mask[s:s + mb].to(dev),
                            rollout.response_ids[s:s + mb].to(dev), rollout.response_mask[s:s + mb].to(dev),
-                           temperature=self.temperature, **kw)
+                           temperature=self.temperature, prefix_len=pl, **kw)
                 for k, v in o.items():
                     outs.setdefault(k, []).append(v.float().cpu())
         return {k: torch.cat(v, dim=0) for k, v in outs.items()}
@@ -484,7 +485,7 @@ class RLTrainer:
                     out = self.module(mt.query_ids, mt.query_mask, mt.response_ids, mt.response_mask,
                                       temperature=self.temperature, with_values=cfg.uses_critic,
                                       with_entropy=deferred and epoch == 0, entropy_grad=cfg.entropy_coef > 0,
-                                      critic=mt.critic)
+                                      critic=mt.critic, prefix_len=mt.prefix_len)
                     if epoch == 0:
                         width = out["logprobs"].shape[1]
                         idx = torch.tensor([rows[j] for j in sub])

@@ -111,6 +111,9 @@ class Rollout:
     episodes: tuple[Episode, ...]
     kind: str = "sampled"  # sampled | reference (a whole batch of reference summaries)
     critic: str = "policy"  # which value head this batch trains: policy | guide (D2LOLS phase 1)
+    # (B,) long: trailing query tokens that are a guide roll-in prefix (Episode.n_prefix); a decoder
+    # reads them as prompt, an encoder-decoder's decoder starts from them (None: no prefixes)
+    prefix_len: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.response_ids.shape[0])
@@ -156,7 +159,8 @@ def collate(episodes: Sequence[Episode], pad_id: int, *, kind: str = "sampled", 
     return Rollout(query_ids=q, query_mask=qm, response_ids=r, response_mask=rm, action_mask=am, value_mask=vm,
                    finished=torch.tensor([e.finished for e in episodes], dtype=torch.bool),
                    groups=torch.tensor([e.group for e in episodes], dtype=torch.long),
-                   episodes=tuple(episodes), kind=kind, critic=critic)
+                   episodes=tuple(episodes), kind=kind, critic=critic,
+                   prefix_len=torch.tensor([e.n_prefix for e in episodes], dtype=torch.long))
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,7 @@ class TrainBatch:
     returns: Tensor | None = None
     example_index: Tensor | None = None  # (B,) long: whose reference the target loss reads
     critic: str = "policy"
+    prefix_len: Tensor | None = None  # (B,) long, see Rollout.prefix_len
 
     @classmethod
     def build(cls, rollout: Rollout, fwd: PolicyPass, adv: Advantages) -> "TrainBatch":
@@ -222,7 +227,7 @@ class TrainBatch:
                    value_mask=rollout.value_mask, old_logprobs=fwd.logprobs, advantages=adv.advantages,
                    ref_logprobs=fwd.ref_logprobs, old_values=fwd.values, returns=adv.returns,
                    example_index=torch.tensor([e.example_index for e in rollout.episodes], dtype=torch.long),
-                   critic=rollout.critic)
+                   critic=rollout.critic, prefix_len=rollout.prefix_len)
 
     def __len__(self) -> int:
         return int(self.response_ids.shape[0])

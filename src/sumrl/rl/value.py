@@ -31,6 +31,13 @@ from sumrl.models.logprobs import IGNORE_INDEX, chunked_token_logprobs, model_hi
 VALUE_ADAPTER = "value"
 
 
+def is_value_adapter_param(name: str) -> bool:
+    """A LoRA weight of the ``"value"`` adapter (``...lora_A.value.weight``). Not just ``".value."``
+    in the name: LED's Longformer attention has a projection *module* called ``value``, whose
+    policy-adapter weights are ``...value.lora_A.default.weight``."""
+    return f".lora_A.{VALUE_ADAPTER}." in name or f".lora_B.{VALUE_ADAPTER}." in name
+
+
 class ValueHead(torch.nn.Module):
     """Linear scalar head; initialised like the N+ implementation (``std = 1/sqrt(H + 1)``, bias 0)."""
 
@@ -151,7 +158,7 @@ def init_value_adapter_from_rm(model: Any, head: ValueHead, reward: Any, *, stri
     model.add_adapter(VALUE_ADAPTER, rm_cfg)  # the RM's rank, alpha, target modules and layers
     result = set_peft_model_state_dict(model, get_peft_model_state_dict(rmm.lm, adapter_name="default"),
                                        adapter_name=VALUE_ADAPTER)
-    missing = [k for k in getattr(result, "missing_keys", []) if f".{VALUE_ADAPTER}." in k and "lora_" in k]
+    missing = [k for k in getattr(result, "missing_keys", []) if is_value_adapter_param(k)]
     if missing:
         raise ConfigError(f"value_init rm: the reward model's adapter does not fit the value adapter (e.g. {missing[0]})")
     for n, p in model.named_parameters():
@@ -221,21 +228,24 @@ class PolicyValueModule(torch.nn.Module):
             return model_hidden_states(self.model, ids, mask)
 
     def response_hidden(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
-                        response_mask: Tensor) -> Tensor:
+                        response_mask: Tensor, prefix_len: Tensor | None = None) -> Tensor:
         """(B, T, H) final hidden states at ``Lq - 1 .. Lq - 2 + T``: ``h[:, t]`` predicts response
         token ``t`` and is where the critic evaluates ``V(s_t)``. Rows with the same prompt in a row
         (a GRPO group) share one pass over it (:func:`sumrl.models.grouped.grouped_response_hidden`,
         exact) when ``share_prompt``; otherwise, or for models with sliding-window layers shorter than
         the sequence, the plain pass over prompt + response. For an encoder-decoder the prompt is
         encoded once per group and the decoder reads the response
-        (:func:`sumrl.models.seq2seq.response_hidden`)."""
+        (:func:`sumrl.models.seq2seq.response_hidden`); ``prefix_len`` says which trailing prompt
+        tokens are a roll-in prefix, which an encoder-decoder's decoder reads (a decoder reads the
+        prompt as it is, so ignores it)."""
         Lq, T = query_ids.shape[1], response_ids.shape[1]
         if self._seq2seq:  # the prompt is the encoder's input, run once per group (exact)
             from sumrl.models.seq2seq import response_hidden
 
             ctx = torch.autocast(query_ids.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
             with ctx:
-                return response_hidden(self.model, query_ids, query_mask, response_ids, response_mask)
+                return response_hidden(self.model, query_ids, query_mask, response_ids, response_mask,
+                                       prefix_len=prefix_len)
         if self.share_prompt:
             from sumrl.models.grouped import consecutive_groups, grouped_response_hidden
 
@@ -256,10 +266,11 @@ class PolicyValueModule(torch.nn.Module):
 
     def forward(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor, *,
                 temperature: float = 1.0, with_values: bool = False, with_entropy: bool = False,
-                entropy_grad: bool = False, critic: str = "policy") -> dict[str, Tensor]:
+                entropy_grad: bool = False, critic: str = "policy",
+                prefix_len: Tensor | None = None) -> dict[str, Tensor]:
         # h[:, t] is the state before response token t: it predicts that token and is where the
         # critic evaluates V(s_t). Only these T positions reach the LM head.
-        h = self.response_hidden(query_ids, query_mask, response_ids, response_mask)
+        h = self.response_hidden(query_ids, query_mask, response_ids, response_mask, prefix_len)
         weight, softcap = output_head(self.model)
         targets = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, IGNORE_INDEX))
         hs = h if temperature == 1.0 else h / temperature
@@ -284,7 +295,7 @@ class PolicyValueModule(torch.nn.Module):
                 raise RuntimeError(f"this module has no {critic} value head")
             if self.value_adapter:
                 with active_adapter(self.model, VALUE_ADAPTER, self._adapter_params):
-                    hv = self.response_hidden(query_ids, query_mask, response_ids, response_mask)
+                    hv = self.response_hidden(query_ids, query_mask, response_ids, response_mask, prefix_len)
             else:
                 hv = h
             out["values"] = head(hv.float())
