@@ -112,6 +112,7 @@ def concat_rollouts(parts: Sequence[Any], pad_id: int) -> Any:
                    value_mask=torch.cat([_pad_to(p.value_mask, t, 0) for p in parts]),
                    finished=torch.cat([p.finished for p in parts]),
                    groups=torch.cat([p.groups for p in parts]),
+                   prefix_len=concat_rows([p.prefix_len for p in parts]),
                    episodes=tuple(e for p in parts for e in p.episodes))
 
 
