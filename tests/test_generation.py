@@ -73,3 +73,47 @@ def test_finished_flag_and_token_count(tiny):
     finally:
         model.lm_head.forward = orig
     assert finished and n == 1 and text == ""
+
+
+def test_no_repeat_guard_counts_only_generated_tokens():
+    """The decoding guard bans a repeated n-gram of the summary, never an n-gram of the prompt
+    (transformers' own no_repeat_ngram_size would forbid copying any phrase of the document)."""
+    import torch
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from sumrl.generation.summarize import no_repeat_processor
+
+    ids = torch.tensor([[5, 6, 5, 5]])  # prompt [5, 6, 5] (width 3), generated so far [5]
+    scores = torch.zeros(1, 10)
+    assert torch.isinf(NoRepeatNGramLogitsProcessor(2)(ids, scores.clone())[0, 6])  # "5 6" is in the prompt
+    assert not torch.isinf(no_repeat_processor(2, 3)(ids, scores.clone())).any()  # ... but not in the summary
+    ids = torch.tensor([[5, 6, 5, 8, 9, 8]])  # generated [8, 9, 8]: "8 9" would repeat
+    out = no_repeat_processor(2, 3)(ids, scores.clone())
+    assert torch.isinf(out[0, 9]) and torch.isinf(out).sum() == 1
+
+
+def test_no_repeat_guard_in_generation(tiny, monkeypatch):
+    import sumrl.generation.summarize as summ
+
+    model, tok = tiny
+    prompts = ["short prompt", "a much longer prompt with many more words in it than the first one"]
+    captured = []
+    real = summ.generate_new_tokens
+
+    def spy(*a, **kw):  # the generated token ids, before decoding
+        new = real(*a, **kw)
+        captured.extend(row.tolist() for row in new)
+        return new
+
+    monkeypatch.setattr(summ, "generate_new_tokens", spy)
+
+    def repeats(t: list[int]) -> int:
+        grams = [tuple(t[i:i + 3]) for i in range(len(t) - 2)]
+        return len(grams) - len(set(grams))
+
+    generate_texts(model, tok, prompts, GenerationSettings(max_new_tokens=40, batch_size=2, progress=False))
+    before, captured[:] = list(captured), []
+    generate_texts(model, tok, prompts, GenerationSettings(max_new_tokens=40, batch_size=2, progress=False,
+                                                           no_repeat_ngram=3))
+    assert sum(map(repeats, before)) > 0  # the tiny random model loops without the guard ...
+    assert [repeats(t) for t in captured] == [0, 0] and all(len(t) == 40 for t in captured)  # ... not with it

@@ -396,6 +396,9 @@ class GenerationOptions:
     sample: bool = opt(False, "sample instead of greedy decoding")
     temperature: float = opt(1.0, "sampling temperature (with --sample)")
     top_p: float = opt(1.0, "nucleus sampling threshold (with --sample)")
+    no_repeat_ngram: int = opt(0, "decoding guard against loops: never generate the same N tokens twice in one "
+                                  "summary (the prompt does not count, so copying from the document stays "
+                                  "allowed); 0 = off. Applied identically to every system evaluated with it")
     instruction: typing.Optional[str] = opt(None, "instruction placed before the document in the prompt")
     dtype: str = opt("float32", "model dtype", choices=["float32", "bfloat16"])
 
@@ -405,4 +408,5 @@ class GenerationOptions:
         return GenerationSettings(max_new_tokens=self.max_new_tokens, do_sample=self.sample,
                                   temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size,
                                   strategy=self.strategy, max_input_tokens=self.max_input_tokens,
-                                  instruction=self.instruction, seed=getattr(self, "seed", 0), progress=progress)
+                                  instruction=self.instruction, seed=getattr(self, "seed", 0), progress=progress,
+                                  no_repeat_ngram=self.no_repeat_ngram)

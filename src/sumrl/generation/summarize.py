@@ -42,6 +42,7 @@ class GenerationSettings:
     instruction: str | None = None
     seed: int = 0
     progress: bool = True
+    no_repeat_ngram: int = 0  # > 0: no N-token sequence twice within one generated summary
 
 
 @dataclass
@@ -87,6 +88,25 @@ def generate_new_tokens(model: Any, ids: Any, mask: Any, **kwargs: Any) -> Any:
     return out[:, ids.shape[1]:]
 
 
+def no_repeat_processor(n: int, prompt_width: int) -> Any:
+    """transformers' NoRepeatNGramLogitsProcessor restricted to the generated tokens.
+
+    Given to ``generate`` as ``no_repeat_ngram_size``, it would also ban every n-gram of the
+    *prompt* in a decoder-only model (its ``input_ids`` hold the prompt), i.e. forbid copying any
+    phrase of the document. All prompts of a batch are left-padded to ``prompt_width``, so the
+    generated tokens are the columns from ``prompt_width`` on, the same for every row."""
+    from transformers import LogitsProcessor, NoRepeatNGramLogitsProcessor
+
+    class _GeneratedOnly(LogitsProcessor):
+        def __init__(self) -> None:
+            self.inner = NoRepeatNGramLogitsProcessor(n)
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            return self.inner(input_ids[:, prompt_width:], scores)
+
+    return _GeneratedOnly()
+
+
 def generate_texts(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings,
                    desc: str = "generate", on_progress: Callable[[int], None] | None = None) -> list[tuple[str, int, bool, int]]:
     """Generate one completion per prompt.
@@ -126,6 +146,16 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], settings: Gen
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             else:  # silence sampling defaults from generation_config
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if settings.no_repeat_ngram > 0:
+                from transformers import LogitsProcessorList
+
+                from sumrl.models.seq2seq import is_encoder_decoder
+
+                if is_encoder_decoder(model):  # the decoder's input_ids are the generated tokens only
+                    kwargs.update(no_repeat_ngram_size=settings.no_repeat_ngram)
+                else:
+                    kwargs.update(logits_processor=LogitsProcessorList([no_repeat_processor(settings.no_repeat_ngram,
+                                                                                             width)]))
             with torch.inference_mode():
                 new = generate_new_tokens(model, ids.to(device), mask.to(device), **kwargs).cpu()
             for r, i in enumerate(idx):
