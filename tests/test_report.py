@@ -213,6 +213,29 @@ def test_sample_ids_are_seeded_and_shared(tmp_path):
     assert analysis.sample_ids(runs, 0) == []
 
 
+def test_quantile_examples_follow_the_stated_rule(tmp_path):
+    # differences (mean of the two RL systems minus sft) per id: a 0.0, b 0.3, c -0.2, d 0.1, e 0.2;
+    # sorted: c -0.2, a 0.0, d 0.1, e 0.2, b 0.3 -> indices round(q * 4) = 1, 2, 3 -> a, d, e
+    sft = [(i, {"la_rougeL": 0.5}, "x", "y") for i in "abcde"]
+    r1 = [(i, {"la_rougeL": 0.5 + d}, "x", "y") for i, d in zip("abcde", (0.1, 0.2, -0.1, 0.0, 0.3))]
+    r2 = [(i, {"la_rougeL": 0.5 + d}, "x", "y") for i, d in zip("abcde", (-0.1, 0.4, -0.3, 0.2, 0.1))]
+    runs = load_eval_runs([hand_run(tmp_path / "s", "sft", sft), hand_run(tmp_path / "p", "ppo", r1),
+                           hand_run(tmp_path / "g", "grpo", r2)])
+    ids, rule = analysis.quantile_ids(runs, ["ppo", "grpo"], "sft", "la_rougeL")
+    assert ids == ["a", "d", "e"]
+    assert "25th/50th/75th percentile" in rule and "la_rougeL" in rule and "5 documents" in rule
+    # ppo alone: c -0.1, d 0.0, a 0.1, b 0.2, e 0.3 -> d, a, b
+    assert analysis.quantile_ids(runs, ["ppo"], "sft")[0] == ["d", "a", "b"]
+    with pytest.raises(SumrlError, match="no such system"):
+        analysis.quantile_ids(runs, ["ppo"], "nope")
+    # in the report: the rule is printed and those documents are shown
+    out = build_report([tmp_path / "s", tmp_path / "p", tmp_path / "g"], tmp_path / "r.html", n_examples=3,
+                       examples_by=("sft", "la_rougeL"))
+    html_text = out.read_text()
+    assert "Chosen by a rule fixed in advance" in html_text
+    assert re.findall(r'<article class="example" data-id="([^"]+)"', html_text) == ["a", "d", "e"]
+
+
 # --------------------------------------------------------------------------- the HTML
 
 

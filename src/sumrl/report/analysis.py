@@ -31,6 +31,7 @@ __all__ = [
     "highlight",
     "highlight_spans",
     "sample_ids",
+    "quantile_ids",
     "excerpt",
 ]
 
@@ -260,6 +261,44 @@ def sample_ids(runs: Sequence[EvalRun], k: int, seed: int = 0) -> list[str]:
         return common
     chosen = set(random.Random(seed).sample(common, k))
     return [i for i in common if i in chosen]
+
+
+def quantile_ids(runs: Sequence[EvalRun], rl: Sequence[str], baseline: str, metric: str = "la_rougeL",
+                 quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> tuple[list[str], str]:
+    """Before/after examples chosen by a rule stated in advance, not by looking at them: the
+    documents at the given quantiles of the per-document difference "RL minus ``baseline``" in
+    ``metric`` (averaged over the ``rl`` systems), among the ids every run has.
+
+    The differences are sorted ascending (ties by id, so the choice is reproducible) and the
+    document at index ``round(q * (n - 1))`` is taken for each quantile ``q`` (duplicates once).
+    Returns the ids (in quantile order) and the rule as a sentence for the report. Documents
+    where a value is missing are left out of the ranking."""
+    by_name = {r.system: r for r in runs}
+    missing = [s for s in [*rl, baseline] if s not in by_name]
+    if missing or not rl:
+        raise SumrlError(f"example rule: no such system(s) {', '.join(missing) or '(no RL system)'} "
+                         f"(systems: {', '.join(by_name)})")
+    first = list(runs[0].by_id)
+    common = [i for i in first if all(i in r.by_id for r in runs[1:])]
+    diffs = []
+    for i in common:
+        base = by_name[baseline].by_id[i]["metrics"].get(metric, math.nan)
+        vals = [by_name[s].by_id[i]["metrics"].get(metric, math.nan) for s in rl]
+        d = statistics.fmean(vals) - base if vals else math.nan
+        if not math.isnan(d):
+            diffs.append((d, i))
+    diffs.sort()
+    ids: list[str] = []
+    for q in quantiles:
+        if diffs:
+            i = diffs[round(q * (len(diffs) - 1))][1]
+            if i not in ids:
+                ids.append(i)
+    qs = "/".join(f"{round(q * 100)}th" for q in quantiles)
+    who = rl[0] if len(rl) == 1 else "the mean of " + ", ".join(rl)
+    rule = (f"Chosen by a rule fixed in advance: the test documents at the {qs} percentile of the per-document "
+            f"{metric} difference ({who} minus {baseline}), among the {len(diffs)} documents every system has.")
+    return ids, rule
 
 
 def excerpt(document: str, n_words: int) -> tuple[str, bool]:

@@ -166,7 +166,8 @@ def render_report(runs: Sequence[EvalRun], train_runs: Sequence[TrainRun] = (), 
                   baselines: Iterable[str] | None = None, rl: Iterable[str] | None = None,
                   n_examples: int = 5, seed: int = 0, title: str | None = None, n_bootstrap: int = 1000,
                   excerpt_words: int = 250, copy_min_words: int = 8,
-                  comparison: analysis.Comparison | None = None) -> str:
+                  comparison: analysis.Comparison | None = None,
+                  examples_by: tuple[str, str] | None = None) -> str:
     """The report's HTML for already-loaded runs (see :func:`build_report`); ``comparison``:
     the roles/tests/extra-length table if already computed (else computed here)."""
     import jinja2
@@ -184,7 +185,12 @@ def render_report(runs: Sequence[EvalRun], train_runs: Sequence[TrainRun] = (), 
         "sft": plots.sft_plots(train_runs),
         "length": plots.length_plot(runs),
     }
-    ids = analysis.sample_ids(runs, n_examples, seed)
+    if examples_by is not None and n_examples > 0:  # (baseline, metric): quantiles of RL minus baseline
+        ids, examples_note = analysis.quantile_ids(runs, roles.rl, examples_by[0], examples_by[1])
+    else:
+        ids = analysis.sample_ids(runs, n_examples, seed)
+        examples_note = (f"{len(ids)} test document{'s' if len(ids) != 1 else ''} drawn with seed {seed} (asked for "
+                         f"{n_examples}) among the ids every system has.")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         # autoescape for every template: run folders hold arbitrary text (documents with HTML).
@@ -206,6 +212,7 @@ def render_report(runs: Sequence[EvalRun], train_runs: Sequence[TrainRun] = (), 
         extra=cmp.extra,
         figures=figures,
         examples=_examples(runs, roles, ids, excerpt_words, copy_min_words),
+        examples_note=examples_note,
         n_examples=n_examples,
         seed=seed,
         excerpt_words=excerpt_words,
@@ -221,13 +228,15 @@ def render_report(runs: Sequence[EvalRun], train_runs: Sequence[TrainRun] = (), 
 def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, train_runs: Sequence[str | Path] = (),
                  baselines: Iterable[str] | None = None, rl: Iterable[str] | None = None, n_examples: int = 5,
                  seed: int = 0, title: str | None = None, n_bootstrap: int = 1000, excerpt_words: int = 250,
-                 copy_min_words: int = 8, markdown_out: str | Path | None = None) -> Path:
+                 copy_min_words: int = 8, markdown_out: str | Path | None = None,
+                 examples_by: tuple[str, str] | None = None) -> Path:
     """Write a self-contained HTML report comparing the systems of ``run_dirs`` to ``out``.
 
     ``run_dirs``: ``sumrl eval`` output folders (metrics.json + predictions.jsonl [+ config.json]).
     ``train_runs``: training folders whose ``metrics.jsonl`` feeds the RL/SFT curves.
     ``baselines`` / ``rl``: explicit system names for the paired tests (default rule in
-    :func:`sumrl.report.analysis.assign_roles`). ``n_examples`` examples are drawn with ``seed``.
+    :func:`sumrl.report.analysis.assign_roles`). ``n_examples`` examples are drawn with ``seed``,
+    or, with ``examples_by=(baseline, metric)``, chosen by :func:`sumrl.report.analysis.quantile_ids`.
     The file is written atomically; returns its path. ``markdown_out``: also write the tables as
     Markdown there (:func:`sumrl.report.markdown.markdown_summary`).
     """
@@ -241,7 +250,8 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, train_runs:
     # computed once for the HTML and the Markdown (the paired bootstrap is the costly part)
     cmp = analysis.compare(runs, baselines, rl, n_bootstrap=n_bootstrap, seed=seed)
     text = render_report(runs, trains, comparison=cmp, n_examples=n_examples, seed=seed, title=title,
-                         n_bootstrap=n_bootstrap, excerpt_words=excerpt_words, copy_min_words=copy_min_words)
+                         n_bootstrap=n_bootstrap, excerpt_words=excerpt_words, copy_min_words=copy_min_words,
+                         examples_by=examples_by)
     out = Path(out)
     if out.is_dir():
         raise SumrlError(f"{out}: is a folder; give the report's file name (e.g. {out / 'report.html'})")
