@@ -47,6 +47,15 @@ def test_demo_runs_every_stage_then_resumes(tiny_model_dir, tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "| ppo-lastmile | sft |" in md and "| grpo | sft-cleaned |" in md  # paired tests vs both baselines
     assert "report: " in printed and "total " in printed and "rouge1_f" in printed
+    # the RL movement lines and the verdict, also saved; three examples chosen by the stated rule
+    assert "Did RL move the policy?" in printed and printed.count("test summaries differ from SFT's") == 2
+    verdict = (out / "verdict.txt").read_text().strip()
+    assert f"verdict: {verdict}" in printed and ("beats SFT on both" in verdict or "No RL variant beats SFT" in verdict)
+    assert "Chosen by a rule fixed in advance" in html and html.count('<article class="example"') == 2  # 2 test docs
+    cfg = json.loads((out / "eval_grpo" / "config.json").read_text())
+    assert cfg["no_repeat_ngram"] == 6  # the same guard for every system
+    assert all(json.loads((out / f / "config.json").read_text())["no_repeat_ngram"] == 6
+               for f in ["eval_base", "eval_sft", "eval_ppo_lastmile"])
 
     assert main(args) == 0
     again = capsys.readouterr().out
@@ -87,3 +96,54 @@ def test_finished_stages_with_other_settings_are_not_reused(tiny_model_dir, tmp_
     marker = out / "eval_base" / ".stage_done.json"
     marker.write_text(json.dumps({"seconds": 1.0}))
     assert main(other) == 2 and "eval base" in capsys.readouterr().err
+
+
+def _tests(rl, la, sim, n=16):
+    """Paired-test rows as analysis.paired_tests returns them: (delta, p) per verdict metric."""
+    from sumrl.report.analysis import _better
+
+    rows = []
+    for metric, (delta, p) in (("la_rougeL", la), ("sim_ref", sim)):
+        res = {"delta": delta, "p_value": p}
+        rows.append({"metric": metric, **res, "better": _better(metric, res)})
+    return {"rl": rl, "baseline": "sft", "n": n, "tests": rows}
+
+
+def test_verdict_wording_rule():
+    """The verdict never implies an effect the paired tests do not show: "beats" only when RL is
+    significantly better on both length-adjusted ROUGE-L and similarity."""
+    from sumrl.demo import verdict
+
+    moved = {"a": (5, 16), "b": (3, 16)}
+    both = verdict([_tests("a", (0.03, 0.01), (0.02, 0.04)), _tests("b", (0.01, 0.5), (0.0, 0.9))], moved)
+    assert "a beats SFT on both length-adjusted ROUGE-L and similarity (length-adjusted ROUGE-L +0.030, p=0.01; " \
+           "similarity to the reference +0.020, p=0.04)." in both
+    assert "b does not differ significantly from SFT" in both and "No RL variant beats SFT" not in both
+    one = verdict([_tests("a", (0.03, 0.01), (0.02, 0.20))], moved)
+    assert "a is better than SFT on length-adjusted ROUGE-L only" in one and "beats SFT on both" not in one
+    assert "No RL variant beats SFT at p < 0.05 on these 16 papers" in one
+    worse = verdict([_tests("a", (-0.03, 0.01), (0.02, 0.01))], moved)
+    assert "a is significantly worse than SFT on length-adjusted ROUGE-L" in worse and "No RL variant" in worse
+    none = verdict([_tests("a", (0.0, 1.0), (0.0, 1.0))], {"a": (0, 16)})
+    assert none.startswith("a wrote the same summaries as SFT on all 16 test papers") and "No RL variant" in none
+    # only tests against the named baseline count (sft-cleaned rows are ignored)
+    cleaned = {**_tests("a", (0.03, 0.01), (0.02, 0.01)), "baseline": "sft-cleaned"}
+    assert "beats" not in verdict([cleaned], moved).replace("No RL variant beats", "")
+
+
+def test_rl_movement_reads_sampled_steps_only(tmp_path):
+    from sumrl.demo import changed_summaries, rl_movement
+
+    rows = [{"step": 1, "objective/kl": 0.0, "completions/mean_length": 100.0, "completions/reference_fraction": 0.0},
+            {"step": 2, "objective/kl": 0.5, "completions/mean_length": 30.0, "completions/reference_fraction": 1.0},
+            {"step": 3, "objective/kl": 0.02, "completions/mean_length": 80.0, "completions/reference_fraction": 0.0},
+            {"step": 3, "val/reward": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert rl_movement(tmp_path) == {"steps": 2, "kl_first": 0.0, "kl_last": 0.02, "kl_max": 0.02,
+                                     "len_first": 100.0, "len_last": 80.0}  # the reference step is not the policy's
+    assert rl_movement(tmp_path / "nope") is None
+    for name, preds in (("a", ["x", "y", "z"]), ("b", ["x", "Y", "z"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.jsonl").write_text(
+            "".join(json.dumps({"id": str(i), "prediction": p}) + "\n" for i, p in enumerate(preds)))
+    assert changed_summaries(tmp_path / "a", tmp_path / "b") == (1, 3)
