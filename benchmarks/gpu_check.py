@@ -298,10 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     gpu, peak = peak_flops(torch, device)
     import transformers
 
-    print(f"gpu_check: {gpu}; torch {torch.__version__}, transformers {transformers.__version__}; attention {attn}; "
-          f"dtype {dtype}; bf16 peak {peak / 1e12:.0f} TFLOP/s" if peak else
-          f"gpu_check: {gpu}; torch {torch.__version__}, transformers {transformers.__version__}; attention {attn}; "
-          f"dtype {dtype}; no bf16 peak known for this device (no MFU)", flush=True)
+    peak_txt = f"bf16 peak {peak / 1e12:.0f} TFLOP/s" if peak else "no bf16 peak known for this device (no MFU)"
+    print(f"gpu_check: {gpu}; torch {torch.__version__} (CUDA {torch.version.cuda}), transformers "
+          f"{transformers.__version__}; attention {attn}; dtype {dtype}; {peak_txt}", flush=True)
     clock = Clock(torch, device)
     rows: list[dict] = []
     header = f"{'model':14s} {'prompt':>6s} {'stage':14s} {'seconds':>8s} {'tokens/s':>10s} {'peak GiB':>8s} {'MFU':>6s}"
