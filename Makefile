@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 lock:
 	@test -x .venv-lock/bin/uv || ($(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q "uv==$(UV_VERSION)")
 	@cp $(LOCK) $(LOCK).new  # uv keeps an existing output file's pins where they still resolve
-	.venv-lock/bin/uv pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 \
+	.venv-lock/bin/uv pip compile pyproject.toml --extra test --extra quant --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --find-links $(WHEELS) --index-strategy unsafe-best-match \
 		--constraint requirements-constraints.txt --no-header -o $(LOCK).new
 	@{ sed -n '1,/^# The model packages/p' $(LOCK); cat $(LOCK).new; } > $(LOCK).tmp && rm $(LOCK).new && mv $(LOCK).tmp $(LOCK)

@@ -388,6 +388,10 @@ def test_sft_max_seq_len_beyond_the_encoder_limit_is_one_line(seq2seq_dirs, s2s_
                "--max-seq-len", "2048", "--steps", "1", "--no-progress", "--no-tensorboard"])
     err = capsys.readouterr().err
     assert rc == 2 and "exceeds the 256 input tokens" in err and "Traceback" not in err
+    rc = main(["rl", "--policy", str(seq2seq_dirs["led"]), "--data", str(s2s_data), "--out", str(tmp_path / "y"),
+               "--max-new-tokens", "300", "--reward", CHEAP, "--no-progress", "--no-tensorboard"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--max-new-tokens 300 exceeds the 256 output tokens" in err and "Traceback" not in err
 
 
 # -------------------------------------------------------------------------------------------- rl

@@ -356,12 +356,33 @@ def context_length_of_spec(spec: str) -> int | None:
     return _declared_context(cfg)
 
 
+def quantization_config(dtype: str | None = "float32") -> Any:
+    """QLoRA's 4-bit base: NF4 weights with double quantisation (bitsandbytes), matmuls in ``dtype``.
+    The LM head and embeddings stay in ``dtype`` (transformers never quantises the output head), so
+    chunked log-probs read a full-precision head. bitsandbytes >= 0.46 runs this on CPU too."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise SumrlError("--load-in-4bit needs bitsandbytes: pip install 'sumrl[quant]' (or bitsandbytes>=0.46)") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=_dtype(dtype))
+
+
+def is_4bit(model: Any) -> bool:
+    """True when any of ``model``'s linear layers holds 4-bit bitsandbytes weights."""
+    return any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
 def load_model(spec: str, *, dtype: str | None = "float32", device: str | None = None,
-               trainable: bool = False) -> tuple[Any, Any]:
+               trainable: bool = False, load_in_4bit: bool | None = None) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for any accepted spec.
 
     Adapter folders come back as a ``peft.PeftModel`` (adapter weights trainable only when
     ``trainable``). Dropout is turned off by callers that train with RL (see sumrl.rl).
+    ``load_in_4bit``: a frozen NF4 base (:func:`quantization_config`); ``None`` = what an adapter
+    folder's ``sumrl_model.json`` says it was trained on (a plain base otherwise).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -373,7 +394,12 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
     if r.kind == "adapter":
         from peft import PeftModel
 
-        base, tok = load_model(r.base, dtype=dtype, device=device)
+        if load_in_4bit is None and (Path(r.path) / SUMRL_MODEL_FILE).exists():
+            load_in_4bit = bool(json.loads((Path(r.path) / SUMRL_MODEL_FILE).read_text()).get("load_in_4bit"))
+        if load_in_4bit and resolve(r.base).kind == "adapter":
+            raise SumrlError(f"{spec}: a stacked adapter cannot be loaded on a 4-bit base (the adapter below it "
+                             f"would be merged into 4-bit weights)")
+        base, tok = load_model(r.base, dtype=dtype, device=device, load_in_4bit=load_in_4bit)
         if resolve(r.base).kind == "adapter":
             # A stacked adapter (e.g. RL on SFT): it was trained on the weights with the lower adapter
             # merged in, so that is what it is applied to.
@@ -387,9 +413,17 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
             mark_seq2seq(tok, base.config)
         model = PeftModel.from_pretrained(base, r.path, is_trainable=trainable)
         return model, tok
+    quant: dict[str, Any] = {}
+    if load_in_4bit:
+        quant["quantization_config"] = quantization_config(dtype)
+        if torch.cuda.is_available():  # quantise straight onto the GPU (bitsandbytes' CUDA kernels)
+            quant["device_map"] = {"": torch.cuda.current_device()}
+    if load_in_4bit and r.kind == "gguf":
+        raise SumrlError(f"{spec}: --load-in-4bit does not apply to a .gguf file (it is dequantised on load); "
+                         f"use a model folder, a hub id or a packaged name")
     if r.kind == "packaged":
         path = materialize_packaged(r.path)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, **quant)
         tok = load_tokenizer(spec)
     elif r.kind == "gguf":
         model, tok = _load_from_gguf(Path(r.path))
@@ -399,7 +433,7 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
         cfg = _hf_config(r.path, spec)
         auto = AutoModelForSeq2SeqLM if cfg is not None and is_encoder_decoder(cfg) else AutoModelForCausalLM
         try:
-            model = auto.from_pretrained(r.path, dtype=torch_dtype)
+            model = auto.from_pretrained(r.path, dtype=torch_dtype, **quant)
         except OSError as e:
             raise ModelNotFoundError(
                 f"{spec}: cannot load model ({str(e).splitlines()[0][:200]}); offline? "

@@ -87,6 +87,22 @@ def output_limit(obj: Any) -> int | None:
     return None
 
 
+def check_lengths(model: Any, spec: str, *, n_input: int, input_flag: str, n_output: int | None = None,
+                  output_flag: str = "") -> None:
+    """One-line ConfigError when an encoder-decoder is asked for more input or output tokens than
+    its position embeddings hold (a no-op for decoders and for T5's relative positions)."""
+    from sumrl.errors import ConfigError
+
+    if not is_encoder_decoder(model):
+        return
+    if has_hard_input_limit(model) and n_input > input_limit(model):
+        raise ConfigError(f"{input_flag} {n_input} exceeds the {input_limit(model)} input tokens {spec} accepts "
+                          f"(an encoder-decoder: this is the encoder's input)")
+    out = output_limit(model)
+    if n_output is not None and out is not None and n_output > out:
+        raise ConfigError(f"{output_flag} {n_output} exceeds the {out} output tokens {spec}'s decoder accepts")
+
+
 def task_prefix(config: Any) -> str:
     """The summarization prefix a checkpoint declares (T5: ``summarize: ``), or ''."""
     tsp = getattr(config, "task_specific_params", None) or {}

@@ -42,6 +42,8 @@ class RMTrainConfig:
     max_summary_tokens: int = opt(128, "summary tokens kept (the document prefix gets the rest)")
     train_layers: int = opt(2, "minilm: top transformer layers trained (-1 = all, 0 = head only)")
     lora_r: int = opt(8, "policy: LoRA rank")
+    load_in_4bit: bool = opt(False, "policy: the backbone frozen in 4-bit NF4 (bitsandbytes; pip install "
+                                    "'sumrl[quant]'), LoRA and head in full precision")
     lora_layers: int = opt(-1, "policy: LoRA on the top N decoder layers only (-1 = all); the layers below need no "
                                "backward pass (CPU time)")
     micro_batch_size: int = opt(0, "synthetic: forward/backward this many sequences at a time, grouped by length, "
@@ -67,6 +69,8 @@ class RMTrainConfig:
             raise ConfigError("--lr must be positive")
         if self.max_summary_tokens < 1 or self.max_summary_tokens > self.max_length - 16:
             raise ConfigError("--max-summary-tokens must be between 1 and --max-length - 16")
+        if self.load_in_4bit and self.backbone != "policy":
+            raise ConfigError("--load-in-4bit applies to --backbone policy only")
         if self.micro_batch_size < 0:
             raise ConfigError("--micro-batch-size must be 0 (whole step) or positive")
         bad = [c for c in self.classes if c not in ALL_CLASSES]

@@ -104,7 +104,7 @@ class RewardModel(torch.nn.Module):
 
             if not arch.get("model"):
                 raise ConfigError("--backbone policy needs --model (a policy-family model spec)")
-            lm, tok = load_model(arch["model"])
+            lm, tok = load_model(arch["model"], load_in_4bit=bool(arch.get("load_in_4bit", False)))
             disable_dropout(lm)
             cfg = getattr(lm.config, "text_config", None) or lm.config
             n_layers = int(cfg.num_hidden_layers)
@@ -501,7 +501,8 @@ def _set_seed(seed: int) -> None:
 def _arch_from(cfg: Any) -> dict[str, Any]:
     return {"backbone": cfg.backbone, "model": cfg.model if cfg.backbone == "policy" else None,
             "max_length": cfg.max_length, "max_summary_tokens": cfg.max_summary_tokens,
-            "train_layers": cfg.train_layers, "lora_r": cfg.lora_r, "lora_layers": getattr(cfg, "lora_layers", -1)}
+            "train_layers": cfg.train_layers, "lora_r": cfg.lora_r, "lora_layers": getattr(cfg, "lora_layers", -1),
+            "load_in_4bit": bool(getattr(cfg, "load_in_4bit", False))}
 
 
 def _init_model(cfg: Any) -> RewardModel:

@@ -152,6 +152,9 @@ class RLConfig(DataOptions):
     merge_lora_for_generation: bool = opt(True, "sample with the LoRA weights merged into the base (restored "
                                                 "exactly afterwards); only with --value-model head")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward (less memory, slower)")
+    load_in_4bit: bool = opt(False, "QLoRA: load the policy's base frozen in 4-bit NF4 (bitsandbytes; pip install "
+                                    "'sumrl[quant]'), LoRA adapters and value heads in full precision; the reference "
+                                    "is the adapters-off 4-bit base; needs --lora")
     logprob_chunk_size: int = opt(512, "positions per chunk of the log-prob computation (never full-vocabulary "
                                        "logits of the prompt)")
     reference_kl: bool = opt(True, "compute reference log-probs every step, for objective/kl, even when no KL term "
@@ -213,6 +216,7 @@ class RLConfig(DataOptions):
             if not cond:
                 raise ConfigError(msg)
 
+        need(not self.load_in_4bit or self.lora, "--load-in-4bit needs --lora (a 4-bit base is frozen)")
         need(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
         need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         need(self.micro_batch_size >= 1, f"--micro-batch-size must be at least 1, got {self.micro_batch_size}")

@@ -61,14 +61,18 @@ class Policy:
     ref_model: Any | None  # frozen reference copy (full fine-tuning only)
 
 
-def _load_merged(spec: str, dropout_off: bool) -> tuple[Any, Any, Any]:
+def _load_merged(spec: str, dropout_off: bool, load_in_4bit: bool = False) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, resolved)``; an adapter folder is merged into its base so that the
     weights *are* the starting policy (then adapters-off = that policy, not the bare base)."""
     from sumrl.models.loading import load_model, resolve
     from sumrl.models.lora import disable_dropout
 
     r = resolve(spec)
-    model, tok = load_model(spec, dtype="float32")
+    if load_in_4bit and r.kind == "adapter":
+        raise ConfigError(f"--load-in-4bit with the adapter {spec} as --policy: RL merges the adapter into its base, "
+                          f"which a 4-bit base would requantise; start from the base model or train without it")
+    # explicit: an SFT adapter trained on a 4-bit base is merged into its full-precision base here
+    model, tok = load_model(spec, dtype="float32", load_in_4bit=load_in_4bit)
     if r.kind == "adapter":
         model = model.merge_and_unload()
     if dropout_off:
@@ -83,7 +87,7 @@ def build_policy(cfg: RLConfig) -> Policy:
         raise ConfigError("--lora-target-modules must not include lm_head (log-probs read the head's weight)")
     if cfg.value_model == "adapter" and not cfg.lora:
         raise ConfigError("--value-model adapter needs --lora (the value adapter sits on the frozen base)")
-    model, tok, r = _load_merged(cfg.policy, cfg.dropout_off)
+    model, tok, r = _load_merged(cfg.policy, cfg.dropout_off, cfg.load_in_4bit)
     merged_from = cfg.policy if r.kind == "adapter" else None
     if r.kind == "adapter":
         base_spec = None  # SFT weights are merged in: the RL adapter is saved stacked on the SFT adapter
@@ -202,6 +206,10 @@ class RLTrainer:
             print(precision_line("rl", self.use_bf16, why), flush=True)
         self.reward = build_reward(cfg.reward)
         self.policy = build_policy(cfg)
+        from sumrl.models.seq2seq import check_lengths
+
+        check_lengths(self.policy.model, cfg.policy, n_input=cfg.max_prompt_tokens, input_flag="--max-prompt-tokens",
+                      n_output=cfg.max_new_tokens, output_flag="--max-new-tokens")
         tok = self.policy.tokenizer
         self.tok = tok
         self.stop_ids = eos_ids(self.policy.model, tok)
@@ -248,6 +256,7 @@ class RLTrainer:
 
         self.engine = HFEngine(self.raw.model, share_prompt=cfg.share_prompt,
                                merge_lora=cfg.share_prompt and cfg.merge_lora_for_generation and cfg.lora
+                               and not cfg.load_in_4bit
                                and cfg.value_model == "head")
         self.eval_engine = HFEngine(self.raw.model)
         self.max_new_tokens = cfg.max_new_tokens  # replaced by set_summary_cap()
@@ -909,7 +918,8 @@ def _publish(tr: RLTrainer, out: Path, cfg: RLConfig) -> None:
     from sumrl.training.sft import publish_model
 
     model = tr.raw.model
-    extra = {"trained_by": "sumrl rl", "algo": cfg.algo, "steps": cfg.steps, "policy": cfg.policy}
+    extra = {"trained_by": "sumrl rl", "algo": cfg.algo, "steps": cfg.steps, "policy": cfg.policy,
+             "load_in_4bit": cfg.load_in_4bit}
     if cfg.lora:
         stacked = tr.policy.merged_from is not None
         base = stacked_base_spec(tr.policy.merged_from, out) if stacked else tr.policy.base_spec

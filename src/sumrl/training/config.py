@@ -66,6 +66,8 @@ class SFTConfig(DataOptions):
                                      "or gradient and an all-zero gradient always stop the run)")
     # --- speed / memory
     gradient_checkpointing: bool = opt(True, "recompute activations in backward (memory linear in length, ~30% slower)")
+    load_in_4bit: bool = opt(False, "QLoRA: load the base model frozen in 4-bit NF4 (bitsandbytes; pip install "
+                                    "'sumrl[quant]'), LoRA adapters in full precision; needs --lora")
     bf16: AutoBool = opt("auto", BF16_HELP)
     loss_chunk_size: int = opt(512, "summary positions per chunk of the cross-entropy (never full-vocabulary logits "
                                     "for the whole sequence)")
@@ -90,6 +92,9 @@ class SFTConfig(DataOptions):
     tensorboard: bool = opt(True, "also log to OUT/tensorboard")
 
     def validate(self) -> None:
+        if self.load_in_4bit and not self.lora:
+            raise ConfigError("--load-in-4bit needs --lora (a 4-bit base is frozen; only adapters train)")
+
         def positive(name: str, allow_zero: bool = False) -> None:
             v = getattr(self, name)
             if v is not None and (v < 0 or (v == 0 and not allow_zero)):

@@ -97,13 +97,13 @@ def build_model(cfg: SFTConfig) -> tuple[Any, Any, str]:
     r = resolve(cfg.model)
     if r.kind == "adapter":
         base = r.base
-        model, tok = load_model(cfg.model, dtype="float32", trainable=cfg.lora)
+        model, tok = load_model(cfg.model, dtype="float32", trainable=cfg.lora, load_in_4bit=cfg.load_in_4bit)
         if not cfg.lora:  # full fine-tuning from an adapter: fold it into the weights first
             model = model.merge_and_unload()
     else:
         # a relative model folder must still resolve when the saved adapter is loaded elsewhere
         base = str(Path(cfg.model).resolve()) if r.kind in ("hf_dir", "gguf") else cfg.model
-        model, tok = load_model(cfg.model, dtype="float32")
+        model, tok = load_model(cfg.model, dtype="float32", load_in_4bit=cfg.load_in_4bit)
         if cfg.lora:
             model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                              target_modules=cfg.lora_target_modules or None)
@@ -300,11 +300,10 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     examples = load_data(cfg.data, cfg.split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
                          require_summary=True, limit=cfg.limit, seed=cfg.seed)
     model, tok, base_spec = build_model(cfg)
-    from sumrl.models.seq2seq import has_hard_input_limit, input_limit, is_encoder_decoder
+    from sumrl.models.seq2seq import check_lengths
 
-    if is_encoder_decoder(model) and has_hard_input_limit(model) and cfg.max_seq_len > input_limit(model):
-        raise ConfigError(f"--max-seq-len {cfg.max_seq_len} exceeds the {input_limit(model)} input tokens "
-                          f"{cfg.model} accepts (an encoder-decoder: --max-seq-len is the encoder's input)")
+    check_lengths(model, cfg.model, n_input=cfg.max_seq_len, input_flag="--max-seq-len",
+                  n_output=cfg.max_target_tokens, output_flag="--max-target-tokens")
     seqs = encode_for(cfg, tok, examples)
     n_steps = total_steps(cfg, len(seqs))
     sampler = StepSampler(len(seqs), cfg.batch_size, cfg.seed)
@@ -469,7 +468,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     if not parameters_finite(p for _, p in params):
         raise TrainingDiverged(f"sft diverged: the weights are no longer finite; nothing published; the last good "
                                f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
-    extra = {"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps}
+    extra = {"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps, "load_in_4bit": cfg.load_in_4bit}
     best_dir = last_checkpoint(out / BEST_DIR) if patience else None
     if best_dir is not None:  # every process loads it, so that they all return the same weights
         best_state = load_checkpoint(best_dir, model=raw_module.model, restore_rng=False)
