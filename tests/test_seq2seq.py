@@ -431,18 +431,19 @@ def test_rl_runs_and_saves(fam, algo, extra, seq2seq_dirs, s2s_data, tmp_path):
     assert type(model).__name__ == "PeftModelForSeq2SeqLM"
 
 
-@pytest.mark.parametrize("fam, guide", [("t5", "decoder"), ("led", "bart")])
-def test_rl_ppo_plus_plus_rolls_in_on_the_decoder(fam, guide, seq2seq_dirs, tiny_base_model_dir, s2s_data,
-                                                  tmp_path):
-    """PPO++ with a decoder guide (other prompt format) and with an encoder-decoder guide: the
-    roll-in prefix is decoder input for both the encoder-decoder guide and policy."""
+@pytest.mark.parametrize("fam, guide, algo", [("t5", "decoder", "ppo++"), ("led", "bart", "ppo++"),
+                                             ("bart", "decoder", "aggrevated"), ("t5", "led", "d2lols")])
+def test_rl_guided_algorithms(fam, guide, algo, seq2seq_dirs, tiny_base_model_dir, s2s_data, tmp_path):
+    """The guided algorithms with a decoder guide (other prompt format) and with an encoder-decoder
+    guide: a PPO++ roll-in prefix is decoder input for both the encoder-decoder guide and policy."""
     g = tiny_base_model_dir if guide == "decoder" else seq2seq_dirs[guide]
-    out = tmp_path / "pp"
-    assert main(_rl_args(seq2seq_dirs[fam], s2s_data, out, "--algo", "ppo++", "--guide", str(g),
-                         "--guide-rollin-prob", "1.0", "--ppo-epochs", "1")) == 0
+    out = tmp_path / "g"
+    extra = ["--guide-rollin-prob", "1.0"] if algo == "ppo++" else ["--steps", "2", "--d2lols-tau", "1", "--guide-rollin-prob", "1.0"] if algo == "d2lols" else []
+    assert main(_rl_args(seq2seq_dirs[fam], s2s_data, out, "--algo", algo, "--guide", str(g), "--ppo-epochs", "1",
+                         *extra)) == 0
     row = _rl_metrics(out)[-1]
-    assert row["guide/rollin_fraction"] > 0
-    assert row["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # old pass == training pass with prefixes
+    assert row["guide/rollin_fraction" if algo != "aggrevated" else "guide/rollout_fraction"] > 0
+    assert row["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # old pass == training pass (with prefixes)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
