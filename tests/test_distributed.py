@@ -124,6 +124,12 @@ def _rm(kind, source, model, out):
             "--margin", *common]
 
 
+def _sft(model, data, out):
+    return ["sft", "--model", str(model), "--data", str(data), "--out", str(out), "--steps", "2", "--batch-size", "4",
+            "--max-seq-len", "96", "--max-target-tokens", "16", "--eval-every", "0", "--no-progress", "--no-tensorboard",
+            "--no-bf16", "--lr", "1e-2", "--warmup-steps", "0", "--seed", "2"]
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     from test_reward_model import _docs
@@ -147,10 +153,11 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two(files, tiny_model_dir):
     """The 2-process runs: {name: output folder}, plus the launcher's stdout."""
-    outs = {name: files / f"two-{name}" for name in [*RL_CASES, "synthetic", "preference"]}
+    outs = {name: files / f"two-{name}" for name in [*RL_CASES, "synthetic", "preference", "sft"]}
     cmds = [_rl(tiny_model_dir, files / "rl.jsonl", outs[c], c) for c in RL_CASES]
     cmds += [_rm("synthetic", files / "rm.jsonl", tiny_model_dir, outs["synthetic"]),
-             _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"])]
+             _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"]),
+             _sft(tiny_model_dir, files / "rl.jsonl", outs["sft"])]
     p = torchrun(2, cmds, files)
     return outs, p.stdout
 
@@ -204,6 +211,32 @@ def test_rm_on_two_processes_equals_one(kind, two, files, tiny_model_dir, tmp_pa
     _close(ma, mb, where=kind)
     assert_same_weights(one, outs[kind], skip=skip)
     assert stdout.count("saved reward model to") == 2
+
+
+def test_sft_on_two_processes_equals_one(two, files, tiny_model_dir, tmp_path):
+    outs, stdout = two
+    one = tmp_path / "one"
+    assert main(_sft(tiny_model_dir, files / "rl.jsonl", one)) == 0
+    ma, mb = _metrics(one), _metrics(outs["sft"])
+    assert [r["step"] for r in mb] == [r["step"] for r in ma] and ma
+    drop = ("time/", "train/tokens_per_s", "perf/", "train/micro_batches")  # per-process counts and speeds
+    for ra, rb in zip(ma, mb):
+        _close({k: v for k, v in ra.items() if not k.startswith(drop)},
+               {k: v for k, v in rb.items() if not k.startswith(drop)}, where=f"sft step {ra['step']}")
+    assert_same_weights(one, outs["sft"])
+
+
+def test_a_two_process_run_resumes_in_one_process(two, tmp_path, tiny_model_dir, files, engine, capsys):
+    import shutil
+
+    outs, _ = two
+    run = tmp_path / "run"
+    shutil.copytree(outs["grpo"], run)  # 2 steps on 2 processes, checkpoint at step 2
+    args = _rl(tiny_model_dir, files / "rl.jsonl", run, "grpo")
+    args[args.index("--steps") + 1] = "3"
+    assert main([*args, "--resume"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3]
 
 
 def test_a_batch_that_does_not_split_evenly_is_one_line(tiny_model_dir, files, tmp_path):
