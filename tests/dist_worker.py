@@ -47,11 +47,35 @@ def install(seed: int) -> None:
     E.HFEngine.generate = generate
 
 
+def force_fsdp2() -> None:
+    """Accelerate maps every CPU run to MULTI_CPU and never applies FSDP there; this puts its FSDP2
+    plugin in place after the Accelerator is built, so that ``prepare`` shards with
+    ``torch.distributed.fsdp.fully_shard`` over the gloo group exactly as it does on GPUs (each
+    transformer layer its own unit, as recipes/accelerate/fsdp2.yaml asks)."""
+    import accelerate
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    orig = accelerate.Accelerator.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        if self.state.num_processes > 1:
+            self.state.distributed_type = DistributedType.FSDP
+            self.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+                fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
+                state_dict_type="FULL_STATE_DICT")
+
+    accelerate.Accelerator.__init__ = init
+
+
 def main() -> int:
     import json
+    import os
     from pathlib import Path
 
     install(int(sys.argv[1]))
+    if os.environ.get("SUMRL_TEST_FSDP2") == "1":
+        force_fsdp2()
     from sumrl.cli import main as cli
 
     for args in json.loads(Path(sys.argv[2]).read_text()):

@@ -1,6 +1,6 @@
 """Data-parallel training on 2 CPU (gloo) processes under torchrun equals 1 process with the same
-global batch and seed: ``sumrl rl`` (GRPO; PPO with a critic) and ``sumrl rm`` (synthetic and
-preference).
+global batch and seed: ``sumrl rl`` (GRPO; PPO with a critic), ``sumrl rm`` (synthetic and
+preference; data-parallel and FSDP2) and LoRA ``sumrl sft``.
 
 The 2-process runs are launched once for the module (one ``torchrun`` running the four commands
 in turn: process start-up is most of the cost); each test runs its 1-process twin in-process and
@@ -59,14 +59,15 @@ def _env() -> dict:
     return env
 
 
-def torchrun(nproc: int, commands: list[list[str]], workdir: Path, *, seed: int = 0,
-             timeout: int = 600) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, commands: list[list[str]], workdir: Path, *, seed: int = 0, timeout: int = 600,
+             env: dict | None = None) -> subprocess.CompletedProcess:
     """``sumrl`` commands in turn in one group of ``nproc`` gloo processes, with the deterministic engine."""
     cmd_file = workdir / "commands.json"
     cmd_file.write_text(json.dumps(commands))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), str(HERE / "dist_worker.py"), str(seed), str(cmd_file)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=str(ROOT))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**_env(), **(env or {})},
+                       cwd=str(ROOT))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return p
 
@@ -162,6 +163,19 @@ def two(files, tiny_model_dir):
     return outs, p.stdout
 
 
+@pytest.fixture(scope="module")
+def two_fsdp(files, tiny_model_dir):
+    """The RM runs again on 2 processes under FSDP2 (Accelerate's FSDP path forced on the CPU group,
+    tests/dist_worker.py): each decoder layer a shard unit, the optimizer prepared with the model,
+    the full weights gathered for saving."""
+    outs = {k: files / f"fsdp-{k}" for k in ("synthetic", "preference")}
+    cmds = [_rm("synthetic", files / "rm.jsonl", tiny_model_dir, outs["synthetic"]),
+            _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"])]
+    p = torchrun(2, cmds, files, env={"SUMRL_TEST_FSDP2": "1"})
+    assert p.stdout.count("rm: 2 processes (FSDP2, parameters, gradients and optimizer state sharded)") == 2
+    return outs
+
+
 @pytest.fixture
 def engine():
     """The worker's deterministic engine in this (1-process) run too."""
@@ -189,9 +203,14 @@ def test_rl_on_two_processes_equals_one(case, two, files, tiny_model_dir, tmp_pa
     assert stdout.count("2 processes, 2 prompts each") == len(RL_CASES)
 
 
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
 @pytest.mark.parametrize("kind", ["synthetic", "preference"])
-def test_rm_on_two_processes_equals_one(kind, two, files, tiny_model_dir, tmp_path):
-    outs, stdout = two
+def test_rm_on_two_processes_equals_one(kind, sharding, request, files, tiny_model_dir, tmp_path):
+    if sharding == "ddp":
+        outs, stdout = request.getfixturevalue("two")
+        assert stdout.count("saved reward model to") == 2 and stdout.count("rm: 2 processes (data-parallel)") == 2
+    else:
+        outs = request.getfixturevalue("two_fsdp")
     one = tmp_path / "one"
     source = files / ("rm.jsonl" if kind == "synthetic" else "pairs.jsonl")
     assert main(_rm(kind, source, tiny_model_dir, one)) == 0
@@ -210,7 +229,6 @@ def test_rm_on_two_processes_equals_one(kind, two, files, tiny_model_dir, tmp_pa
         skip = ("head.bias",)
     _close(ma, mb, where=kind)
     assert_same_weights(one, outs[kind], skip=skip)
-    assert stdout.count("saved reward model to") == 2
 
 
 def test_sft_on_two_processes_equals_one(two, files, tiny_model_dir, tmp_path):
@@ -271,15 +289,18 @@ def test_concatenated_parts_equal_one_collate():
 
 @pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_sharded_configs_are_refused_with_one_line(var, tiny_model_dir, files, tmp_path, monkeypatch, capsys):
-    # sumrl's trainers are data-parallel only: an FSDP / DeepSpeed launch stops before any work
-    # (on a CPU Accelerate would silently run data-parallel instead)
+    # sft and rl are data-parallel only (sumrl rm also runs under FSDP2): an FSDP / DeepSpeed launch
+    # stops before any work (on a CPU Accelerate would silently run data-parallel instead)
     monkeypatch.setenv(var, "true")
     assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "grpo")) == 2
     assert main(["sft", "--model", str(tiny_model_dir), "--data", str(files / "rl.jsonl"), "--out", str(tmp_path / "s"),
                  "--steps", "1", "--max-target-tokens", "16", "--max-seq-len", "96", "--no-bf16"]) == 2
-    assert main(_rm("preference", files / "pairs.jsonl", tiny_model_dir, tmp_path / "rm")) == 2
+    refused = 2
+    if var == "ACCELERATE_USE_DEEPSPEED":
+        assert main(_rm("preference", files / "pairs.jsonl", tiny_model_dir, tmp_path / "rm")) == 2
+        refused = 3
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
-    assert len(err) == 3 and all("does not run under" in l and "recipes/accelerate/ddp.yaml" in l for l in err)
+    assert len(err) == refused and all("does not run under" in l and "recipes/accelerate/ddp.yaml" in l for l in err)
 
 
 def test_accelerate_recipes_are_valid_configs():

@@ -122,6 +122,9 @@ class RewardModel(torch.nn.Module):
             hidden = cfg.hidden_size
         else:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose minilm or policy")
+        # FSDP's transformer wrap policy makes each of these layers its own shard unit
+        inner = self.encoder if self.backbone == "minilm" else self.lm.get_base_model()
+        self._no_split_modules = list(getattr(inner, "_no_split_modules", None) or []) or None
         self.head = torch.nn.Linear(hidden, 1)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.constant_(self.head.bias, 0.5)  # midpoint of the 0/1 token targets
@@ -282,7 +285,8 @@ class RewardModel(torch.nn.Module):
         order = sorted(range(len(summaries)), key=lambda i: len(summaries[i] or ""))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            v, m, _ = self.forward_values([documents[i] for i in idx], [summaries[i] for i in idx], [queries[i] for i in idx])
+            # through __call__: under FSDP the root unit's hooks gather its parameters (head, embeddings)
+            v, m, _ = self([documents[i] for i in idx], [summaries[i] for i in idx], [queries[i] for i in idx])
             for b, i in enumerate(idx):
                 out[i] = v[b][m[b]].float().cpu()
         self.train(was)
@@ -309,7 +313,7 @@ class RewardModel(torch.nn.Module):
         was = self.training
         self.eval()
         for s in range(0, len(texts), batch_size):
-            v, m, spans = self.forward_values(documents[s:s + batch_size], texts[s:s + batch_size], queries[s:s + batch_size])
+            v, m, spans = self(documents[s:s + batch_size], texts[s:s + batch_size], queries[s:s + batch_size])
             for b in range(v.shape[0]):
                 vals = v[b][m[b]].float().cpu()
                 res.append({"score": float(vals.mean()) if vals.numel() else 0.0, "values": vals, "spans": spans[b]})
@@ -341,13 +345,14 @@ class RewardModel(torch.nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().contiguous() for n, p in self.named_parameters() if p.requires_grad}
 
-    def save(self, out: str | Path, config: dict, metrics: dict) -> None:
+    def save(self, out: str | Path, config: dict, metrics: dict, state: dict[str, torch.Tensor] | None = None) -> None:
+        """``state``: the trainable weights when they are not this process's own (FSDP: gathered)."""
         from safetensors.torch import save_file
 
         from sumrl.utils.io import atomic_dir, write_json
 
         with atomic_dir(out) as tmp:
-            save_file(self.trainable_state(), str(tmp / "model.safetensors"))
+            save_file(state if state is not None else self.trainable_state(), str(tmp / "model.safetensors"))
             write_json(tmp / "config.json", {"format": FORMAT, "version": 1, "arch": self.arch, **config})
             write_json(tmp / "metrics.json", metrics)
 
@@ -540,15 +545,41 @@ class _Parallel:
     loss times ``world``: Accelerate averages gradients over processes, so the step is the one
     process's step on the whole batch. Only the main process saves."""
 
-    def __init__(self, model: "RewardModel"):
+    def __init__(self, model: "RewardModel", opt: Any):
         from accelerate import Accelerator
 
         from sumrl.rl.distributed import accelerator_kwargs
 
         self.acc = Accelerator(**accelerator_kwargs())
         self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
-        self.module = self.acc.prepare(model) if self.world > 1 else model
+        self.fsdp = self.world > 1 and getattr(self.acc.state, "fsdp_plugin", None) is not None
+        self.opt = opt
+        if self.fsdp:  # FSDP2: the optimizer is prepared with the model (its parameters become shards)
+            self.module, self.opt = self.acc.prepare(model, opt)
+        else:
+            self.module = self.acc.prepare(model) if self.world > 1 else model
         self.raw = model
+        self.params = [p for p in model.parameters() if p.requires_grad]  # after sharding: the shards
+        if self.world > 1:
+            from torch.distributed.fsdp import FSDPModule
+
+            how = ("FSDP2, parameters, gradients and optimizer state sharded" if isinstance(self.module, FSDPModule)
+                   else "data-parallel")
+            _log(f"rm: {self.world} processes ({how})")
+
+    def clip(self, max_norm: float) -> float:
+        """The global gradient norm (clipped to ``max_norm``); FSDP: over all shards."""
+        if self.fsdp:
+            return float(self.acc.clip_grad_norm_(self.params, max_norm))
+        return float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+
+    def state(self) -> dict[str, torch.Tensor] | None:
+        """The full trainable weights for saving; FSDP gathers them (a collective: every process
+        calls it), otherwise ``None`` (the model's own)."""
+        if not self.fsdp:
+            return None
+        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().contiguous()
+                for n, p in self.raw.named_parameters() if p.requires_grad}
 
     def check(self, n: int, what: str) -> None:
         if n % self.world:
@@ -586,7 +617,7 @@ def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[fl
     world = par.world if par is not None else 1
     (loss * world).backward()  # processes' gradients are averaged
     value = par.total(float(loss.item())) if par is not None else float(loss.item())
-    guard.check(value, float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)
+    guard.check(value, par.clip(1.0) if par is not None else float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)
     opt.step()
     history.append(value)
     if step % max(1, steps // 10) == 0 or step == steps:
@@ -617,7 +648,8 @@ def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: An
         total += loss.item()
     if par is not None:
         total = par.total(total)
-    guard.check(total, float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)  # before the step
+    guard.check(total, par.clip(1.0) if par is not None else float(torch.nn.utils.clip_grad_norm_(params, 1.0)),
+                step)  # before the step
     opt.step()
     history.append(total)
     if step == 1 or step % max(1, steps // 20) == 0 or step == steps:
@@ -675,7 +707,7 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
 
     from sumrl.rl.distributed import refuse_sharded
 
-    refuse_sharded("rm")
+    refuse_sharded("rm", allow_fsdp=True)
     _set_seed(cfg.seed)
     classes = list(cfg.classes)
     bad = [c for c in classes if c not in NEGATIVE_CLASSES]
@@ -703,9 +735,9 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
         raise SumrlError(f"{cfg.data}: no usable negative of any class {', '.join(classes)}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    par = _Parallel(model)
+    par = _Parallel(model, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0))
     par.check(2 * cfg.batch_size, "positives and negatives")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt, params = par.opt, par.params
     rng = random.Random(cfg.seed)
     history: list[float] = []
     guard = divergence_guard(cfg)
@@ -756,9 +788,10 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
         "paper_equivalent_length": paper_length_penalties(token_normalization),
         "seconds": round(time.time() - t0, 1),
     }
+    full = par.state()  # FSDP: gathered on every process
     if par.is_main:
         model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization,
-                             "token_normalization": token_normalization}, metrics)
+                             "token_normalization": token_normalization}, metrics, state=full)
     par.acc.wait_for_everyone()
     return {**metrics, "is_main": par.is_main} if par.world > 1 else metrics
 
@@ -812,7 +845,7 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
     documents are never trained on and give the reported pairwise accuracy."""
     from sumrl.rl.distributed import refuse_sharded
 
-    refuse_sharded("rm")
+    refuse_sharded("rm", allow_fsdp=True)
     _set_seed(cfg.seed)
     if not cfg.pairs:
         raise ConfigError("--kind preference needs --pairs FILE (pairs.jsonl from `sumrl data pairs` or `sumrl human export`)")
@@ -829,9 +862,9 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
     model = _init_model(cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    par = _Parallel(model)
+    par = _Parallel(model, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0))
     par.check(cfg.batch_size, "pairs")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt, params = par.opt, par.params
     rng = random.Random(cfg.seed)
     history = []
     guard = divergence_guard(cfg)
@@ -870,8 +903,9 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
                "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
                "heldout_pairwise_accuracy": acc, "normalization": normalization,
                "token_normalization": token_normalization, "seconds": round(time.time() - t0, 1)}
+    full = par.state()  # FSDP: gathered on every process
     if par.is_main:
         model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization,
-                             "token_normalization": token_normalization}, metrics)
+                             "token_normalization": token_normalization}, metrics, state=full)
     par.acc.wait_for_everyone()
     return {**metrics, "is_main": par.is_main} if par.world > 1 else metrics
