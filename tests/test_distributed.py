@@ -37,8 +37,9 @@ CHEAP = "length,eos,repetition"
 
 RL_CASES = {
     # group baselines, KL in the reward, micro-batches that cut across a process's rows
+    # + the held-out evaluation (before step 1 and after step 2), split over the processes
     "grpo": ["--algo", "grpo", "--samples-per-prompt", "2", "--batch-size", "4", "--kl-coef", "0.05",
-             "--micro-batch-size", "3"],
+             "--micro-batch-size", "3", "--eval-every", "2", "--val-examples", "3", "--val-batch-size", "2"],
     # critic, GAE, whitened advantages, 2 epochs x 2 mini-batches, policy/critic clipped separately
     "ppo": ["--algo", "ppo", "--batch-size", "4", "--ppo-epochs", "2", "--mini-batch-size", "2",
             "--micro-batch-size", "1", "--kl-coef", "0.05", "--max-grad-norm", "0.5"],
@@ -112,7 +113,8 @@ def assert_same_weights(a: Path, b: Path, tol: float = 1e-5, skip: tuple = ()) -
 def _rl(policy, data, out, case):
     return ["rl", "--policy", str(policy), "--data", str(data), "--out", str(out), "--reward", CHEAP,
             "--max-new-tokens", "6", "--max-prompt-tokens", "96", "--no-progress", "--no-tensorboard",
-            "--steps", "2", "--eval-every", "0", "--no-bf16", "--lr", "0.01", "--seed", "3", *RL_CASES[case]]
+            "--steps", "2", "--eval-every", "0", "--no-bf16", "--lr", "0.01", "--seed", "3", "--sample-every", "1",
+            *RL_CASES[case]]
 
 
 def _rm(kind, source, model, out):
@@ -140,7 +142,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     # distinct documents: the deterministic engine tells completions apart by their prompt
     rows = [{"id": f"d{i}", "document": f"Paper {i}. " + " ".join(CORPUS[i:i + 3]), "summary": CORPUS[i].split(".")[0] + ".",
-             "split": "train" if i < 8 else "val"} for i in range(10)]
+             "split": "train" if i < 8 else "val"} for i in range(11)]
     (d / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     docs = _docs()
     (d / "rm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in docs + [{**docs[0], "id": "v0", "split": "val"}]))
@@ -194,7 +196,11 @@ def test_rl_on_two_processes_equals_one(case, two, files, tiny_model_dir, tmp_pa
     one = tmp_path / "one"
     assert main(_rl(tiny_model_dir, files / "rl.jsonl", one, case)) == 0
     ma, mb = _metrics(one), _metrics(outs[case])
-    assert [r["step"] for r in mb] == [1, 2]  # each step logged once, by the main process
+    assert [r["step"] for r in mb] == ([0, 1, 2] if case == "grpo" else [1, 2])  # once each, by the main process
+    if case == "grpo":
+        assert "eval/reward" in mb[0] and "eval/reward" in mb[-1]
+    samples = lambda out: [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples(one) == samples(outs[case])  # the sample tables, held-out ones included
     for ra, rb in zip(ma, mb):
         _close({k: v for k, v in ra.items() if not k.startswith("time/")},
                {k: v for k, v in rb.items() if not k.startswith("time/")}, where=f"step {ra['step']}")
@@ -254,7 +260,7 @@ def test_a_two_process_run_resumes_in_one_process(two, tmp_path, tiny_model_dir,
     args[args.index("--steps") + 1] = "3"
     assert main([*args, "--resume"]) == 0
     assert "resuming at step 2" in capsys.readouterr().out
-    assert [r["step"] for r in _metrics(run)] == [1, 2, 3]
+    assert [r["step"] for r in _metrics(run)] == [0, 1, 2, 3]  # step 0: the held-out curve before training
 
 
 def test_a_batch_that_does_not_split_evenly_is_one_line(tiny_model_dir, files, tmp_path):

@@ -296,37 +296,50 @@ class RLTrainer:
         reference trajectories), scored by the training rewards exactly as a rollout is (sequence
         score + per-token rewards + the no-end-token term). Returns the ``eval/*`` metrics and
         sample rows for the first ``n_rows`` documents. Greedy decoding draws no random numbers, so
-        evaluating does not change what a (resumed) run samples."""
+        evaluating does not change what a (resumed) run samples.
+
+        With several processes each writes and scores every N-th document; the per-document results
+        are gathered (in document order) and every process computes the same metrics."""
         import torch
 
         from sumrl.generation.engine import Sampling
+        from sumrl.rl.distributed import gather_parts
         from sumrl.rl.rollout import make_episode, score_rollout, truncate_at_eos
         from sumrl.rl.trajectory import collate
 
         cfg, tok = self.cfg, self.tok
         if self._eval_prompts is None:
             self._eval_prompts = [self._encode(ex) for ex in examples]
+        mine = list(range(self.rank, len(examples), self.world))  # every document with one process
         episodes = []
-        for s in range(0, len(examples), cfg.val_batch_size):
-            prompts = self._eval_prompts[s:s + cfg.val_batch_size]
+        for s in range(0, len(mine), cfg.val_batch_size):
+            idx = mine[s:s + cfg.val_batch_size]
+            prompts = [self._eval_prompts[i] for i in idx]
             raw = self.eval_engine.generate(prompts, [self.max_new_tokens] * len(prompts),
                                             Sampling(temperature=0.0, top_p=1.0, stop_ids=tuple(self.stop_ids),
                                                      pad_id=self.pad_id))
-            for k, r in enumerate(raw):
+            for i, r in zip(idx, raw):
                 acts, fin = truncate_at_eos(r, self.stop_ids)
-                episodes.append(make_episode(tok, example_index=s + k, group=s + k, source="eval (greedy)",
-                                             prompt_ids=self._eval_prompts[s + k], actions=acts, finished=fin))
-        rollout = collate(episodes, self.pad_id)
-        scored = score_rollout(self.reward, rollout, examples, tok, no_eos_penalty=cfg.no_eos_penalty,
-                               no_eos_mode=cfg.no_eos_mode)
+                episodes.append(make_episode(tok, example_index=i, group=i, source="eval (greedy)",
+                                             prompt_ids=self._eval_prompts[i], actions=acts, finished=fin))
+        part: list = []
+        if episodes:
+            scored = score_rollout(self.reward, collate(episodes, self.pad_id), examples, tok,
+                                   no_eos_penalty=cfg.no_eos_penalty, no_eos_mode=cfg.no_eos_mode)
+            part = [(e, scored.totals[k], {n: v[k] for n, v in scored.components.items()})
+                    for k, e in enumerate(episodes)]
+        rows = sorted((r for p in gather_parts(self.accelerator, part) for r in p), key=lambda r: r[0].example_index)
+        episodes = [r[0] for r in rows]
+        totals = torch.stack([r[1] for r in rows])
+        components = {n: torch.stack([r[2][n] for r in rows]) for n in (rows[0][2] if rows else {})}
         lens = torch.tensor([len(e.summary_ids) for e in episodes], dtype=torch.float32)
         metrics = {
-            "eval/reward": float(scored.totals.mean()),
-            **{f"eval/{k}": float(v.mean()) for k, v in scored.components.items()},
+            "eval/reward": float(totals.mean()),
+            **{f"eval/{k}": float(v.mean()) for k, v in components.items()},
             "eval/mean_length": float(lens.mean()),
             "eval/no_eos_rate": float(sum(not e.finished for e in episodes) / len(episodes)),
         }
-        return metrics, _sample_rows(episodes, examples, scored.totals, scored.components, n_rows)
+        return metrics, _sample_rows(episodes, examples, totals, components, n_rows)
 
     # ------------------------------------------------------------------ stage 4: forward passes
     def _rows_forward(self, module: Any, rollout: Any, **kw) -> dict:
