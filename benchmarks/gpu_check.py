@@ -149,7 +149,7 @@ def build(torch, name: str, device, dtype, attn: str):
     cfg = config_of(name)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
     model.config.use_cache = True
     return model, cfg
 

@@ -293,6 +293,14 @@ def test_concatenated_parts_equal_one_collate():
     assert shard(list(range(6)), 1, 3) == [2, 3]
 
 
+def test_sampling_seeds_differ_by_process_and_step_and_repeat():
+    from sumrl.rl.distributed import step_seed
+
+    seeds = {step_seed(s, t, r) for s in (0, 1) for t in range(50) for r in range(8)}
+    assert len(seeds) == 2 * 50 * 8  # no two (seed, step, rank) share a sampling seed
+    assert step_seed(3, 7, 1) == step_seed(3, 7, 1)
+
+
 @pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_sharded_configs_are_refused_with_one_line(var, tiny_model_dir, files, tmp_path, monkeypatch, capsys):
     # sft and rl are data-parallel only (sumrl rm also runs under FSDP2): an FSDP / DeepSpeed launch
