@@ -15,13 +15,14 @@ torch = pytest.importorskip("torch")
 from conftest import CORPUS, build_tiny_tokenizer  # noqa: E402
 from sumrl.cli import main  # noqa: E402
 
-FAMILIES = ("t5", "bart", "led")
+FAMILIES = ("t5", "bart", "led")  # every command runs on these
+ALL_FAMILIES = FAMILIES + ("pegasus",)  # PEGASUS: loading, limits and log-probs (BART's code paths otherwise)
 CHEAP = "length,eos,repetition"
 
 
 def build_seq2seq(family: str, tok, seed: int = 0):
     from transformers import (BartConfig, BartForConditionalGeneration, LEDConfig, LEDForConditionalGeneration,
-                              T5Config, T5ForConditionalGeneration)
+                              PegasusConfig, PegasusForConditionalGeneration, T5Config, T5ForConditionalGeneration)
 
     # dropout 0: the full fine-tuning equivalence tests compare runs with different micro-batching
     # (dropout masks would consume the random stream differently); LoRA dropout is still tested
@@ -38,6 +39,11 @@ def build_seq2seq(family: str, tok, seed: int = 0):
                          max_position_embeddings=256, bos_token_id=tok.bos_token_id, forced_bos_token_id=None,
                          dropout=0.0, **common)
         model = BartForConditionalGeneration(cfg)
+    elif family == "pegasus":  # sinusoidal positions, 1,024 by default
+        cfg = PegasusConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                            max_position_embeddings=256, dropout=0.0, **common)
+        model = PegasusForConditionalGeneration(cfg)
     else:
         cfg = LEDConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
@@ -52,7 +58,7 @@ def build_seq2seq(family: str, tok, seed: int = 0):
 @pytest.fixture(scope="session")
 def seq2seq_dirs(tmp_path_factory):
     dirs = {}
-    for fam in FAMILIES:
+    for fam in ALL_FAMILIES:
         d = tmp_path_factory.mktemp(f"tiny-{fam}")
         tok = build_tiny_tokenizer(chat=False)
         build_seq2seq(fam, tok).save_pretrained(d)
@@ -82,7 +88,7 @@ def _left_padded(rows, pad):
 
 
 # ------------------------------------------------------------------------------ loading, prompts
-@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("fam", ALL_FAMILIES)
 def test_loading_prompt_convention_and_limits(fam, seq2seq_dirs):
     from sumrl.models.loading import context_length, load_model, load_tokenizer
     from sumrl.models.lora import default_target_modules
@@ -97,9 +103,10 @@ def test_loading_prompt_convention_and_limits(fam, seq2seq_dirs):
     assert build_prompt(tok, "A document.") == prefix + "A document."
     assert build_prompt(tok, "Doc.", query="Who?") == prefix + "question: Who? context: Doc."
     assert build_prompt(tok, "Doc.", instruction="Summarize briefly:") == "Summarize briefly: Doc."
-    assert context_length(model) == {"t5": 512, "bart": 256, "led": 1024}[fam]
+    assert context_length(model) == {"t5": 512, "bart": 256, "led": 1024, "pegasus": 256}[fam]
     targets = default_target_modules(model)
-    assert {"t5": {"q", "v", "wi"}, "bart": {"q_proj", "fc1"}, "led": {"query", "q_proj", "fc2"}}[fam] <= set(targets)
+    assert {"t5": {"q", "v", "wi"}, "bart": {"q_proj", "fc1"}, "led": {"query", "q_proj", "fc2"},
+            "pegasus": {"q_proj", "fc1"}}[fam] <= set(targets)
     assert "lm_head" not in targets
 
 
@@ -115,7 +122,7 @@ def test_decoder_prompts_are_unchanged(tiny_model_dir):
 # --------------------------------------------------------------------- log-probs and the encoder
 def _rows(tok, fam):
     """4 rows, two prompts of different lengths (left-padded), two responses each (right-padded)."""
-    g = torch.Generator().manual_seed({"t5": 0, "bart": 1, "led": 2}[fam])
+    g = torch.Generator().manual_seed({"t5": 0, "bart": 1, "led": 2, "pegasus": 3}[fam])
     V = len(tok)
     p1 = torch.randint(5, V, (13,), generator=g).tolist()
     p2 = torch.randint(5, V, (7,), generator=g).tolist()
@@ -128,7 +135,7 @@ def _rows(tok, fam):
     return [p1, p1, p2, p2], q, qm, r, rm
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("fam", ALL_FAMILIES)
 def test_policy_logprobs_equal_the_models_own_logits(fam, seq2seq_dirs):
     """chunked log-probs from the policy/value module == log_softmax(model(...).logits) of each row
     run alone (no padding), with a T5 head rescale, BART/LED absolute positions and LED's global
