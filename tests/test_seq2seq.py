@@ -631,3 +631,18 @@ def test_leds_value_projection_is_not_mistaken_for_the_value_adapter(seq2seq_dir
     assert any(".value.lora_A.default." in names[id(p)] for p in split["policy"])
     assert all(f".{VALUE_ADAPTER}.weight" in names[id(p)] for p in split["critic"]) and split["critic"]
     assert len(split["policy"]) == len(split["critic"])
+
+
+def test_bench_seq2seq_smoke(capsys):
+    """benchmarks/bench_seq2seq.py (shared vs per-row encoder) runs, and both paths agree."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_seq2seq.py"
+    spec = importlib.util.spec_from_file_location("bench_seq2seq", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke"]) == 0
+    rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| 64 |")]
+    assert len(rows) == 3 and "same tokens" in rows[0]
+    assert all(float(r.split("|")[-2]) < 1e-5 for r in rows[1:])
