@@ -358,10 +358,15 @@ def test_recipes_are_valid():
 
     root = Path(__file__).resolve().parent.parent / "recipes"
     names = sorted(p.name for p in root.glob("rl_*.yaml"))
-    assert names == sorted(f"rl_{a}.yaml" for a in ("ppo", "grpo", "rloo", "ppo++", "aggrevated", "d2lols", "lastmile"))
+    assert names == sorted(f"rl_{a}.yaml" for a in ("ppo", "grpo", "rloo", "ppo++", "aggrevated", "d2lols", "lastmile",
+                                                     "composite"))
     for name in names:
         cfg = build_config(RLConfig, load_recipe(root / name), source=name)
-        assert cfg.algo in name or name == "rl_lastmile.yaml"
+        assert cfg.algo in name or name in ("rl_lastmile.yaml", "rl_composite.yaml")
+    composite = build_config(RLConfig, load_recipe(root / "rl_composite.yaml"))
+    assert composite.algo == "grpo" and composite.no_eos_penalty == 0.0  # the end-token term is in the reward list
+    assert [r["name"] for r in composite.reward] == ["rouge", "coverage", "factuality", "coherence_model", "repetition",
+                                                     "length", "eos"]
     last = build_config(RLConfig, load_recipe(root / "rl_lastmile.yaml"))
     assert (last.kl_coef, last.entropy_coef, last.gamma, last.lam) == (0.0, 0.0, 0.99999, 0.95)
     assert last.value_target == "mc" and last.reference_trajectory_ratio == 0.5 and last.summary_cap_quantile == 0.95
