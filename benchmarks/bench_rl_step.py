@@ -33,6 +33,72 @@ import time
 from typing import Any
 
 RESULT = "BENCH_RESULT "
+STAGES = ("generate", "score", "forward", "train")
+
+
+def _hwm_kib() -> int | None:
+    """The process's peak resident set size since the last :func:`_reset_hwm` (VmHWM, KiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    # Linux: writing 5 to clear_refs resets VmHWM to the current RSS (so each stage gets its own peak)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class StagePeaks:
+    """Peak RSS per RL stage: the stage functions the trainer calls are wrapped so that the peak
+    is read and reset around each call (Linux only; elsewhere the dict stays empty). On a GPU the
+    CUDA allocator's peak is tracked the same way."""
+
+    def __init__(self) -> None:
+        self.rss: dict[str, float] = {}
+        self.cuda: dict[str, float] = {}
+
+    def _close(self, stage: str) -> None:
+        import torch
+
+        kib = _hwm_kib()
+        if kib is not None:
+            self.rss[stage] = max(self.rss.get(stage, 0.0), kib / 2 ** 20)
+        if torch.cuda.is_available():
+            self.cuda[stage] = max(self.cuda.get(stage, 0.0), torch.cuda.max_memory_allocated() / 2 ** 30)
+
+    def _reset(self) -> None:
+        import torch
+
+        _reset_hwm()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def _open(self) -> None:
+        self._close("other")  # whatever ran since the last stage (model loading, advantages, logging)
+        self._reset()
+
+    def wrap(self, owner: Any, attr: str, stage: str) -> None:
+        fn = getattr(owner, attr)
+
+        def wrapped(*a, **kw):
+            self._open()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self._close(stage)
+                self._reset()
+
+        setattr(owner, attr, wrapped)
 
 
 def _block(s: dict[str, Any]) -> dict[str, Any]:
@@ -40,8 +106,15 @@ def _block(s: dict[str, Any]) -> dict[str, Any]:
 
     from sumrl.config import build_config
     from sumrl.rl.config import GROUP_ALGOS, RLConfig
-    from sumrl.rl.trainer import train
+    from sumrl.rl import guided, rollout
+    from sumrl.rl.trainer import RLTrainer, train
 
+    peaks = StagePeaks()
+    # the functions stage by stage (train() imports them at call time, so patching the modules works)
+    peaks.wrap(guided, "_policy_sample", "generate")
+    peaks.wrap(rollout, "score_rollout", "score")
+    peaks.wrap(RLTrainer, "forward_rollout", "forward")
+    peaks.wrap(RLTrainer, "update", "train")
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
     group = s["algo"] in GROUP_ALGOS
@@ -62,9 +135,13 @@ def _block(s: dict[str, Any]) -> dict[str, Any]:
     out = {k: float(m.get(k, 0.0)) for k in ("time/generate", "time/generate_guide", "time/score", "time/forward",
                                             "time/train", "time/step", "completions/mean_length")}
     out["wall"] = wall
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+    peaks._close("other")
+    # ru_maxrss is reset with VmHWM on Linux: the process peak is the largest stage peak
+    out["peak_rss_gib"] = max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, *peaks.rss.values()])
+    out["stage_rss_gib"] = dict(peaks.rss)
     if torch.cuda.is_available():
-        out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        out["peak_cuda_gib"] = max(peaks.cuda.values(), default=torch.cuda.max_memory_allocated() / 2 ** 30)
+        out["stage_cuda_gib"] = dict(peaks.cuda)
     return out
 
 
@@ -151,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['algo']} | {r['prompt_tokens']}{capped} | {r['time/generate']:.2f} | {r['time/generate_guide']:.2f} | "
               f"{r['time/score']:.2f} | {r['time/forward']:.2f} | {r['time/train']:.2f} | {r['time/step']:.2f} | "
               f"{r['completions/mean_length']:.1f} | {mem} | {r['wall']:.1f} |")
+    if any(r.get("stage_rss_gib") for r in rows):
+        print()
+        print("Peak RSS by stage (GiB; the largest is the run's peak; other = model loading, advantages, logging):")
+        print("| algo | prompt tokens | generate | score | forward | train | other |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            st = r.get("stage_rss_gib") or {}
+            print(f"| {r['algo']} | {r['prompt_tokens']} | "
+                  + " | ".join(f"{st[k]:.2f}" if k in st else "-" for k in (*STAGES, "other")) + " |")
     slopes = []
     for algo in args.algos:
         rs = [r for r in rows if r["algo"] == algo]

@@ -202,3 +202,113 @@ def test_bf16_autocast_runs_and_stays_within_bf16_noise():
             shared = _logp(model, grouped_response_hidden(model, q, qm, r, rm, prefill_chunk=4), r, rm)
     assert float((shared - plain).abs().max()) < 2e-2
     assert float((shared - fp32).abs().max()) < 2e-2
+
+
+# ------------------------------------------------------------------ memory: micro-batches, checkpointing
+def test_micro_batches_keep_groups_whole_and_respect_both_budgets():
+    from sumrl.models.grouped import grad_tokens, micro_batches
+
+    # three groups (sizes 3, 2, 4) of prompts with 10, 6 and 8 real tokens (width 10), responses of 4 tokens
+    lens, sizes = [10, 6, 8], [3, 2, 4]
+    q = torch.zeros(9, 10, dtype=torch.long)
+    qm = torch.zeros(9, 10, dtype=torch.long)
+    row = 0
+    for p, (n, g) in enumerate(zip(lens, sizes)):
+        for _ in range(g):
+            q[row, 10 - n:] = p + 1
+            qm[row, 10 - n:] = 1
+            row += 1
+    rm = torch.ones(9, 4, dtype=torch.long)
+    rm[0, 2:] = 0  # a short response: the group's longest (4) sets the width
+    # rows only: no token budget
+    assert micro_batches(q, qm, rm, max_rows=5, max_tokens=None, shared=True) == [[0, 1, 2, 3, 4], [5, 6, 7, 8]]
+    # rows cap smaller than a group: the group is split by rows (as a row count always did)
+    assert micro_batches(q, qm, rm, max_rows=2, max_tokens=None, shared=True) == [[0, 1], [2], [3, 4], [5, 6], [7, 8]]
+    # token budget, shared prompt counted once per group: group 1 = 10 + 3 x 4 = 22, groups 1 + 2 = 2 x 10 + 5 x 4 = 40
+    assert micro_batches(q, qm, rm, max_rows=16, max_tokens=40, shared=True) == [[0, 1, 2, 3, 4], [5, 6, 7, 8]]
+    # groups 2 + 3 = 2 x 8 + 6 x 4 = 40 > 39; all three = 3 x 10 + 9 x 4 = 66
+    assert micro_batches(q, qm, rm, max_rows=16, max_tokens=39, shared=True) == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+    assert micro_batches(q, qm, rm, max_rows=16, max_tokens=66, shared=True) == [list(range(9))]
+    # a group larger than the budget is never split for it: it runs alone
+    assert micro_batches(q, qm, rm, max_rows=16, max_tokens=5, shared=True) == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+    # plain rows: each row costs its prompt + response; longest of the micro-batch sets both widths
+    assert micro_batches(q, qm, rm, max_rows=16, max_tokens=28, shared=False) == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    # the cost model is the pass's own count on the trimmed micro-batch
+    assert grad_tokens(q[:5, 0:], qm[:5], rm[:5], shared=True) == 2 * 10 + 5 * 4
+    assert grad_tokens(q[:5], qm[:5], rm[:5], shared=False) == 5 * 14
+    assert micro_batches(q[:0], qm[:0], rm[:0], max_rows=4, max_tokens=8, shared=True) == []
+
+
+def _count_calls(model):
+    """Forward calls of every decoder layer's MLP (a checkpointing replay calls it again)."""
+    calls = [0]
+    for name, m in model.named_modules():
+        if name.endswith("mlp"):  # wraps forward: module hooks do not fire in a checkpoint's replay
+            def counted(*a, _f=m.forward, **kw):
+                calls[0] += 1
+                return _f(*a, **kw)
+
+            m.forward = counted
+    return calls
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_activation_checkpointing_switch_is_exact_and_restored(shared):
+    from sumrl.models.grouped import activation_checkpointing
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model = _lora(_tiny("llama"))
+    model.train()
+    calls = _count_calls(model)
+    q, qm, r, rm, G = _batch()
+
+    def grads(on):
+        model.zero_grad(set_to_none=True)
+        calls[0] = 0
+        with activation_checkpointing(model, on):
+            h = grouped_response_hidden(model, q, qm, r, rm) if shared else _plain(model, q, qm, r, rm, G)
+            lp = _logp(model, h, r, rm)
+            (lp * rm).sum().backward()
+        return calls[0], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    n_off, g_off = grads(False)
+    n_on, g_on = grads(True)
+    assert n_on == 2 * n_off > 0  # every layer replayed once in backward: checkpointing did act
+    assert g_off.keys() == g_on.keys() and len(g_off) > 0
+    for n in g_off:
+        assert torch.allclose(g_on[n], g_off[n], atol=TOL, rtol=0), n
+    # the model's own setting is back (off: never enabled)
+    assert not any(m.gradient_checkpointing for m in model.modules() if isinstance(m, GradientCheckpointingLayer))
+
+
+def test_module_checkpoints_by_prompt_length_auto():
+    """PolicyValueModule(checkpointing="auto"): recompute only for passes over more than
+    checkpoint_tokens positions under gradient; log-probs and gradients equal either way."""
+    from sumrl.rl.value import PolicyValueModule
+
+    model = _lora(_tiny("llama"))
+    model.train()
+    calls = _count_calls(model)
+    q, qm, r, rm, G = _batch()
+    qr, qmr = q.repeat_interleave(G, 0), qm.repeat_interleave(G, 0)
+    tokens = 3 * q.shape[1] + 3 * G * r.shape[1]  # 3 prompts once + 12 responses
+    results = {}
+    for name, setting, limit in (("off", False, 1), ("auto-below", "auto", tokens), ("auto-above", "auto", tokens - 1),
+                                 ("on", True, 10 ** 9)):
+        m = PolicyValueModule(model, share_prompt=True, checkpointing=setting, checkpoint_tokens=limit)
+        model.zero_grad(set_to_none=True)
+        calls[0] = 0
+        out = m(qr, qmr, r, rm)
+        (out["logprobs"] * rm).sum().backward()
+        results[name] = (calls[0], out["logprobs"].detach(),
+                         {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        with torch.no_grad():  # no gradient: never checkpointed
+            calls[0] = 0
+            m(qr, qmr, r, rm)
+            assert calls[0] == results["off"][0]
+    assert results["auto-below"][0] == results["off"][0]
+    assert results["auto-above"][0] == results["on"][0] == 2 * results["off"][0]
+    for name in ("auto-below", "auto-above", "on"):
+        assert torch.allclose(results[name][1], results["off"][1], atol=TOL, rtol=0)
+        for n, g in results["off"][2].items():
+            assert torch.allclose(results[name][2][n], g, atol=TOL, rtol=0), (name, n)

@@ -46,6 +46,10 @@ __all__ = [
     "prefill",
     "grouped_response_hidden",
     "grouped_token_logprobs",
+    "activation_checkpointing",
+    "grad_tokens",
+    "micro_batches",
+    "checkpointing_wanted",
 ]
 
 
@@ -115,16 +119,20 @@ def _make_layer_classes():
             return super().update(key_states, value_states, *args, **kwargs)
 
     class PrefixLayer(DynamicLayer):
-        """Read-only prefix: an update returns ``cat(prefix, new)`` and stores nothing, so the
-        completion pass (and any replay of it) sees the prompt's keys/values and only those."""
+        """Read-only prefix: an update returns ``cat(prefix[index], new)`` and stores nothing, so the
+        completion pass (and any replay of it) sees the prompt's keys/values and only those. The
+        prompt's keys/values are kept once per *prompt* and expanded to the group's rows inside
+        ``update`` -- a transient of one layer -- rather than held expanded (G copies) for every
+        layer during the whole pass."""
 
-        def __init__(self, keys: Tensor, values: Tensor):
+        def __init__(self, keys: Tensor, values: Tensor, index: Tensor):
             super().__init__()
             self.lazy_initialization(keys, values)
-            self.keys, self.values = keys, values
+            self.keys, self.values, self.index = keys, values, index
 
         def update(self, key_states, value_states, *args, **kwargs):
-            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+            return (torch.cat([self.keys.index_select(0, self.index), key_states], dim=-2),
+                    torch.cat([self.values.index_select(0, self.index), value_states], dim=-2))
 
     return PromptLayer, PrefixLayer
 
@@ -188,6 +196,95 @@ def _keep_cache_under_checkpointing(decoder) -> Iterator[None]:
                 del m._can_checkpoint_with_cache
             else:
                 m._can_checkpoint_with_cache = s
+
+
+@contextmanager
+def activation_checkpointing(model: Any, enabled: bool) -> Iterator[None]:
+    """Turn transformers' per-layer activation checkpointing on or off for the block (restored
+    afterwards), so the choice can follow each micro-batch's size (see
+    :func:`checkpointing_wanted`). Non-reentrant ``torch.utils.checkpoint`` is installed where no
+    checkpointing function was set. Checkpointing only acts on layers in training mode with
+    gradient enabled (transformers' rule); the arithmetic is the same either way (a replay
+    recomputes the same values; tests/test_grouped.py)."""
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    saved = [(m.__dict__.get("gradient_checkpointing"), m.__dict__.get("_gradient_checkpointing_func"))
+             for m in layers]
+    for m in layers:
+        if enabled and getattr(m, "_gradient_checkpointing_func", None) is None:
+            m._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+        m.gradient_checkpointing = bool(enabled)
+    try:
+        yield
+    finally:
+        for m, (flag, fn) in zip(layers, saved):
+            for name, v in (("gradient_checkpointing", flag), ("_gradient_checkpointing_func", fn)):
+                if v is None:
+                    m.__dict__.pop(name, None)
+                else:
+                    setattr(m, name, v)
+
+
+def grad_tokens(query_ids: Tensor, query_mask: Tensor, response_mask: Tensor, *, shared: bool) -> int:
+    """Positions a forward pass over these rows runs (padded widths: what the trunk computes):
+    ``prompts x Lq + rows x T`` with the shared-prompt path (each run of consecutive identical
+    prompts once, as :func:`consecutive_groups` finds them), ``rows x (Lq + T)`` without."""
+    B, Lq = query_ids.shape
+    T = response_mask.shape[1]
+    if not shared or B == 0:
+        return B * (Lq + T)
+    return len(consecutive_groups(query_ids, query_mask)[2]) * Lq + B * T
+
+
+def micro_batches(query_ids: Tensor, query_mask: Tensor, response_mask: Tensor, *, max_rows: int,
+                  max_tokens: int | None, shared: bool) -> list[list[int]]:
+    """Row positions of each micro-batch, in order: at most ``max_rows`` rows and -- unless one group
+    alone is larger -- at most ``max_tokens`` positions each, counted as the pass over the trimmed
+    micro-batch runs them (:func:`grad_tokens`: longest prompt and response of the micro-batch, a
+    shared prompt once per group). Runs of consecutive identical prompts (a group) are never split
+    for the token budget (splitting a group costs its prompt again and saves nothing); a group
+    larger than ``max_rows`` is split by rows, as a plain row count would."""
+    B = query_ids.shape[0]
+    if B == 0:
+        return []
+    q_len = query_mask.sum(dim=1).tolist()
+    r_len = response_mask.sum(dim=1).tolist()
+    _, _, sizes = consecutive_groups(query_ids, query_mask) if shared else (None, None, [1] * B)
+    units: list[list[int]] = []  # whole groups, cut to max_rows
+    start = 0
+    for g in sizes:
+        units += [list(range(a, min(a + max_rows, start + g))) for a in range(start, start + g, max_rows)]
+        start += g
+
+    def cost(n_prompts: int, rows: list[int]) -> int:
+        lq, lr = max(q_len[i] for i in rows), max(max(r_len[i] for i in rows), 1)
+        return n_prompts * lq + len(rows) * lr if shared else len(rows) * (lq + lr)
+
+    out: list[list[int]] = []
+    cur: list[int] = []
+    n_units = 0
+    for u in units:
+        cand = cur + u
+        if cur and (len(cand) > max_rows or (max_tokens is not None and cost(n_units + 1, cand) > max_tokens)):
+            out.append(cur)
+            cur, n_units = list(u), 1
+        else:
+            cur, n_units = cand, n_units + 1
+    out.append(cur)
+    return out
+
+
+def checkpointing_wanted(setting: Any, tokens: int, threshold: int) -> bool:
+    """``--gradient-checkpointing``: True / False as set; ``"auto"`` = on when a pass under gradient
+    runs more than ``threshold`` positions (its activations grow with the positions kept for
+    backward; docs/benchmarks.md has the measurement behind the default)."""
+    if setting == "auto":
+        return tokens > threshold
+    return bool(setting)
 
 
 # --------------------------------------------------------------------------------------- passes
@@ -269,10 +366,9 @@ def grouped_response_hidden(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
         if T == 1:
             return first
         _, PrefixLayer = _layer_classes()
-        # Expanded once per layer (not per step): B x Lq keys/values, small next to activations
-        # (index_select's backward sums the rows of a group back onto their prompt).
-        ccache = _new_cache([PrefixLayer(layer.keys.index_select(0, index), layer.values.index_select(0, index))
-                             for layer in pcache.layers])
+        # Expanded to the B rows inside each layer's update (index_select's backward sums the rows
+        # of a group back onto their prompt).
+        ccache = _new_cache([PrefixLayer(layer.keys, layer.values, index) for layer in pcache.layers])
         del pcache
         full_mask = torch.cat([prompt_mask.index_select(0, index), response_mask], dim=1)
         pos = position_ids_from_mask(full_mask)[:, Lq:Lq + T - 1]

@@ -114,6 +114,10 @@ class RLConfig(DataOptions):
                                                       "whole rollout batch = one update per epoch)")
     micro_batch_size: int = opt(4, "sequences per forward/backward pass; gradients are accumulated with the exact "
                                    "token-mean normaliser of the mini-batch")
+    micro_batch_tokens: typing.Optional[int] = opt(8192, "at most this many positions per forward/backward pass (a "
+                                                         "shared prompt counted once per group, padding included); "
+                                                         "a group of samples is never split for it, so a group "
+                                                         "larger than the budget runs alone (None = rows only)")
     clip_eps: float = opt(0.2, "PPO ratio clip range")
     value_clip: float = opt(0.2, "value clipping range around the rollout values (N+ detail; 0 = off)")
     vf_coef: float = opt(0.1, "value-loss coefficient (matters with the shared trunk)")
@@ -151,7 +155,14 @@ class RLConfig(DataOptions):
                                    "gradient in training); exact, tested equal to --no-share-prompt")
     merge_lora_for_generation: bool = opt(True, "sample with the LoRA weights merged into the base (restored "
                                                 "exactly afterwards); only with --value-model head")
-    gradient_checkpointing: bool = opt(False, "recompute activations in backward (less memory, slower)")
+    gradient_checkpointing: AutoBool = opt("auto", "recompute activations in backward (less memory, slower); auto = "
+                                                   "per forward pass, on when it runs more than "
+                                                   "--checkpoint-tokens positions under gradient")
+    checkpoint_tokens: int = opt(2048, "--gradient-checkpointing auto: the positions per pass above which activations "
+                                       "are recomputed (docs/benchmarks.md: memory and time per 1k tokens with and "
+                                       "without)")
+    prefill_chunk: int = opt(1024, "no-grad passes and generation run long prompts this many tokens at a time "
+                                   "(bounded activations; exact)")
     load_in_4bit: bool = opt(False, "QLoRA: load the policy's base frozen in 4-bit NF4 (bitsandbytes; pip install "
                                     "'sumrl[quant]'), LoRA adapters and value heads in full precision; the reference "
                                     "is the adapters-off 4-bit base; needs --lora")
@@ -220,6 +231,10 @@ class RLConfig(DataOptions):
         need(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
         need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         need(self.micro_batch_size >= 1, f"--micro-batch-size must be at least 1, got {self.micro_batch_size}")
+        need(self.micro_batch_tokens is None or self.micro_batch_tokens >= 1,
+             f"--micro-batch-tokens must be at least 1, got {self.micro_batch_tokens}")
+        need(self.checkpoint_tokens >= 1, f"--checkpoint-tokens must be at least 1, got {self.checkpoint_tokens}")
+        need(self.prefill_chunk >= 16, f"--prefill-chunk must be at least 16, got {self.prefill_chunk}")
         need(self.mini_batch_size is None or self.mini_batch_size >= 1, "--mini-batch-size must be at least 1")
         need(self.ppo_epochs >= 1, f"--ppo-epochs must be at least 1, got {self.ppo_epochs}")
         need(self.max_new_tokens >= 2, f"--max-new-tokens must be at least 2, got {self.max_new_tokens}")

@@ -113,7 +113,7 @@ def build_policy(cfg: RLConfig) -> Policy:
         ref_model.eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing is True:  # "auto" is decided per pass by PolicyValueModule
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return Policy(model=model, tokenizer=tok, base_spec=base_spec, merged_from=merged_from, ref_model=ref_model)
 
@@ -235,14 +235,16 @@ class RLTrainer:
                 guide_head = ValueHead(hidden_size(self.policy.model))
         module = PolicyValueModule(self.policy.model, value_head, value_adapter=cfg.value_model == "adapter",
                                    chunk_size=cfg.logprob_chunk_size, bf16=self.use_bf16, guide_value_head=guide_head,
-                                   share_prompt=cfg.share_prompt)
+                                   share_prompt=cfg.share_prompt, checkpointing=cfg.gradient_checkpointing,
+                                   checkpoint_tokens=cfg.checkpoint_tokens, prefill_chunk=cfg.prefill_chunk)
         self.module = self.accelerator.prepare(module)
         self.raw = self.accelerator.unwrap_model(self.module)
         self.device = self.accelerator.device
         self.ref_module = None
         if self.policy.ref_model is not None:
             self.ref_module = PolicyValueModule(self.policy.ref_model, chunk_size=cfg.logprob_chunk_size,
-                                                bf16=self.use_bf16, share_prompt=cfg.share_prompt).to(self.device)
+                                                bf16=self.use_bf16, share_prompt=cfg.share_prompt,
+                                                prefill_chunk=cfg.prefill_chunk).to(self.device)
         self.guide = None
         if cfg.algo in GUIDED_ALGOS:
             from sumrl.rl.guided import Guide
@@ -342,18 +344,27 @@ class RLTrainer:
         return metrics, _sample_rows(episodes, examples, totals, components, n_rows)
 
     # ------------------------------------------------------------------ stage 4: forward passes
+    def micro_batches(self, batch: Any) -> list[list[int]]:
+        """Row positions of each forward pass: ``micro_batch_size`` rows and ``micro_batch_tokens``
+        positions at most, groups whole (:func:`sumrl.models.grouped.micro_batches`)."""
+        from sumrl.models.grouped import micro_batches
+
+        return micro_batches(batch.query_ids, batch.query_mask, batch.response_mask,
+                             max_rows=self.cfg.micro_batch_size, max_tokens=self.cfg.micro_batch_tokens,
+                             shared=self.cfg.share_prompt)
+
     def _rows_forward(self, module: Any, rollout: Any, **kw) -> dict:
-        """Run ``module`` over the rollout in micro-batches of rows (full width, no grad)."""
+        """Run ``module`` over the rollout in micro-batches (full width, no grad)."""
         import torch
 
         outs: dict[str, list] = {}
-        n, mb = len(rollout), self.cfg.micro_batch_size
         dev = self.device
         with torch.no_grad():
-            for s in range(0, n, mb):
-                pl = rollout.prefix_len[s:s + mb].to(dev) if rollout.prefix_len is not None else None
-                o = module(rollout.query_ids[s:s + mb].to(dev), rollout.query_mask[s:s + mb].to(dev),
-                           rollout.response_ids[s:s + mb].to(dev), rollout.response_mask[s:s + mb].to(dev),
+            for rows in self.micro_batches(rollout):
+                s, e = rows[0], rows[-1] + 1  # consecutive rows
+                pl = rollout.prefix_len[s:e].to(dev) if rollout.prefix_len is not None else None
+                o = module(rollout.query_ids[s:e].to(dev), rollout.query_mask[s:e].to(dev),
+                           rollout.response_ids[s:e].to(dev), rollout.response_mask[s:e].to(dev),
                            temperature=self.temperature, prefix_len=pl, **kw)
                 for k, v in o.items():
                     outs.setdefault(k, []).append(v.float().cpu())
@@ -499,8 +510,8 @@ class RLTrainer:
                 norm = normaliser(mini, n_act)
                 vnorm = normaliser(mini, n_val)
                 mine = shard(range(len(mini)), self.rank, self.world)  # this process's rows of the mini-batch
-                for ms in range(0, len(mine), cfg.micro_batch_size):
-                    sub = mine[ms:ms + cfg.micro_batch_size]
+                for part in self.micro_batches(mini.select(mine)):
+                    sub = [mine[k] for k in part]
                     mt = mini.select(sub).to(self.device)
                     amask = mt.action_mask
                     w = float(amask.sum())

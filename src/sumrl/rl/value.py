@@ -205,8 +205,14 @@ class PolicyValueModule(torch.nn.Module):
 
     def __init__(self, model: Any, value_head: ValueHead | None = None, *, value_adapter: bool = False,
                  chunk_size: int = 512, bf16: bool = False, guide_value_head: ValueHead | None = None,
-                 share_prompt: bool = False):
+                 share_prompt: bool = False, checkpointing: Any = None, checkpoint_tokens: int = 2048,
+                 prefill_chunk: int | None = 1024):
         super().__init__()
+        # activation checkpointing per pass under gradient: True / False / "auto" (on above
+        # checkpoint_tokens positions, sumrl.models.grouped.checkpointing_wanted); None = the model's own
+        self.checkpointing = checkpointing
+        self.checkpoint_tokens = int(checkpoint_tokens)
+        self.prefill_chunk = prefill_chunk  # no-grad passes: the prompt this many tokens at a time
         self.model = model
         self.value_head = value_head
         # D2LOLS's separate guide critic (TRIL create_guide_critic): a second head on the same trunk
@@ -238,6 +244,17 @@ class PolicyValueModule(torch.nn.Module):
         (:func:`sumrl.models.seq2seq.response_hidden`); ``prefix_len`` says which trailing prompt
         tokens are a roll-in prefix, which an encoder-decoder's decoder reads (a decoder reads the
         prompt as it is, so ignores it)."""
+        if self.checkpointing is None or not torch.is_grad_enabled():
+            return self._response_hidden(query_ids, query_mask, response_ids, response_mask, prefix_len)
+        from sumrl.models.grouped import activation_checkpointing, checkpointing_wanted, grad_tokens
+
+        tokens = grad_tokens(query_ids, query_mask, response_mask, shared=self.share_prompt)
+        with activation_checkpointing(self.model, checkpointing_wanted(self.checkpointing, tokens,
+                                                                       self.checkpoint_tokens)):
+            return self._response_hidden(query_ids, query_mask, response_ids, response_mask, prefix_len)
+
+    def _response_hidden(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
+                         response_mask: Tensor, prefix_len: Tensor | None = None) -> Tensor:
         Lq, T = query_ids.shape[1], response_ids.shape[1]
         if self._seq2seq:  # the prompt is the encoder's input, run once per group (exact)
             from sumrl.models.seq2seq import response_hidden
@@ -256,7 +273,8 @@ class PolicyValueModule(torch.nn.Module):
                     with ctx:
                         return grouped_response_hidden(self.model, pq, pm, response_ids, response_mask,
                                                        group_sizes=sizes,
-                                                       prefill_chunk=None if torch.is_grad_enabled() else 1024)
+                                                       prefill_chunk=None if torch.is_grad_enabled()
+                                                       else self.prefill_chunk)
                 except ValueError as e:
                     if "sliding-window" not in str(e):
                         raise
