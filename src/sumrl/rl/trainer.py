@@ -204,6 +204,9 @@ class RLTrainer:
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
         if self.accelerator.is_main_process:
             print(precision_line("rl", self.use_bf16, why), flush=True)
+        from sumrl.utils.memory import cap_heap_retention
+
+        cap_heap_retention()  # long prompts' freed activations go back to the system (utils/memory.py)
         self.reward = build_reward(cfg.reward)
         self.policy = build_policy(cfg)
         from sumrl.models.seq2seq import check_lengths
@@ -259,7 +262,7 @@ class RLTrainer:
         self.engine = HFEngine(self.raw.model, share_prompt=cfg.share_prompt,
                                merge_lora=cfg.share_prompt and cfg.merge_lora_for_generation and cfg.lora
                                and not cfg.load_in_4bit
-                               and cfg.value_model == "head")
+                               and cfg.value_model == "head", prefill_chunk=cfg.prefill_chunk)
         self.eval_engine = HFEngine(self.raw.model)
         self.max_new_tokens = cfg.max_new_tokens  # replaced by set_summary_cap()
         self._prompt_cache: dict[int, list[int]] = {}
