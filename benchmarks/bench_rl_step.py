@@ -10,7 +10,10 @@ one-off costs such as tokenising the documents) through the public ``sumrl.rl.tr
 its own subprocess (so its peak RSS is its own), with metric rewards (rouge, length). The table
 reports the *last* step's stage times from its metrics: generation (sampling, plus the guide for
 guided algorithms), scoring (rewards), forward (old / reference log-probs and values, no grad)
-and training (PPO epochs with backward), and the block's peak RSS (peak CUDA memory on a GPU).
+and training (PPO epochs with backward), and the block's peak RSS (peak CUDA memory on a GPU),
+also split by stage: the stage functions are wrapped so that the kernel's peak-RSS counter (VmHWM,
+reset through /proc/self/clear_refs) is read and reset around each (Linux; "other" = model
+loading, advantages, logging).
 For each algorithm measured at two or more lengths, a least-squares line over the lengths gives
 the slope of peak memory and of step time per 1,000 prompt tokens (linear memory in prompt
 length is the goal of issue #13; a super-linear curve shows up as slopes growing with length).

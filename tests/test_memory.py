@@ -40,3 +40,14 @@ def test_freed_activations_leave_the_resident_set():
     default, capped = map(float, p.stdout.split()[-2:])
     assert default > 200  # the behaviour it fixes (glibc's dynamic threshold): most of 320 MiB stays resident
     assert capped < 32  # with the fixed threshold: MiB still resident after freeing 320 MiB
+
+
+def test_the_environment_can_keep_glibcs_default_and_bad_values_are_one_line(monkeypatch):
+    from sumrl.errors import ConfigError
+    from sumrl.utils.memory import cap_heap_retention
+
+    monkeypatch.setenv("SUMRL_MMAP_THRESHOLD", "0")
+    assert cap_heap_retention() is False  # nothing changed
+    monkeypatch.setenv("SUMRL_MMAP_THRESHOLD", "1MB")
+    with pytest.raises(ConfigError, match="SUMRL_MMAP_THRESHOLD must be a number of bytes"):
+        cap_heap_retention()

@@ -12,13 +12,16 @@ forward with glibc's default, 1.35 GiB with a fixed 1 MiB threshold.
 
 :func:`cap_heap_retention` fixes the threshold (which also turns off its dynamic growth), so large
 buffers always go back to the system when freed. No effect (and False) where glibc's ``mallopt``
-is not available (macOS, musl, Windows).
+is not available (macOS, musl, Windows). The price is a fresh, zeroed mapping for every large
+buffer (page faults); ``SUMRL_MMAP_THRESHOLD=0`` in the environment keeps glibc's default, for
+comparing step times (another value, in bytes, replaces the 1 MiB).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 __all__ = ["cap_heap_retention", "DEFAULT_MMAP_THRESHOLD"]
 
@@ -31,7 +34,18 @@ DEFAULT_MMAP_THRESHOLD = 1 << 20  # 1 MiB: activations of a few hundred tokens a
 
 def cap_heap_retention(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD) -> bool:
     """Serve allocations of ``mmap_threshold`` bytes and more with their own mmap (fixed threshold),
-    and trim the heap top above the same size. Returns True when glibc accepted both settings."""
+    and trim the heap top above the same size. Returns True when glibc accepted both settings;
+    False, changing nothing, when ``SUMRL_MMAP_THRESHOLD`` is 0 or there is no glibc."""
+    env = os.environ.get("SUMRL_MMAP_THRESHOLD", "").strip()
+    if env:
+        try:
+            mmap_threshold = int(env)
+        except ValueError:
+            from sumrl.errors import ConfigError
+
+            raise ConfigError(f"SUMRL_MMAP_THRESHOLD must be a number of bytes (0 = glibc's default), got {env!r}")
+        if mmap_threshold <= 0:
+            return False
     name = ctypes.util.find_library("c")
     if not name:
         return False
