@@ -167,6 +167,42 @@ def slope_per_1k(xs: list[float], ys: list[float]) -> float:
     return float(np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)[0]) * 1000.0
 
 
+def report(rows: list[dict[str, Any]]) -> None:
+    """Print the stage table, the per-stage peak memory and the slopes per 1k prompt tokens."""
+    algos = list(dict.fromkeys(r["algo"] for r in rows))
+    print("| algo | prompt tokens | generate (s) | of which guide | score (s) | forward (s) | train (s) | step (s) | "
+          "mean length | peak RSS (GiB) | run wall (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        capped = f" (asked {r['asked']})" if r["asked"] != r["prompt_tokens"] else ""
+        mem = f"{r['peak_rss_gib']:.2f}" + (f" (CUDA {r['peak_cuda_gib']:.2f})" if "peak_cuda_gib" in r else "")
+        print(f"| {r['algo']} | {r['prompt_tokens']}{capped} | {r['time/generate']:.2f} | {r['time/generate_guide']:.2f} | "
+              f"{r['time/score']:.2f} | {r['time/forward']:.2f} | {r['time/train']:.2f} | {r['time/step']:.2f} | "
+              f"{r['completions/mean_length']:.1f} | {mem} | {r['wall']:.1f} |")
+    if any(r.get("stage_rss_gib") for r in rows):
+        print()
+        print("Peak RSS by stage (GiB; the largest is the run's peak; other = model loading, advantages, logging):")
+        print("| algo | prompt tokens | generate | score | forward | train | other |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            st = r.get("stage_rss_gib") or {}
+            print(f"| {r['algo']} | {r['prompt_tokens']} | "
+                  + " | ".join(f"{st[k]:.2f}" if k in st else "-" for k in (*STAGES, "other")) + " |")
+    slopes = []
+    for algo in algos:
+        rs = [r for r in rows if r["algo"] == algo]
+        if len({r["prompt_tokens"] for r in rs}) >= 2:
+            xs = [r["prompt_tokens"] for r in rs]
+            key = "peak_cuda_gib" if all("peak_cuda_gib" in r for r in rs) else "peak_rss_gib"
+            slopes.append((algo, slope_per_1k(xs, [r[key] for r in rs]), key,
+                           slope_per_1k(xs, [r["time/step"] for r in rs])))
+    if slopes:
+        print()
+        for algo, mem_slope, key, t_slope in slopes:
+            print(f"- {algo}: {mem_slope:.3f} GiB ({key.split('_')[1]}) and {t_slope:.2f} s per step per 1k prompt tokens "
+                  "(least squares over the lengths above)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -185,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (2 sequences, 8 new tokens, prompts 64 and 128, "
                                                          "2 steps, in this process): checks that everything runs")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of rows written earlier with --json (e.g. lengths run as separate "
+                         "commands) and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(open(f).read())]
+        print(f"rows merged from {', '.join(args.merge)}")
+        report(sorted(rows, key=lambda r: (r["algo"], r["prompt_tokens"])))
+        return 0
     if args.worker:
         print(RESULT + json.dumps(_block(json.loads(args.worker))), flush=True)
         return 0
@@ -222,37 +266,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch threads {args.threads or torch.get_num_threads()}, policy {args.policy}, {args.prompts} sequences x "
           f"<= {args.new_tokens} new tokens, rewards {args.reward}, bf16 {'rl default' if bf16 is None else bf16}"
           + (" (smoke: tiny sizes, in one process: memory not meaningful)" if args.smoke else ""))
-    print("| algo | prompt tokens | generate (s) | of which guide | score (s) | forward (s) | train (s) | step (s) | "
-          "mean length | peak RSS (GiB) | run wall (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        capped = f" (asked {r['asked']})" if r["asked"] != r["prompt_tokens"] else ""
-        mem = f"{r['peak_rss_gib']:.2f}" + (f" (CUDA {r['peak_cuda_gib']:.2f})" if "peak_cuda_gib" in r else "")
-        print(f"| {r['algo']} | {r['prompt_tokens']}{capped} | {r['time/generate']:.2f} | {r['time/generate_guide']:.2f} | "
-              f"{r['time/score']:.2f} | {r['time/forward']:.2f} | {r['time/train']:.2f} | {r['time/step']:.2f} | "
-              f"{r['completions/mean_length']:.1f} | {mem} | {r['wall']:.1f} |")
-    if any(r.get("stage_rss_gib") for r in rows):
-        print()
-        print("Peak RSS by stage (GiB; the largest is the run's peak; other = model loading, advantages, logging):")
-        print("| algo | prompt tokens | generate | score | forward | train | other |")
-        print("|---|---|---|---|---|---|---|")
-        for r in rows:
-            st = r.get("stage_rss_gib") or {}
-            print(f"| {r['algo']} | {r['prompt_tokens']} | "
-                  + " | ".join(f"{st[k]:.2f}" if k in st else "-" for k in (*STAGES, "other")) + " |")
-    slopes = []
-    for algo in args.algos:
-        rs = [r for r in rows if r["algo"] == algo]
-        if len({r["prompt_tokens"] for r in rs}) >= 2:
-            xs = [r["prompt_tokens"] for r in rs]
-            key = "peak_cuda_gib" if all("peak_cuda_gib" in r for r in rs) else "peak_rss_gib"
-            slopes.append((algo, slope_per_1k(xs, [r[key] for r in rs]), key,
-                           slope_per_1k(xs, [r["time/step"] for r in rs])))
-    if slopes:
-        print()
-        for algo, mem_slope, key, t_slope in slopes:
-            print(f"- {algo}: {mem_slope:.3f} GiB ({key.split('_')[1]}) and {t_slope:.2f} s per step per 1k prompt tokens "
-                  "(least squares over the lengths above)")
+    report(rows)
     if args.json:
         from sumrl.utils.io import write_json
 

@@ -31,6 +31,16 @@ def test_bench_rl_step_smoke(tiny_model_dir, tmp_path):
     for r in rows:
         assert r["time/step"] > 0 and r["time/generate"] > 0 and r["time/train"] > 0 and r["peak_rss_gib"] > 0
     assert "| grpo | 64 |" in p.stdout and "per 1k prompt tokens" in p.stdout
+    if sys.platform.startswith("linux"):  # peak RSS per stage (VmHWM)
+        assert all(set(r["stage_rss_gib"]) >= {"generate", "score", "forward", "train"} for r in rows)
+        assert all(max(r["stage_rss_gib"].values()) <= r["peak_rss_gib"] for r in rows)
+    # rows of separate runs merged into one table (lengths run as separate commands)
+    one, two = tmp_path / "a.json", tmp_path / "b.json"
+    one.write_text(json.dumps(rows[1:]))
+    two.write_text(json.dumps(rows[:1]))
+    m = _run("bench_rl_step.py", "--merge", str(one), str(two))
+    assert m.returncode == 0, m.stderr[-2000:]
+    assert m.stdout.index("| grpo | 64 |") < m.stdout.index("| grpo | 128 |") and "per 1k prompt tokens" in m.stdout
 
 
 def test_bench_rl_vs_trl_smoke(tiny_model_dir, tmp_path):
