@@ -234,6 +234,13 @@ def test_quantile_examples_follow_the_stated_rule(tmp_path):
     html_text = out.read_text()
     assert "Chosen by a rule fixed in advance" in html_text
     assert re.findall(r'<article class="example" data-id="([^"]+)"', html_text) == ["a", "d", "e"]
+    # the same from the command line; a malformed rule or an unknown system is one line
+    dirs = [str(tmp_path / x) for x in "spg"]
+    assert main(["report", *dirs, "--out", str(tmp_path / "c.html"), "--examples-by", "sft:la_rougeL"]) == 0
+    assert re.findall(r'data-id="([^"]+)"', (tmp_path / "c.html").read_text().split('id="examples"')[1]) == \
+        ["a", "d", "e"]
+    assert main(["report", *dirs, "--out", str(tmp_path / "c.html"), "--examples-by", "sft"]) == 2
+    assert main(["report", *dirs, "--out", str(tmp_path / "c.html"), "--examples-by", "nope:la_rougeL"]) == 2
 
 
 # --------------------------------------------------------------------------- the HTML

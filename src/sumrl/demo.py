@@ -8,14 +8,24 @@ resume; SFT and RL also resume inside the stage).
 
   1. base          zero-shot evaluation of the base model on held-out long documents
   2. base-cleaned  the same generations after the seed paper's post-processing
-  3. sft           supervised fine-tuning (LoRA) on (document, reference) pairs
+  3. sft           supervised fine-tuning (LoRA) on (document, reference) pairs; early stopping on
+                   the validation loss, the best validation's weights are used
   4. eval sft      + sft-cleaned
   5. rm            synthetic token-level reward model ("RL without human feedback")
-  6. ppo-lastmile  PPO with the last-mile recipe: per-token RM rewards, -2.5 per token beyond the
-                   reference, no KL/entropy, half of the batches on reference trajectories
-  7. grpo          GRPO with metric rewards (ROUGE + length + EOS)
+  6. ppo-lastmile  PPO with the last-mile recipe (recipes/rl_lastmile.yaml): per-token RM rewards,
+                   a length penalty beyond the reference, no KL/entropy, half of the batches on
+                   reference trajectories
+  7. grpo          GRPO with recipes/rl_grpo.yaml (ROUGE + length + repetition rewards, KL term)
   8. eval rl       every RL policy on the same test documents
-  9. report        one self-contained HTML file comparing every system
+  9. report        one self-contained HTML file comparing every system, with three before/after
+                   examples chosen by a stated rule (25th/50th/75th percentile of RL minus SFT in
+                   length-adjusted ROUGE-L)
+
+Every system is decoded greedily with the same guard against loops (--no-repeat-ngram). At the
+end the demo prints how far RL moved the policy (KL, sampled length, changed test summaries) and a
+verdict from the paired tests of each RL variant against SFT (also in OUT/verdict.txt); the
+verdict says "beats SFT" only when RL is significantly better on both length-adjusted ROUGE-L
+and similarity to the reference.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ class ReportConfig:
     copy_min_words: int = opt(8, "shortest verbatim source copy highlighted, in words")
     markdown: typing.Optional[str] = opt(None, "also write the comparison, paired-test and extra-length tables "
                                                "as Markdown to this file (for docs and notes)")
+    examples_by: typing.Optional[str] = opt(None, "BASELINE:METRIC: show instead the documents at the 25th/50th/75th "
+                                                  "percentile of the per-document difference RL minus BASELINE in "
+                                                  "METRIC (mean over the RL variants), e.g. sft:la_rougeL -- a rule "
+                                                  "fixed in advance, stated in the report")
 
     def validate(self) -> None:
         if not self.runs:
@@ -38,6 +42,8 @@ class ReportConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         if self.n_bootstrap < 1:
             raise ConfigError("--n-bootstrap must be >= 1")
+        if self.examples_by is not None and len([x for x in self.examples_by.split(":") if x]) != 2:
+            raise ConfigError(f"--examples-by: expected BASELINE:METRIC (e.g. sft:la_rougeL), got {self.examples_by!r}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     out = build_report(cfg.runs, cfg.out, train_runs=cfg.train_runs, baselines=cfg.baseline, rl=cfg.rl,
                        n_examples=cfg.n_examples, seed=cfg.seed, title=cfg.title, n_bootstrap=cfg.n_bootstrap,
                        excerpt_words=cfg.excerpt_words, copy_min_words=cfg.copy_min_words,
-                       markdown_out=cfg.markdown)
+                       markdown_out=cfg.markdown,
+                       examples_by=tuple(cfg.examples_by.split(":")) if cfg.examples_by else None)
     print(f"report: {out}")
     if cfg.markdown:
         print(f"markdown: {cfg.markdown}")
