@@ -449,8 +449,9 @@ def _sft(cfg: DemoConfig, folder: Path, resume_ok: bool = True) -> dict:
         model=cfg.model, data=cfg.data, split="train", out=str(folder), steps=cfg.sft_steps, batch_size=cfg.sft_batch,
         max_seq_len=cfg.max_input_tokens + cfg.max_new_tokens, max_target_tokens=cfg.max_new_tokens, lr=3e-4,
         warmup_steps=max(1, cfg.sft_steps // 10), bf16=cfg.bf16,
-        # validation loss six times in the run, so that early stopping can pick the best weights
-        eval_every=max(1, cfg.sft_steps // 6), early_stopping_patience=cfg.sft_patience,
+        # validation loss up to six times in the run (at least 2 steps apart: each costs 8 forward
+        # passes), so that early stopping can pick the best weights
+        eval_every=max(2, cfg.sft_steps // 6), early_stopping_patience=cfg.sft_patience,
         val_examples=8, val_generate=0, save_every=max(5, cfg.sft_steps // 3), seed=cfg.seed,
         **_resume_flags(folder, resume_ok)))
     s = train(sc)
