@@ -147,3 +147,12 @@ def test_rl_movement_reads_sampled_steps_only(tmp_path):
         (tmp_path / name / "predictions.jsonl").write_text(
             "".join(json.dumps({"id": str(i), "prediction": p}) + "\n" for i, p in enumerate(preds)))
     assert changed_summaries(tmp_path / "a", tmp_path / "b") == (1, 3)
+
+
+def test_negative_settings_are_refused_in_one_line(tmp_path, capsys):
+    for flag in ("--no-repeat-ngram", "--rl-lr", "--sft-patience"):
+        assert main(["demo", flag, "-1", "--out", str(tmp_path / "d")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: {flag} must be >= 0, got -1" or err.startswith(f"error: {flag} must be >= 0"), err
+    assert main(["eval", "--predictions", str(tmp_path / "p.jsonl"), "--no-repeat-ngram", "-2"]) == 2
+    assert "--no-repeat-ngram must be >= 0" in capsys.readouterr().err

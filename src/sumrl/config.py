@@ -405,6 +405,8 @@ class GenerationOptions:
     def generation_settings(self, progress: bool = True):
         from sumrl.generation.summarize import GenerationSettings
 
+        if self.no_repeat_ngram < 0:
+            raise ConfigError(f"--no-repeat-ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
         return GenerationSettings(max_new_tokens=self.max_new_tokens, do_sample=self.sample,
                                   temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size,
                                   strategy=self.strategy, max_input_tokens=self.max_input_tokens,

@@ -114,6 +114,10 @@ class DemoConfig:
         bad = [s for s in self.stages if s not in known]
         if bad:
             raise ConfigError(f"--stages: unknown stage(s) {', '.join(bad)}; choose from {', '.join(sorted(known))}")
+        for name in ("no_repeat_ngram", "rl_lr", "sft_patience"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

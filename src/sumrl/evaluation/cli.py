@@ -39,6 +39,8 @@ class EvalConfig(DataOptions, GenerationOptions):
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.no_repeat_ngram < 0:
+            raise ConfigError(f"--no-repeat-ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
         if self.max_input_tokens is not None and self.max_input_tokens < 1:
             raise ConfigError(f"--max-input-tokens must be at least 1, got {self.max_input_tokens}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
