@@ -583,7 +583,8 @@ def movement_line(name: str, mv: dict | None, changed: tuple[int, int], tests: l
     parts = [f"{name}:"]
     if mv:
         parts.append(f"KL {mv['kl_first']:.4f} -> {mv['kl_last']:.4f} (max {mv['kl_max']:.4f}), sampled length "
-                     f"{mv['len_first']:.0f} -> {mv['len_last']:.0f} tokens over {mv['steps']} sampled steps;")
+                     f"{mv['len_first']:.0f} -> {mv['len_last']:.0f} tokens over {mv['steps']} sampled "
+                     f"step{'s' if mv['steps'] != 1 else ''};")
     parts.append(f"{changed[0]}/{changed[1]} test summaries differ from SFT's;")
     w = _test(tests, name, "pred_words")
     if w:
