@@ -530,7 +530,7 @@ def _grpo(cfg: DemoConfig, folder: Path, policy: str, resume_ok: bool = True) ->
     from sumrl.rl.trainer import train
 
     over = dict(policy=policy, steps=cfg.grpo_steps, batch_size=cfg.grpo_batch, samples_per_prompt=cfg.grpo_samples,
-                micro_batch_size=cfg.grpo_batch * cfg.grpo_samples, **_rl_lr(cfg), **_rl_common(cfg, folder, resume_ok))
+                **_rl_lr(cfg), **_rl_common(cfg, folder, resume_ok))  # micro-batches: the recipe's
     rc = build_config(RLConfig, load_recipe(GRPO_RECIPE), over)
     s = train(rc)
     return {"steps": s.get("steps")}
