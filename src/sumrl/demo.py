@@ -366,7 +366,8 @@ def run_demo(cfg: DemoConfig) -> int:
         runs = load_eval_runs([d["eval_sft"], *[ev for _, _, ev in rl_pairs]])
         tests = compare(runs, ["sft"], [n for n, _, _ in rl_pairs], n_bootstrap=1000, seed=cfg.seed).tests
         changed = {name: changed_summaries(d["eval_sft"], ev) for name, _, ev in rl_pairs}
-        print("\nDid RL move the policy? (training: KL to the starting SFT policy and the sampled summaries' length, "
+        print("\nDid RL move the policy? (training: objective/kl, the trainer's sample estimate of the KL to the "
+              "starting SFT policy -- on a few samples it can be negative -- and the sampled summaries' mean length, "
               "first -> last sampled step; test: RL vs SFT on the same papers)")
         for name, train_dir, _ in rl_pairs:
             print("  " + movement_line(name, rl_movement(train_dir), changed[name], tests))
