@@ -71,7 +71,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class DemoConfig:
-    preset: str = opt("default", "size preset: quick (<5 min on a 2-core CPU), default (<20 min), full (one GPU)",
+    preset: str = opt("default", "size preset: quick (target <5 min on a 2-core CPU), default (target <15 min on a "
+                                 "2-core CPU without AMX), full (one GPU)",
                       choices=list(PRESETS))
     out: str = opt("runs/demo", "output folder; finished stages found there are not redone")
     model: str = opt("default", "policy model to start from")
