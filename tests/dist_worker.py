@@ -3,7 +3,9 @@ rollout engine replaced by a deterministic one: each completion is a function of
 its index among the identical prompts of the call, seed) -- not of the process that samples it --
 so one process and N processes produce the same episodes and their training can be compared
 number for number. Usage: python dist_worker.py SEED COMMANDS.json (a list of sumrl argument
-lists, run one after the other in the same process group: one launch for several runs)."""
+lists, run one after the other in the same process group: one launch for several runs; a list
+starting with "@real" samples with the real engine). SUMRL_TEST_FSDP2=1: Accelerate's FSDP2 path is
+forced (:func:`force_fsdp2`)."""
 
 from __future__ import annotations
 
@@ -73,13 +75,19 @@ def main() -> int:
     import os
     from pathlib import Path
 
+    import sumrl.generation.engine as E
+
+    real = E.HFEngine.generate
     install(int(sys.argv[1]))
+    fixed = E.HFEngine.generate
     if os.environ.get("SUMRL_TEST_FSDP2") == "1":
         force_fsdp2()
     from sumrl.cli import main as cli
 
     for args in json.loads(Path(sys.argv[2]).read_text()):
-        rc = cli(args)
+        # a command starting with "@real" samples with the HF engine itself
+        E.HFEngine.generate = real if args[:1] == ["@real"] else fixed
+        rc = cli(args[1:] if args[:1] == ["@real"] else args)
         if rc:
             return rc
     return 0

@@ -167,14 +167,18 @@ def two(files, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def two_fsdp(files, tiny_model_dir):
-    """The RM runs again on 2 processes under FSDP2 (Accelerate's FSDP path forced on the CPU group,
-    tests/dist_worker.py): each decoder layer a shard unit, the optimizer prepared with the model,
-    the full weights gathered for saving."""
-    outs = {k: files / f"fsdp-{k}" for k in ("synthetic", "preference")}
-    cmds = [_rm("synthetic", files / "rm.jsonl", tiny_model_dir, outs["synthetic"]),
-            _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"])]
+    """The RL and RM runs again on 2 processes under FSDP2 (Accelerate's FSDP path forced on the CPU
+    group, tests/dist_worker.py): each decoder layer a shard unit, the optimizer prepared with the
+    model, the full weights gathered for checkpoints and the published model; plus one GRPO run that
+    samples with the real engine (generation kept in step over the sharded processes)."""
+    outs = {k: files / f"fsdp-{k}" for k in (*RL_CASES, "synthetic", "preference", "real")}
+    cmds = [_rl(tiny_model_dir, files / "rl.jsonl", outs[c], c) for c in RL_CASES]
+    cmds += [_rm("synthetic", files / "rm.jsonl", tiny_model_dir, outs["synthetic"]),
+             _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"]),
+             ["@real", *_rl(tiny_model_dir, files / "rl.jsonl", outs["real"], "grpo")]]
     p = torchrun(2, cmds, files, env={"SUMRL_TEST_FSDP2": "1"})
     assert p.stdout.count("rm: 2 processes (FSDP2, parameters, gradients and optimizer state sharded)") == 2
+    assert p.stdout.count("; FSDP2") == len(RL_CASES) + 1
     return outs
 
 
@@ -190,9 +194,15 @@ def engine():
     E.HFEngine.generate = saved
 
 
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
 @pytest.mark.parametrize("case", list(RL_CASES))
-def test_rl_on_two_processes_equals_one(case, two, files, tiny_model_dir, tmp_path, engine):
-    outs, stdout = two
+def test_rl_on_two_processes_equals_one(case, sharding, request, files, tiny_model_dir, tmp_path, engine):
+    if sharding == "ddp":
+        outs, stdout = request.getfixturevalue("two")
+        assert stdout.count("rl done") == len(RL_CASES)  # one summary line per run, not per process
+        assert stdout.count("2 processes, 2 prompts each") == len(RL_CASES)
+    else:
+        outs = request.getfixturevalue("two_fsdp")
     one = tmp_path / "one"
     assert main(_rl(tiny_model_dir, files / "rl.jsonl", one, case)) == 0
     ma, mb = _metrics(one), _metrics(outs[case])
@@ -205,8 +215,26 @@ def test_rl_on_two_processes_equals_one(case, two, files, tiny_model_dir, tmp_pa
         _close({k: v for k, v in ra.items() if not k.startswith("time/")},
                {k: v for k, v in rb.items() if not k.startswith("time/")}, where=f"step {ra['step']}")
     assert_same_weights(one, outs[case])
-    assert stdout.count("rl done") == len(RL_CASES)  # one summary line per run, not per process
-    assert stdout.count("2 processes, 2 prompts each") == len(RL_CASES)
+    assert (outs[case] / "checkpoints" / "step-00000002" / "trainable.pt").exists()
+
+
+def test_rl_under_fsdp2_samples_with_the_real_engine(two_fsdp, two, tiny_model_dir):
+    """Generation on the sharded policy: every process takes the same number of decoding steps
+    (synced), training rollouts and the greedy held-out curve; the adapter and a checkpoint in the
+    one-process format come out whole and load."""
+    from sumrl.models.loading import load_model
+
+    out = two_fsdp["real"]
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2] and "eval/reward" in rows[0] and "objective/kl" in rows[1]
+    model, _ = load_model(str(out))
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(p.dim() == 2 and p.shape[0] * p.shape[1] > 0 for p in lora.values())
+    # the checkpoint holds whole tensors, as a data-parallel run's does
+    state = torch.load(out / "checkpoints" / "step-00000002" / "trainable.pt")
+    ddp = torch.load(two[0]["grpo"] / "checkpoints" / "step-00000002" / "trainable.pt")
+    assert all(type(v) is torch.Tensor for v in state.values())
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in ddp.items()}
 
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
@@ -303,14 +331,14 @@ def test_sampling_seeds_differ_by_process_and_step_and_repeat():
 
 @pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_sharded_configs_are_refused_with_one_line(var, tiny_model_dir, files, tmp_path, monkeypatch, capsys):
-    # sft and rl are data-parallel only (sumrl rm also runs under FSDP2): an FSDP / DeepSpeed launch
-    # stops before any work (on a CPU Accelerate would silently run data-parallel instead)
+    # sft is data-parallel only, rl and rm also run under FSDP2; nothing runs under DeepSpeed yet: such a
+    # launch stops before any work (on a CPU Accelerate would silently run data-parallel instead)
     monkeypatch.setenv(var, "true")
-    assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "grpo")) == 2
     assert main(["sft", "--model", str(tiny_model_dir), "--data", str(files / "rl.jsonl"), "--out", str(tmp_path / "s"),
                  "--steps", "1", "--max-target-tokens", "16", "--max-seq-len", "96", "--no-bf16"]) == 2
-    refused = 2
+    refused = 1
     if var == "ACCELERATE_USE_DEEPSPEED":
+        assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "grpo")) == 2
         assert main(_rm("preference", files / "pairs.jsonl", tiny_model_dir, tmp_path / "rm")) == 2
         refused = 3
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]

@@ -60,11 +60,16 @@ class HFEngine:
     merged in (restored bit for bit afterwards). Models the group sampler cannot run (sliding-window
     attention) take ``model.generate``."""
 
-    def __init__(self, model: Any, *, share_prompt: bool = False, merge_lora: bool = False, prefill_chunk: int = 2048):
+    def __init__(self, model: Any, *, share_prompt: bool = False, merge_lora: bool = False, prefill_chunk: int = 2048,
+                 fsdp_root: Any = None):
         self.model = model
-        self.share_prompt = share_prompt
-        self.merge_lora = merge_lora
+        self.share_prompt = share_prompt and fsdp_root is None
+        self.merge_lora = merge_lora and fsdp_root is None
         self.prefill_chunk = prefill_chunk
+        # FSDP: the model is sharded; ``model`` sits inside the root unit ``fsdp_root``, whose own
+        # parameters (embeddings, head) are gathered around the call, and processes take the same
+        # number of decoding steps (``generate(synced_gpus=True)``)
+        self.fsdp_root = fsdp_root
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
@@ -75,6 +80,13 @@ class HFEngine:
 
         from sumrl.models.seq2seq import is_encoder_decoder
 
+        if self.fsdp_root is not None:
+            from sumrl.rl.distributed import full_weights
+
+            with full_weights(self.fsdp_root, root_only=True):
+                return sample(self.model, prompts, max_new_tokens=list(limits), temperature=sampling.temperature,
+                              top_p=sampling.top_p, stop_ids=list(sampling.stop_ids), pad_id=sampling.pad_id,
+                              prefix_lens=prefix_lens, synced_gpus=True)
         if not prompts:
             return []
         # encoder-decoders share the encoder pass of a group inside rollout.sample (seq2seq.generate)

@@ -450,13 +450,14 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | Path, *, base_spec: str | None = None,
-               extra: dict | None = None) -> None:
-    """Save a model or adapter so that ``--model out_dir`` loads it back (atomic folder write)."""
+               extra: dict | None = None, state_dict: dict | None = None) -> None:
+    """Save a model or adapter so that ``--model out_dir`` loads it back (atomic folder write).
+    ``state_dict``: the weights to write when the model's own are not whole (sharded by FSDP)."""
     from sumrl.utils.io import atomic_dir
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(tmp)
         meta = {"base": base_spec, **(extra or {})}
         (tmp / SUMRL_MODEL_FILE).write_text(json.dumps(meta, indent=2))

@@ -578,8 +578,9 @@ class _Parallel:
         calls it), otherwise ``None`` (the model's own)."""
         if not self.fsdp:
             return None
-        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().contiguous()
-                for n, p in self.raw.named_parameters() if p.requires_grad}
+        from sumrl.rl.distributed import whole_tensor
+
+        return {n: whole_tensor(p) for n, p in self.raw.named_parameters() if p.requires_grad}
 
     def check(self, n: int, what: str) -> None:
         if n % self.world:

@@ -218,3 +218,77 @@ def refuse_sharded(command: str, *, allow_fsdp: bool = False) -> None:
         if os.environ.get(var, "false").lower() in ("true", "1"):
             raise ConfigError(f"sumrl {command} does not run under {name} yet (recipes/accelerate/{recipe}); launch it "
                               f"with recipes/accelerate/ddp.yaml (data-parallel) -- see docs/scale.md")
+
+
+# ------------------------------------------------------------------------------------ FSDP2
+def is_fsdp(accelerator: Any) -> bool:
+    """Whether ``prepare`` shards models with FSDP (recipes/accelerate/fsdp2.yaml, N > 1)."""
+    return accelerator.num_processes > 1 and getattr(accelerator.state, "fsdp_plugin", None) is not None
+
+
+def _fsdp_units(model: Any) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+class full_weights:
+    """``with full_weights(model, on):`` every FSDP unit of ``model`` gathers its parameters (a
+    collective: every process enters it at the same point), so that ``named_parameters`` gives whole
+    tensors -- for checkpoints, the published model, and generation on an inner module (whose calls
+    skip the root unit's hooks). Off: nothing happens."""
+
+    def __init__(self, model: Any, on: bool = True, *, root_only: bool = False):
+        # root_only: the root unit's own parameters (the layers' units gather theirs in their hooks)
+        self.units = ([model] if root_only else _fsdp_units(model)) if on else []
+
+    def __enter__(self):
+        for m in self.units:
+            m.unshard()
+        return self
+
+    def __exit__(self, *exc):
+        for m in reversed(self.units):
+            m.reshard()
+        return False
+
+
+def whole_tensor(t: Tensor) -> Tensor:
+    """A sharded (DTensor) tensor gathered whole, or a plain one, as a detached CPU copy with its own
+    storage (a gathered tensor may be a view of a collective's buffer)."""
+    t = t.full_tensor() if hasattr(t, "full_tensor") else t
+    return t.detach().cpu().clone().contiguous()
+
+
+def full_optimizer_state(optimizer: Any) -> dict:
+    """``optimizer.state_dict()`` with every sharded (DTensor) state gathered whole, in the same
+    order on every process (a collective): the one-process format."""
+    sd = optimizer.state_dict()
+    state = {}
+    for k in sorted(sd["state"]):
+        state[k] = {n: whole_tensor(v) if isinstance(v, Tensor) else v for n, v in sorted(sd["state"][k].items())}
+    return {**sd, "state": state}
+
+
+class lora_bypassed:
+    """LoRA adapters off for the reference pass under FSDP, *without* touching ``requires_grad``:
+    peft's ``disable_adapter`` freezes and re-enables the adapter weights, but FSDP2 keeps the
+    gathered (unsharded) copies of parameters from one forward to the next, so the re-enabled flag
+    never reaches them and the next update finds nothing to train. The adapter layers' own switch
+    (``_disable_adapters``, read by every LoRA layer's forward) is flipped instead."""
+
+    def __init__(self, model: Any):
+        from peft.tuners.lora import LoraLayer
+
+        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+    def __enter__(self):
+        self.saved = [m._disable_adapters for m in self.layers]
+        for m in self.layers:
+            m._disable_adapters = True
+        return self
+
+    def __exit__(self, *exc):
+        for m, s in zip(self.layers, self.saved):
+            m._disable_adapters = s
+        return False

@@ -73,13 +73,15 @@ def neutral_generation_config(*, max_new_tokens: int, temperature: float, top_p:
 
 def sample(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int], temperature: float,
            top_p: float, stop_ids: Sequence[int], pad_id: int,
-           prefix_lens: Sequence[int] | None = None) -> list[list[int]]:
+           prefix_lens: Sequence[int] | None = None, synced_gpus: bool = False) -> list[list[int]]:
     """Sample one continuation per prompt; returns the new token ids of each row, cut to the row's
     own ``max_new_tokens`` (a list gives per-row limits; one ``generate`` call uses the largest).
     ``temperature == 0`` means greedy. Rows that stopped early are right-padded by ``generate``;
     callers cut at the first end token (:func:`truncate_at_eos`). ``prefix_lens``: how many trailing
     tokens of each prompt are a summary prefix (a guide roll-in); a decoder reads them as prompt, an
-    encoder-decoder's decoder starts from them (:func:`sumrl.models.seq2seq.generate_rows`)."""
+    encoder-decoder's decoder starts from them (:func:`sumrl.models.seq2seq.generate_rows`).
+    ``synced_gpus``: the model is sharded over processes (FSDP): every process keeps stepping until
+    all have finished (transformers' ``generate(synced_gpus=True)``)."""
     if not prompts:
         return []
     limits = [int(max_new_tokens)] * len(prompts) if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
@@ -101,8 +103,10 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
         if prefix_lens is not None and any(prefix_lens) and is_encoder_decoder(model):
             new = generate_rows(model, prompts, prefix_lens, pad_id, generation_config=gc)
         else:
-            with torch.inference_mode():
-                new = generate_new_tokens(model, ids.to(device), mask.to(device), generation_config=gc).cpu().tolist()
+            # no inference tensors under FSDP: the gathered parameters are reused by the training passes
+            with torch.no_grad() if synced_gpus else torch.inference_mode():
+                new = generate_new_tokens(model, ids.to(device), mask.to(device), generation_config=gc,
+                                          **({"synced_gpus": True} if synced_gpus else {})).cpu().tolist()
     finally:
         model.train(was_training)
     return [row[:lim] for row, lim in zip(new, limits)]

@@ -192,13 +192,18 @@ class RLTrainer:
         from sumrl.rl.value import (PolicyValueModule, ValueHead, hidden_size, init_value_adapter_from_rm,
                                     init_value_head_from_rm)
 
-        from sumrl.rl.distributed import accelerator_kwargs
+        from sumrl.rl.distributed import accelerator_kwargs, is_fsdp
 
         self.cfg = cfg
         # data-parallel under accelerate launch / torchrun (sumrl.rl.distributed); on CPU, Accelerate
         # only joins the (gloo) process group when told it runs on the CPU
         self.accelerator = Accelerator(**accelerator_kwargs(find_unused=cfg.algo == "d2lols"))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        # FSDP2 (recipes/accelerate/fsdp2.yaml): LoRA policies, the reference = adapters off
+        self.fsdp = is_fsdp(self.accelerator)
+        if self.fsdp and (not cfg.lora or cfg.algo in GUIDED_ALGOS or cfg.value_model == "adapter"):
+            raise ConfigError("sumrl rl under FSDP needs --lora (the reference is the adapters-off policy), "
+                              "--value-model head and an unguided algorithm (ppo, grpo, rloo); see docs/scale.md")
         from sumrl.models.precision import precision_line, resolve_bf16
 
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
@@ -238,9 +243,11 @@ class RLTrainer:
                 guide_head = ValueHead(hidden_size(self.policy.model))
         module = PolicyValueModule(self.policy.model, value_head, value_adapter=cfg.value_model == "adapter",
                                    chunk_size=cfg.logprob_chunk_size, bf16=self.use_bf16, guide_value_head=guide_head,
-                                   share_prompt=cfg.share_prompt, checkpointing=cfg.gradient_checkpointing,
+                                   share_prompt=cfg.share_prompt and not self.fsdp,
+                                   checkpointing=cfg.gradient_checkpointing,
                                    checkpoint_tokens=cfg.checkpoint_tokens, prefill_chunk=cfg.prefill_chunk)
-        self.module = self.accelerator.prepare(module)
+        # under FSDP the module is sharded in train(), prepared together with its optimizer
+        self.module = module if self.fsdp else self.accelerator.prepare(module)
         self.raw = self.accelerator.unwrap_model(self.module)
         self.device = self.accelerator.device
         self.ref_module = None
@@ -259,11 +266,12 @@ class RLTrainer:
         # the one seam of policy generation (sumrl.generation.engine): rollouts and held-out greedy summaries
         from sumrl.generation.engine import HFEngine
 
+        root = self.raw if self.fsdp else None
         self.engine = HFEngine(self.raw.model, share_prompt=cfg.share_prompt,
                                merge_lora=cfg.share_prompt and cfg.merge_lora_for_generation and cfg.lora
                                and not cfg.load_in_4bit
-                               and cfg.value_model == "head", prefill_chunk=cfg.prefill_chunk)
-        self.eval_engine = HFEngine(self.raw.model)
+                               and cfg.value_model == "head", prefill_chunk=cfg.prefill_chunk, fsdp_root=root)
+        self.eval_engine = HFEngine(self.raw.model, fsdp_root=root)
         self.max_new_tokens = cfg.max_new_tokens  # replaced by set_summary_cap()
         self._prompt_cache: dict[int, list[int]] = {}
         self._ref_cache: dict[int, list[int] | None] = {}  # reference actions at the current cap
@@ -315,7 +323,9 @@ class RLTrainer:
         cfg, tok = self.cfg, self.tok
         if self._eval_prompts is None:
             self._eval_prompts = [self._encode(ex) for ex in examples]
-        mine = list(range(self.rank, len(examples), self.world))  # every document with one process
+        # every document with one process; under FSDP every process takes the same decoding steps:
+        # all write every document (greedy: the same summaries), the first one's results are kept
+        mine = list(range(len(examples))) if self.fsdp else list(range(self.rank, len(examples), self.world))
         episodes = []
         for s in range(0, len(mine), cfg.val_batch_size):
             idx = mine[s:s + cfg.val_batch_size]
@@ -328,7 +338,7 @@ class RLTrainer:
                 episodes.append(make_episode(tok, example_index=i, group=i, source="eval (greedy)",
                                              prompt_ids=self._eval_prompts[i], actions=acts, finished=fin))
         part: list = []
-        if episodes:
+        if episodes and not (self.fsdp and self.rank > 0):
             scored = score_rollout(self.reward, collate(episodes, self.pad_id), examples, tok,
                                    no_eos_penalty=cfg.no_eos_penalty, no_eos_mode=cfg.no_eos_mode)
             part = [(e, scored.totals[k], {n: v[k] for n, v in scored.components.items()})
@@ -417,6 +427,11 @@ class RLTrainer:
 
         if self.ref_module is not None:
             yield self.ref_module
+        elif self.fsdp:
+            from sumrl.rl.distributed import lora_bypassed
+
+            with lora_bypassed(self.raw.model):
+                yield self.raw
         else:
             with adapters_disabled(self.raw.model):
                 yield self.raw
@@ -623,7 +638,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
 
     from sumrl.data import load_data, load_heldout
     from sumrl.rl import functional as F
-    from sumrl.rl.distributed import check_divisible, gather_step, process_state, refuse_sharded, shard, step_seed
+    from sumrl.rl.distributed import (check_divisible, full_optimizer_state, full_weights, gather_step, process_state,
+                                      refuse_sharded, shard, step_seed, whole_tensor)
     from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages,
                                   score_rollout)
     from sumrl.rl.trajectory import TrainBatch
@@ -634,7 +650,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.utils.logging import MetricLogger
 
     out = Path(cfg.out)
-    refuse_sharded("rl")
+    refuse_sharded("rl", allow_fsdp=True)
     # several processes (accelerate launch / torchrun): the main one alone writes the run folder
     ps = process_state()
     rank, world, is_main = ps.process_index, ps.num_processes, ps.is_main_process
@@ -683,8 +699,16 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         raise ConfigError(f"only {len(fitting)} training references fit --max-new-tokens {cap} whole, fewer than "
                           f"--batch-size {cfg.batch_size}: raise the cap (e.g. --summary-cap-quantile 0.95)")
     params = trainable(tr.raw)
-    param_groups = critic_split(params)
     optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    if tr.fsdp:
+        if resume_from is not None:
+            raise ConfigError("--resume under FSDP is not supported yet (the checkpoint is in the one-process "
+                              "format: resume it with recipes/accelerate/ddp.yaml or in one process)")
+        # FSDP2 shards the module and re-points the optimizer at the shards (one prepare for both)
+        tr.module, optimizer = tr.accelerator.prepare(tr.module, optimizer)
+        params = trainable(tr.raw)
+    policy_trained = {n for n, p in tr.raw.model.named_parameters() if p.requires_grad}  # what _publish saves
+    param_groups = critic_split(params)
     N = cfg.batch_size * cfg.group_size  # episodes per outer step
     per_step = cfg.ppo_epochs * math.ceil(N / min(cfg.mini_batch_size or N, N))
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps * per_step,
@@ -705,7 +729,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     say(f"rl: {cfg.algo} on {len(examples)} prompts, {cfg.steps} steps of {cfg.batch_size} prompts x "
           f"{cfg.group_size} samples; trainable {n_train:,} / {n_all:,} parameters "
           f"({'LoRA' if cfg.lora else 'full'}); output {out}" + (f"; resuming at step {start}" if start else "")
-          + (f"; {world} processes, {cfg.batch_size // world} prompts each" if world > 1 else ""))
+          + (f"; {world} processes, {cfg.batch_size // world} prompts each" if world > 1 else "")
+          + ("; FSDP2 (parameters, gradients and optimizer state sharded)" if _sharded(tr.raw) else ""))
     if tr.rm_note:
         say(f"rl: {tr.rm_note}")
     adv_settings = AdvantageSettings(kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, kl_in_reward=not cfg.kl_in_loss,
@@ -718,17 +743,22 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         # ``rng``: the generator state at the end of ``step`` (a deferred save happens later, after
         # the next rollout has used the generator; the checkpoint must hold the state to resume from).
         now = rng_state() if rng is not None else None
-        if not is_main:
-            return
-        if rng is not None:
-            set_rng_state(rng)
-        try:
-            save_checkpoint(out / CHECKPOINT_DIR, step, model=tr.raw, optimizer=optimizer, scheduler=scheduler,
-                            keep=cfg.keep_checkpoints, state={"config": dataclasses.asdict(cfg),
-                                                              "advantage_scale": scale})
-        finally:
-            if now is not None:
-                set_rng_state(now)
+        # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
+        # writes them in the one-process format
+        opt_state = full_optimizer_state(optimizer) if tr.fsdp else None
+        with full_weights(tr.raw, tr.fsdp):
+            if not is_main:
+                return
+            if rng is not None:
+                set_rng_state(rng)
+            try:
+                save_checkpoint(out / CHECKPOINT_DIR, step, model=tr.raw,
+                                optimizer=optimizer if opt_state is None else _StateOf(opt_state), scheduler=scheduler,
+                                keep=cfg.keep_checkpoints, state={"config": dataclasses.asdict(cfg),
+                                                                  "advantage_scale": scale})
+            finally:
+                if now is not None:
+                    set_rng_state(now)
 
     pending: tuple[int, dict, float | None] | None = None  # a checkpoint waiting for the next sampled KL check
     bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algo}", unit="step", disable=not (cfg.progress and is_main),
@@ -896,11 +926,32 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         bar.close()
         logger.close()
 
-    if is_main:
-        _publish(tr, out, cfg)
+    # FSDP: the adapter's whole weights gathered on every process (a collective), the main one saves
+    whole = ({n: whole_tensor(p) for n, p in tr.raw.model.named_parameters() if n in policy_trained}
+             if tr.fsdp else None)
+    # the root unit's own weights whole too: peft reads the embedding's shape to decide what to save
+    with full_weights(tr.raw, tr.fsdp, root_only=True):
+        if is_main:
+            _publish(tr, out, cfg, state_dict=whole)
     tr.accelerator.wait_for_everyone()
     return {"out": str(out), "steps": cfg.steps, "start_step": start, "first": first, "last": last,
             "is_main": is_main}
+
+
+def _sharded(module: Any) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+class _StateOf:
+    """An optimizer stand-in whose ``state_dict`` is a state gathered beforehand (FSDP)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
 
 
 class _NoLogger:
@@ -937,7 +988,7 @@ def stacked_base_spec(lower_adapter: str, out: Path) -> str:
     return rel if rel.startswith("..") else "./" + rel
 
 
-def _publish(tr: RLTrainer, out: Path, cfg: RLConfig) -> None:
+def _publish(tr: RLTrainer, out: Path, cfg: RLConfig, state_dict: dict | None = None) -> None:
     """Save the trained policy so ``--model OUT`` loads it: the RL LoRA adapter on the original base;
     when the run started from an SFT adapter, the RL adapter *stacked* on that SFT adapter (a few MB;
     ``--model OUT`` merges the SFT adapter and applies the RL one, the weights RL trained on); the
@@ -950,7 +1001,7 @@ def _publish(tr: RLTrainer, out: Path, cfg: RLConfig) -> None:
     if cfg.lora:
         stacked = tr.policy.merged_from is not None
         base = stacked_base_spec(tr.policy.merged_from, out) if stacked else tr.policy.base_spec
-        publish_model(model, tr.tok, out, base_spec=base,
+        publish_model(model, tr.tok, out, base_spec=base, state_dict=state_dict,
                       extra={**extra, "lora": True, **({"stacked_on": tr.policy.merged_from} if stacked else {})})
         print(f"saved the RL LoRA adapter to {out}" + (f" (on the SFT adapter {tr.policy.merged_from}, "
                                                         f"which must stay at {base} relative to it)" if stacked else "")

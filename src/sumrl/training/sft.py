@@ -201,7 +201,8 @@ def _resume_mismatches(saved: dict, cfg: SFTConfig) -> list[str]:
             if k not in RESUME_MUTABLE and k in saved and saved[k] != now[k]]
 
 
-def publish_model(model: Any, tokenizer: Any, out: Path, *, base_spec: str, extra: dict) -> None:
+def publish_model(model: Any, tokenizer: Any, out: Path, *, base_spec: str, extra: dict,
+                  state_dict: dict | None = None) -> None:
     """Save the model/adapter so that ``--model OUT`` loads it, next to the run's other files.
 
     ``save_model`` writes a whole folder atomically, but OUT also holds checkpoints and metrics,
@@ -215,7 +216,7 @@ def publish_model(model: Any, tokenizer: Any, out: Path, *, base_spec: str, extr
     from sumrl.models.loading import SUMRL_MODEL_FILE, save_model
 
     staging = out / ".model-staging"
-    save_model(model, tokenizer, staging, base_spec=base_spec, extra=extra)
+    save_model(model, tokenizer, staging, base_spec=base_spec, extra=extra, state_dict=state_dict)
     files = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name != SUMRL_MODEL_FILE)
     meta = json.loads((staging / SUMRL_MODEL_FILE).read_text())
     meta["files"] = files
