@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from sumrl.models.loading import load_model
     from sumrl.models.logprobs import IGNORE_INDEX, chunked_token_logprobs, model_hidden_states, output_head
     from sumrl.models.lora import add_lora
-    from sumrl.rl.rollout import encode_prompt_ids, sample, truncate_at_eos
+    from sumrl.generation.engine import sample
+    from sumrl.rl.rollout import encode_prompt_ids, truncate_at_eos
 
     if args.threads:
         torch.set_num_threads(args.threads)

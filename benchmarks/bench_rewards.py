@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         total_warm += warm
     t = time.perf_counter()
     from sumrl.rewards.metric import EMBEDDINGS
-    from sumrl.evaluation.metrics import get_source_index
+    from sumrl.evaluation.overlap import get_source_index
 
     EMBEDDINGS._texts.clear()
     EMBEDDINGS._docs.clear()

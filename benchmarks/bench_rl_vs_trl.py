@@ -55,6 +55,7 @@ def _peak() -> dict[str, float]:
 
 def _sumrl_block(s: dict[str, Any]) -> dict[str, Any]:
     from sumrl.config import build_config
+    from sumrl.data.formats import read_metrics_log
     from sumrl.rl.config import RLConfig
     from sumrl.rl.trainer import train
 
@@ -68,8 +69,7 @@ def _sumrl_block(s: dict[str, Any]) -> dict[str, Any]:
             bf16=s["bf16"], seed=s["seed"], progress=False, tensorboard=False, sample_every=0, save_every=10_000,
             eval_every=0))
         train(cfg)
-        rows = [json.loads(line) for line in open(os.path.join(tmp, "rl", "metrics.jsonl"), encoding="utf-8")
-                if line.strip()]
+        rows = read_metrics_log(os.path.join(tmp, "rl"), missing_ok=False)
     rows = [r for r in rows if "time/step" in r]
     return {"step_s": [float(r["time/step"]) for r in rows],
             "mean_len": [float(r.get("completions/mean_length", 0.0)) for r in rows],

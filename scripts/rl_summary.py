@@ -12,14 +12,15 @@ tokenising the documents).
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
 
 def _all_rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from sumrl.data.formats import read_metrics_log
+
+    return read_metrics_log(folder, missing_ok=False)
 
 
 def _rows(folder: Path) -> list[dict]:

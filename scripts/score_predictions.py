@@ -16,7 +16,6 @@ by id) with its CI and p-value, and the mean of each component, as a Markdown ta
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sumrl.config import build_config, load_recipe
+    from sumrl.data.formats import read_predictions
     from sumrl.evaluation.bootstrap import bootstrap_ci, paired_bootstrap
     from sumrl.models.loading import load_tokenizer
     from sumrl.rewards.base import RewardInput
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reward of {args.recipe}: {rc.reward}, no_eos_penalty {no_eos}\n")
     header, first = None, None
     for folder in map(Path, args.runs):
-        rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
+        rows = read_predictions(folder)
         summaries = [r["prediction"] for r in rows]
         ids = [tok(s, add_special_tokens=False)["input_ids"] for s in summaries]
         inp = RewardInput(documents=[r["document"] for r in rows],

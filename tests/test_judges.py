@@ -232,13 +232,13 @@ def test_cluster_bootstrap_is_seeded_and_brackets_the_estimate():
 
 @needs_shared
 def test_human_items_use_the_pairs_split_rule():
-    from sumrl.data.pairs import document_split
+    from sumrl.data.splits import hash_split
 
     fr = J.frank_items(SHARED)
     se = J.summeval_items(SHARED)
     assert len(fr) == 2246 and len(se) == 1600
     for it in fr[:50] + se[:50]:
-        assert it.split == document_split(it.doc_id, 0, 0.2)
+        assert it.split == hash_split(it.doc_id, 0, 0.2, 0.0)
     # no document in two splits
     by = {}
     for it in fr + se:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from sumrl.cli import main
-from sumrl.data.pairs import (PairsConfig, convert, document_split, frank_pairs, news_pairwise_pairs, squality_pairs,
+from sumrl.data.pairs import (PairsConfig, convert, frank_pairs, news_pairwise_pairs, squality_pairs,
                               summeval_pairs)
+from sumrl.data.splits import hash_split
 from sumrl.errors import ConfigError, DataError
 
 
@@ -101,10 +102,17 @@ def test_squality_reviewer_pairs_and_leak_free_references(shared):
 
 def test_document_split_is_by_document_and_seeded():
     ids = [f"doc{i}" for i in range(400)]
-    splits = [document_split(i, seed=0, test_fraction=0.2) for i in ids]
+    splits = [hash_split(i, 0, 0.2, 0.0) for i in ids]
     assert 40 < splits.count("test") < 120
-    assert splits == [document_split(i, seed=0, test_fraction=0.2) for i in ids]
-    assert splits != [document_split(i, seed=1, test_fraction=0.2) for i in ids]
+    assert splits == [hash_split(i, 0, 0.2, 0.0) for i in ids]
+    assert splits != [hash_split(i, 1, 0.2, 0.0) for i in ids]
+    # The shipped judges were trained on the train documents of this rule (before the data-file and
+    # pair splits became one function): the values the old `document_split` gave are pinned.
+    assert [hash_split(f"frank:{i}", 0, 0.2, 0.0) for i in range(12)] == [
+        "train", "test", "train", "train", "test", "test", "train", "train", "train", "train", "train", "train"]
+    # A larger test share only moves documents from train into test.
+    wider = [hash_split(i, 0, 0.3, 0.0) for i in ids]
+    assert all(w == "test" for s, w in zip(splits, wider) if s == "test")
 
 
 def test_cli_writes_pairs_with_splits_and_trains_nothing(shared, tmp_path, capsys):

@@ -108,7 +108,8 @@ def test_guard_reference_survives_resume(tiny_model_dir, tmp_path):
 
 # ------------------------------------------------------------------------ torn logs, temporaries
 def test_logger_resume_drops_a_torn_last_line(tmp_path, capsys):
-    from sumrl.utils.logging import MetricLogger, read_metrics
+    from sumrl.data.formats import read_metrics_log as read_metrics
+    from sumrl.utils.logging import MetricLogger
 
     log = MetricLogger(tmp_path, tensorboard=False)
     for s in (1, 2, 3):
@@ -174,7 +175,7 @@ def test_atomic_write_failure_names_the_output_and_leaves_nothing(tmp_path, monk
 
 # ------------------------------------------------------------------------ BOM, pairs
 def test_pairs_with_a_bom_are_accepted(tmp_path):
-    from sumrl.rewards.reward_model import read_pairs
+    from sumrl.data.pairs import read_pairs
 
     row = {"id": "a", "document": "d", "chosen": "c", "rejected": "r", "margin": None, "source": "x"}
     p = tmp_path / "pairs.jsonl"
@@ -225,3 +226,21 @@ def test_rl_on_a_file_too_small_for_a_val_split_runs_with_a_notice(tiny_model_di
     err = capsys.readouterr().err
     assert rc == 0, err[-2000:]
     assert "note:" in err and "no examples in split 'val'" in err
+
+
+def test_metric_namespaces_are_declared_once_and_read_by_the_report(tmp_path):
+    """Every logged key is in a declared namespace (an undeclared one is refused), and the report
+    tells RL from SFT logs by the declaration: the RL critic's `value/*` is RL's, `val/*` is SFT's."""
+    from sumrl.report.runs import load_train_run
+    from sumrl.utils.logging import NAMESPACES, MetricLogger, trainer_of
+
+    assert NAMESPACES["value"][0] == ("rl",) and NAMESPACES["val"][0] == ("sft",)
+    log = MetricLogger(tmp_path / "rl", tensorboard=False)
+    with pytest.raises(ValueError, match="loss"):
+        log.log({"loss": 1.0}, 1)
+    log.log({"value/loss": 0.5, "train/lr": 1e-5}, 1)
+    assert load_train_run(tmp_path / "rl").kind == "rl"
+    sft = MetricLogger(tmp_path / "sft", tensorboard=False)
+    sft.log({"train/loss": 2.0}, 1)
+    assert load_train_run(tmp_path / "sft").kind == "sft"
+    assert trainer_of(["val/loss"]) == "sft" and trainer_of(["step"]) == "unknown"

@@ -186,7 +186,7 @@ def test_eos_penalty_only_when_cut_off():
 
 
 def test_rouge_reward_matches_metric_and_needs_references():
-    from sumrl.evaluation.metrics import rouge
+    from sumrl.evaluation.rouge import rouge
 
     ref = "Alice Smith reported revenue of 12.5 million dollars."
     s = "Alice Smith reported 12.5 million in revenue."

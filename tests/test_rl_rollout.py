@@ -14,7 +14,7 @@ from sumrl.rewards.base import RewardOutput
 from sumrl.rl import functional as F
 from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, encode_prompt_ids, group_advantages, kl_rewards,
                               make_episode, place_rewards, reference_actions, truncate_at_eos)
-from sumrl.rl.trajectory import PolicyPass, Scored, TrainBatch, collate
+from sumrl.rl.trajectory import PolicyPass, TrainBatch, collate
 
 EOS, EOS2, PAD = 2, 3, 0
 

@@ -329,7 +329,7 @@ def test_sampling_ignores_a_checkpoints_generation_config(tiny_tokenizer):
     """A checkpoint's generation_config (repetition_penalty, top_k, ...) must not reshape the
     distribution the trainer samples from: greedy decoding equals a hand-written argmax loop."""
     from conftest import build_tiny_model
-    from sumrl.rl.rollout import sample
+    from sumrl.generation.engine import sample
 
     model = build_tiny_model(tiny_tokenizer, seed=3)
     model.generation_config.repetition_penalty = 5.0

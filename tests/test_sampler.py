@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sumrl.generation.sampler import merged_lora, sample_groups
-from sumrl.rl.rollout import sample, truncate_at_eos
+from sumrl.generation.engine import sample
+from sumrl.rl.rollout import truncate_at_eos
 
 
 def _model(lora: bool = False, seed: int = 0):

@@ -198,7 +198,7 @@ def test_grouped_sampling_equals_one_row_at_a_time(fam, seq2seq_dirs):
     """rollout.sample shares the encoder within a group; greedy tokens equal generate() per row."""
     from sumrl.models.loading import load_model
     from sumrl.models.seq2seq import encoder_kwargs
-    from sumrl.rl.rollout import sample
+    from sumrl.generation.engine import sample
 
     model, tok = load_model(str(seq2seq_dirs[fam]))
     prompts = _rows(tok, fam)[0]
@@ -460,7 +460,7 @@ def test_rollin_prefix_logprobs_equal_the_models_own(fam, seq2seq_dirs):
     continues after the prefix like generate() with that decoder input."""
     from sumrl.models.loading import load_model
     from sumrl.models.seq2seq import encoder_kwargs
-    from sumrl.rl.rollout import sample
+    from sumrl.generation.engine import sample
     from sumrl.rl.value import PolicyValueModule
 
     model, tok = load_model(str(seq2seq_dirs[fam]))

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "sumrl.report.cli",
     "sumrl.human.cli",
     "sumrl.demo",
+    "sumrl.recipes.cli",
 ]
 
 
@@ -39,18 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sumrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # command not built yet
-                continue
-            raise
-        mod.register(sub)
+    for name in COMMAND_MODULES:  # every command exists: a failing import is a bug, never a dropped command
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # set before any tokenizer exists (also when sumrl is imported and main() called, not only
+    # under `python -m`): the Rust tokenizers' thread pool would otherwise warn after a fork
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sumrl.utils.console import get_logger, route_warnings
+
+    log = get_logger("sumrl.cli")
+    route_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -62,15 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = args.func(args)
     except SumrlError as e:
-        print(f"error: {e}", file=sys.stderr)
+        log.error(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        log.error("interrupted")
         return 130
     except OSError as e:
         # Output folders that are files or read-only, a full disk: the user's to fix, so one line
         # naming the path (every write is atomic, so nothing half-written is left behind).
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        log.error(f"error: {describe_os_error(e)}")
         return 2
     return int(rv or 0)
 
@@ -96,5 +98,4 @@ def describe_os_error(e: OSError) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

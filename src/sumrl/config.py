@@ -76,9 +76,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, with_confi
     actually typed override the recipe."""
     hints = _field_types(cls)
     if with_config:
-        parser.add_argument("--config", default=argparse.SUPPRESS, metavar="RECIPE.yaml",
-                            help="YAML recipe; its keys are this command's options (unknown keys are an error). "
-                                 "Flags given on the command line override it.")
+        parser.add_argument("--config", default=argparse.SUPPRESS, metavar="RECIPE",
+                            help="YAML recipe file, or the name of a packaged recipe (`sumrl recipes list`); its "
+                                 "keys are this command's options (unknown keys are an error). Flags given on the "
+                                 "command line override it.")
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True):
             continue
@@ -214,10 +215,11 @@ def _expanded_size(obj: Any, limit: int) -> int:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe; any problem is one ConfigError naming the file (and line)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: recipe file not found")
+    """Read a YAML recipe (a file, or a packaged recipe's name: :func:`sumrl.recipes.recipe_path`);
+    any problem is one ConfigError naming the file (and line)."""
+    from sumrl.recipes import recipe_path
+
+    path = recipe_path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; --config takes a YAML recipe file")
     try:
@@ -358,57 +360,3 @@ def check_output_paths(cfg: Any) -> None:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-# Option groups shared by several commands (a command's config inherits the groups it needs).
-
-
-@dataclasses.dataclass
-class DataOptions:
-    data: str = opt("scisummnet", "dataset: a built-in name (scisummnet, scisummnet:human, scitldr, qmsum) "
-                                  "or a JSONL/CSV/Parquet file or Hugging Face save_to_disk folder")
-    split: str = opt("test", "split to use: train, val, test or all")
-    limit: typing.Optional[int] = opt(None, "use only the first N examples of the split")
-    id_field: str = opt("id", "name of the id field in the input file")
-    document_field: str = opt("document", "name of the document field in the input file")
-    summary_field: str = opt("summary", "name of the reference-summary field (a string or a list of strings)")
-    query_field: str = opt("query", "name of the optional query field")
-    skip_invalid: bool = opt(False, "skip invalid rows (and report how many) instead of failing")
-    seed: int = opt(0, "random seed (data split of unsplit files, sampling, initialisation)")
-
-    def __post_init__(self) -> None:
-        # checked for every command at once (a `--limit -1` used to drop a row silently)
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
-        if not 0 <= self.seed < 2**32:  # NumPy's and torch's seeding range
-            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
-
-
-@dataclasses.dataclass
-class GenerationOptions:
-    max_new_tokens: int = opt(128, "maximum tokens generated per summary")
-    max_input_tokens: typing.Optional[int] = opt(
-        None, "token budget for the prompt; longer documents use --strategy (default: model context - max_new_tokens)")
-    strategy: str = opt("truncate", "long-document strategy when a document exceeds the budget: truncate = keep "
-                                    "the beginning; chunk = hierarchical map-reduce", choices=["truncate", "chunk"])
-    batch_size: int = opt(4, "documents generated in parallel")
-    sample: bool = opt(False, "sample instead of greedy decoding")
-    temperature: float = opt(1.0, "sampling temperature (with --sample)")
-    top_p: float = opt(1.0, "nucleus sampling threshold (with --sample)")
-    no_repeat_ngram: int = opt(0, "decoding guard against loops: never generate the same N tokens twice in one "
-                                  "summary (the prompt does not count, so copying from the document stays "
-                                  "allowed); 0 = off. Applied identically to every system evaluated with it")
-    instruction: typing.Optional[str] = opt(None, "instruction placed before the document in the prompt")
-    dtype: str = opt("float32", "model dtype", choices=["float32", "bfloat16"])
-
-    def generation_settings(self, progress: bool = True):
-        from sumrl.generation.summarize import GenerationSettings
-
-        if self.no_repeat_ngram < 0:
-            raise ConfigError(f"--no-repeat-ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
-        return GenerationSettings(max_new_tokens=self.max_new_tokens, do_sample=self.sample,
-                                  temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size,
-                                  strategy=self.strategy, max_input_tokens=self.max_input_tokens,
-                                  instruction=self.instruction, seed=getattr(self, "seed", 0), progress=progress,
-                                  no_repeat_ngram=self.no_repeat_ngram)

@@ -41,10 +41,10 @@ from typing import Any, Callable
 
 from sumrl.config import AutoBool, add_dataclass_args, build_config, config_from_args, opt
 from sumrl.errors import ConfigError
+from sumrl.recipes import RECIPES_DIR
 
-# The repository's recipes, found in one place (an installed wheel has no recipes/ folder yet:
-# issue #18 ships them as package data; until then the demo runs from a checkout).
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+# The packaged recipes (sumrl.recipes: package data, found in an installed wheel too).
+RECIPES = RECIPES_DIR
 LASTMILE_RECIPE = RECIPES / "rl_lastmile.yaml"
 RM_LASTMILE_RECIPE = RECIPES / "rm_lastmile.yaml"
 GRPO_RECIPE = RECIPES / "rl_grpo.yaml"
@@ -242,7 +242,7 @@ class Stages:
 
 def _eval(cfg: DemoConfig, system: str, out: Path, *, model: str | None = None, predictions: str | None = None,
           cleanup: bool = False) -> dict:
-    from sumrl.evaluation.cli import EvalConfig, evaluate
+    from sumrl.evaluation.run import EvalConfig, evaluate
 
     ec = build_config(EvalConfig, overrides=dict(
         model=model, predictions=predictions, data=cfg.data, split="test", limit=cfg.n_test, out=str(out),
@@ -260,8 +260,9 @@ def run(args: argparse.Namespace) -> int:
 def run_demo(cfg: DemoConfig) -> int:
     from rich.console import Console
 
+    from sumrl.data.formats import read_run_metrics
     from sumrl.evaluation.harness import format_table
-    from sumrl.utils.io import read_json, write_json
+    from sumrl.utils.io import write_json
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -349,7 +350,7 @@ def run_demo(cfg: DemoConfig) -> int:
 
         st.run("report", out / "report_stage", _report, fp["report"])
 
-    metrics = {read_json(p / "metrics.json")["system"]: read_json(p / "metrics.json")["metrics"]
+    metrics = {read_run_metrics(p)["system"]: read_run_metrics(p)["metrics"]
                for p in eval_dirs if (p / "metrics.json").exists()}
     Console().print(format_table(metrics, keys=["rouge1_f", "rouge2_f", "rougeL_f", "la_rougeL", "bleu", "sim_ref",
                                                 "pred_words", "extra_words_pos", "cutoff", "rep3", "hallucination_rate"],
@@ -465,8 +466,8 @@ def _sft(cfg: DemoConfig, folder: Path, resume_ok: bool = True) -> dict:
 
 
 def _rm(cfg: DemoConfig, folder: Path) -> dict:
-    from sumrl.rewards.cli import RMTrainConfig
-    from sumrl.rewards.reward_model import train_synthetic_rm
+    from sumrl.training.config import RMTrainConfig
+    from sumrl.training.rm import train_synthetic_rm
 
     from sumrl.config import load_recipe
 
@@ -502,14 +503,12 @@ def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path, resume_ok: bo
     from sumrl.rl.config import RLConfig
     from sumrl.rl.trainer import train
 
-    import json
-
-    from sumrl.rewards.reward_model import paper_length_penalties
+    from sumrl.rewards.reward_model import paper_length_penalties, read_reward_model_config
 
     recipe = load_recipe(LASTMILE_RECIPE)
     # the recipe's rewards on the demo's own RM; the length penalties are the paper's -2.5 in the
     # units of *this* RM's token values (docs/rewards.md), as the recipe's are for its RM
-    pen = paper_length_penalties(json.loads((rm_dir / "config.json").read_text(encoding="utf-8"))["token_normalization"])
+    pen = paper_length_penalties(read_reward_model_config(rm_dir)["token_normalization"])
     recipe["reward"] = [{**r, "path": str(rm_dir)} if r.get("name") == "rm" else {**r, **pen} if r.get("name") == "length"
                         else r for r in recipe["reward"]]
     # The recipe's output cap from the data (whole references on reference steps), at demo sizes, with
@@ -545,14 +544,11 @@ def rl_movement(train_dir: Path) -> dict | None:
     """KL to the starting policy and mean sampled length at the first and last *sampled* steps of
     an RL run (reference-trajectory steps of the last-mile recipe train on the references: their
     lengths are not the policy's), from its metrics.jsonl; None without such steps."""
+    from sumrl.data.formats import read_metrics_log
     from sumrl.errors import SumrlError
-    from sumrl.utils.io import iter_jsonl_file
 
-    path = train_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
     try:
-        rows = [r for _, r in iter_jsonl_file(path) if isinstance(r, dict) and "objective/kl" in r
+        rows = [r for r in read_metrics_log(train_dir) if "objective/kl" in r
                 and "completions/mean_length" in r and not r.get("completions/reference_fraction")]
     except SumrlError:
         return None
@@ -566,10 +562,10 @@ def rl_movement(train_dir: Path) -> dict | None:
 def changed_summaries(eval_a: Path, eval_b: Path) -> tuple[int, int]:
     """(test summaries that differ between two eval folders, papers both have): the plainest sign
     of whether RL changed what greedy decoding writes."""
-    from sumrl.utils.io import iter_jsonl_file
+    from sumrl.data.formats import read_predictions
 
-    a = {r["id"]: r["prediction"] for _, r in iter_jsonl_file(eval_a / "predictions.jsonl")}
-    b = {r["id"]: r["prediction"] for _, r in iter_jsonl_file(eval_b / "predictions.jsonl")}
+    a = {r["id"]: r["prediction"] for r in read_predictions(eval_a, require_references=False)}
+    b = {r["id"]: r["prediction"] for r in read_predictions(eval_b, require_references=False)}
     both = [i for i in a if i in b]
     return sum(a[i] != b[i] for i in both), len(both)
 

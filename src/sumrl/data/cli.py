@@ -1,17 +1,14 @@
 """``sumrl data``: inspect and check datasets (stats / validate / show).
 
 Structure: :func:`register` creates the ``data`` parser and its sub-subparsers once
-(:func:`add_data_parser`), adds this module's subcommands, then calls each hook in
-:data:`EXTRA_SUBCOMMANDS`. Another module adds a ``data`` subcommand (e.g. ``sumrl data
-pairs``) by exposing ``register_pairs(sub)`` -- ``sub`` is the ``data`` sub-subparsers object
--- and being listed there; a module that does not exist yet is skipped, as in ``sumrl.cli``.
-Heavy imports (tokenizers, datasets) happen inside the command functions.
+(:func:`add_data_parser`) and adds every subcommand (stats, validate, show, pairs). This module
+only parses: the configs live next to the code they configure (``PairsConfig`` in
+:mod:`sumrl.data.pairs`). Heavy imports (tokenizers, datasets) happen inside the command functions.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json as _json
 import sys
 from dataclasses import dataclass
@@ -19,12 +16,6 @@ from typing import Any
 
 from sumrl.config import add_dataclass_args, config_from_args, opt
 from sumrl.errors import ConfigError
-
-# (module, function) pairs; each function is called with the `data` sub-subparsers.
-EXTRA_SUBCOMMANDS: list[tuple[str, str]] = [
-    ("sumrl.data.pairs", "register_pairs"),
-]
-
 
 # --------------------------------------------------------------------------- configs
 
@@ -118,14 +109,11 @@ def register(subparsers: Any) -> None:
     _add(sub, "validate", DataValidateConfig, cmd_validate,
          "check that a data file loads; prints OK with counts, or the one-line error")
     _add(sub, "show", DataShowConfig, cmd_show, "print a few examples, truncated")
-    for module, func in EXTRA_SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # not written yet
-                continue
-            raise
-        getattr(mod, func)(sub)
+    from sumrl.data.pairs import PairsConfig
+
+    _add(sub, "pairs", PairsConfig, cmd_pairs,
+         "convert human judgments (SummEval, FRANK, news pairwise, SQuALITY, sumrl human export) into preference "
+         "pairs (rules: docs/rewards.md)")
 
 
 # --------------------------------------------------------------------------- commands
@@ -266,4 +254,24 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"reference {i}: {_cut(ref, cfg.max_chars)}")
         print()
     print(f"({min(cfg.n, len(examples))} of {len(examples)} examples shown)")
+    return 0
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from sumrl.data.pairs import PairsConfig, convert
+    from sumrl.errors import DataError
+    from sumrl.utils.io import write_jsonl
+
+    cfg = config_from_args(PairsConfig, args)
+    rows = convert(cfg)
+    if not rows:
+        raise DataError("no pairs produced (every candidate pair was a tie or below --min-diff)", field="min_diff")
+    write_jsonl(cfg.out, rows)
+    counts: dict[str, list] = {}
+    for r in rows:
+        c = counts.setdefault(r["meta"]["split"], [0, set()])
+        c[0] += 1
+        c[1].add(r["id"])
+    detail = ", ".join(f"{k} {v[0]} pairs / {len(v[1])} documents" for k, v in sorted(counts.items()))
+    print(f"wrote {len(rows)} {cfg.source} pairs to {cfg.out} ({detail})")
     return 0

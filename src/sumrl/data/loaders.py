@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 from sumrl.data.schema import Example
 from sumrl.errors import DataError
-from sumrl.utils.io import _has_lone_surrogate, parse_json_text
+from sumrl.utils.io import has_lone_surrogate, parse_json_text
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _SPLIT_FIELD = "split"
@@ -172,7 +172,7 @@ def _iter_json(data: bytes, path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError("JSON nested too deeply", file=str(path), line=line_of(i)) from None
         except ValueError as e:  # an integer past the 4,300-digit conversion limit
             raise DataError(f"unreadable JSON value ({e})", file=str(path), line=line_of(i)) from None
-        if _has_lone_surrogate(obj):
+        if has_lone_surrogate(obj):
             raise DataError("contains a lone surrogate escape (e.g. \\ud800), which is not valid Unicode",
                             file=str(path), line=line_of(i))
         yield line_of(i), obj
@@ -470,7 +470,9 @@ def load_heldout(spec: str, split: str, *, purpose: str = "held-out evaluation",
     try:
         return load_data(spec, split, **kwargs)
     except EmptySplitError as e:
-        print(f"note: {e}; {purpose} is skipped", file=sys.stderr)
+        from sumrl.utils.console import get_logger
+
+        get_logger(__name__).warning(f"note: {e}; {purpose} is skipped")
         return []
 
 
@@ -488,10 +490,9 @@ def load_data(spec: str, split: str | None = "test", *, fields: FieldMap | None 
     examples, n_skipped, problems = load_data_report(spec, split, fields=fields, skip_invalid=skip_invalid,
                                                      require_summary=require_summary, limit=limit, seed=seed)
     if n_skipped:
-        import logging
+        from sumrl.utils.console import get_logger
 
-        logging.getLogger("sumrl.data").warning("%s: skipped %d invalid row(s); first: %s", spec, n_skipped,
-                                                problems[0])
+        get_logger(__name__).warning(f"{spec}: skipped {n_skipped} invalid row(s); first: {problems[0]}")
     return examples
 
 

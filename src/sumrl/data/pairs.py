@@ -1,4 +1,5 @@
-"""``sumrl data pairs``: human judgments -> preference pairs (``pairs.jsonl``, docs/architecture.md).
+"""Preference pairs: the ``pairs.jsonl`` reader (:func:`read_pairs`, fields in docs/architecture.md),
+their document split, and the converters behind ``sumrl data pairs`` (human judgments -> pairs).
 
 Rules (also in docs/rewards.md):
 
@@ -22,22 +23,21 @@ Rules (also in docs/rewards.md):
 * ``human-export`` -- a ``pairs.jsonl`` written by ``sumrl human export`` (``--input FILE``):
   validated and given splits.
 
-Every row gets ``meta.split`` by a seeded hash of its document id (:func:`document_split`), so
+Every row gets ``meta.split`` by a seeded hash of its document id (:func:`sumrl.data.splits.hash_split`), so
 no document is in two splits, and ids are prefixed with the source (``summeval:<doc>``).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
-import hashlib
 import itertools
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from sumrl.config import add_dataclass_args, config_from_args, opt
+from sumrl.config import opt
+from sumrl.data.splits import hash_split
 from sumrl.errors import ConfigError, DataError
 
 SOURCES = ["summeval", "frank", "news_pairwise", "squality", "human-export"]
@@ -57,23 +57,12 @@ DIMENSIONS = {
 }
 
 
-def document_split(doc_id: str, seed: int = 0, test_fraction: float = 0.2, val_fraction: float = 0.0) -> str:
-    """``test`` / ``val`` / ``train`` from ``sha256(f"{seed}:{doc_id}")`` read as a number in [0, 1).
-    Depends only on the id and the seed: the same document is always in the same split."""
-    u = int.from_bytes(hashlib.sha256(f"{seed}:{doc_id}".encode("utf-8")).digest()[:8], "big") / 2**64
-    if u < test_fraction:
-        return "test"
-    if u < test_fraction + val_fraction:
-        return "val"
-    return "train"
-
-
 @dataclass
 class PairsConfig:
     source: str = opt("", "where the judgments come from", choices=SOURCES)
     out: str = opt("", "output pairs.jsonl")
-    shared_dir: str | None = opt(None, "folder holding the shared datasets (default: ../shared/data relative to the "
-                                       "repository, then to the current directory)")
+    shared_dir: str | None = opt(None, "folder holding the shared datasets (default: $SUMRL_SHARED_DATA, else "
+                                       "../shared/data or shared/data from the current directory)")
     input: str | None = opt(None, "input file for --source human-export (a pairs.jsonl from `sumrl human export`)")
     dimension: str = opt("overall", "which human score decides the preference (summeval: overall, coherence, "
                                     "consistency, fluency, relevance; news_pairwise: overall, informative; squality: "
@@ -102,20 +91,30 @@ class PairsConfig:
 
 
 def shared_data_dir(explicit: str | None = None) -> Path:
+    """The folder of the shared human-judgment datasets: ``--shared-dir``, else ``$SUMRL_SHARED_DATA``,
+    else ``../shared/data`` or ``shared/data`` from the current directory. Never relative to where
+    sumrl is installed: an installed wheel has no repository around it."""
+    import os
+
     if explicit:
         p = Path(explicit).expanduser()
         if not p.is_dir():
             raise ConfigError(f"--shared-dir {p}: no such folder")
         return p
-    candidates = [Path(__file__).resolve().parents[3] / ".." / "shared" / "data", Path.cwd() / ".." / "shared" / "data"]
-    for c in candidates:
+    env = os.environ.get("SUMRL_SHARED_DATA")
+    if env:
+        if not Path(env).expanduser().is_dir():
+            raise ConfigError(f"$SUMRL_SHARED_DATA {env}: no such folder")
+        return Path(env).expanduser().resolve()
+    for c in (Path.cwd() / ".." / "shared" / "data", Path.cwd() / "shared" / "data"):
         if c.is_dir():
             return c.resolve()
-    raise ConfigError("shared data folder not found (looked in ../shared/data next to the repository and the current "
-                      "directory); pass --shared-dir")
+    raise ConfigError("shared data folder not found (no $SUMRL_SHARED_DATA; looked in ../shared/data and "
+                      "shared/data from the current directory); pass --shared-dir")
 
 
-def _load_json(path: Path) -> Any:
+def read_shared_json(path: Path) -> Any:
+    """A JSON file of the shared human-judgment data (DataError naming it when missing or bad)."""
     from sumrl.utils.io import read_json_file
 
     if not path.exists():
@@ -123,7 +122,8 @@ def _load_json(path: Path) -> Any:
     return read_json_file(path)
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def iter_shared_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line, row) of a JSONL file of the shared human-judgment data (DataError when missing or bad)."""
     from sumrl.utils.io import iter_jsonl_file
 
     if not path.exists():
@@ -135,13 +135,15 @@ def _norm(t: str) -> str:
     return " ".join(t.split())
 
 
-def _need(row: dict, key: str, file: Path, line: int | None) -> Any:
+def need_field(row: dict, key: str, file: Path, line: int | None) -> Any:
+    """``row[key]``; a DataError naming file, line and field when it is missing."""
     if key not in row:
         raise DataError("missing", file=str(file), line=line, field=key)
     return row[key]
 
 
-def _maybe_literal(value: Any, file: Path, line: int | None, field: str) -> Any:
+def literal_mapping(value: Any, file: Path, line: int | None, field: str) -> Any:
+    """A mapping stored as JSON or as a Python-literal string (DataError naming the field otherwise)."""
     # some upstream files store dicts as Python-literal strings; parse safely, never eval
     if isinstance(value, str):
         try:
@@ -151,20 +153,57 @@ def _maybe_literal(value: Any, file: Path, line: int | None, field: str) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- the pairs.jsonl format
+
+
+def read_pairs(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate a pairs.jsonl file (docs/architecture.md); errors name file, line, field."""
+    from sumrl.data.formats import read_jsonl_objects
+
+    p = Path(path)
+    rows = []
+    for ln, r in read_jsonl_objects(p, what="pairs"):
+        for fld in ("document", "chosen", "rejected"):
+            if not isinstance(r.get(fld), str):
+                raise DataError("missing or not a string", file=str(p), line=ln, field=fld)
+        if r.get("id") is None:
+            raise DataError("missing (pairs are split by document id)", file=str(p), line=ln, field="id")
+        m = r.get("margin")
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m)):
+            raise DataError(f"must be a number or null, got {m!r}", file=str(p), line=ln, field="margin")
+        if r.get("query") is not None and not isinstance(r["query"], str):
+            raise DataError("must be a string or null", file=str(p), line=ln, field="query")
+        if r.get("meta") is not None and not isinstance(r["meta"], dict):
+            raise DataError("must be an object", file=str(p), line=ln, field="meta")
+        r["id"] = str(r["id"])
+        r["_line"] = ln
+        rows.append(r)
+    if not rows:
+        raise DataError("no pairs", file=str(p))
+    return rows
+
+
+def pair_split(row: dict[str, Any], seed: int = 0, test_fraction: float = 0.2) -> str:
+    """``meta.split`` when the file has one (written by ``sumrl data pairs``), else the seeded
+    document-id rule of :func:`sumrl.data.splits.hash_split` (no val split)."""
+    s = (row.get("meta") or {}).get("split")
+    return str(s) if s else hash_split(row["id"], seed, test_fraction, val_fraction=0.0)
+
+
 # --------------------------------------------------------------------------- converters
 
 
 def summeval_pairs(root: Path, dimension: str = "overall", min_diff: float = 0.5) -> list[dict]:
     path = root / FOLDERS["summeval"] / "summeval_100docs_16systems_expert_scores.json"
-    data = _load_json(path)
+    data = read_shared_json(path)
     dims = ["coherence", "consistency", "fluency", "relevance"] if dimension == "overall" else [dimension]
     rows = []
     for doc_id, d in data.items():
-        src = _need(d, "src", path, None)
+        src = need_field(d, "src", path, None)
         refs = d.get("ref_summs") or [d.get("ref_summ")]
         systems = []
-        for name, s in _need(d, "sys_summs", path, None).items():
-            sc = _need(s, "scores", path, None)
+        for name, s in need_field(d, "sys_summs", path, None).items():
+            sc = need_field(s, "scores", path, None)
             missing = [k for k in dims if k not in sc]
             if missing:
                 raise DataError(f"system {name} of document {doc_id} lacks score {missing[0]}", file=str(path),
@@ -184,15 +223,15 @@ def summeval_pairs(root: Path, dimension: str = "overall", min_diff: float = 0.5
 def frank_pairs(root: Path, min_diff: float = 0.25) -> list[dict]:
     path = root / FOLDERS["frank"] / "frank_docs_with_summaries.jsonl"
     rows = []
-    for ln, r in _iter_jsonl(path):
-        summaries = _maybe_literal(_need(r, "summaries", path, ln), path, ln, "summaries")
-        fact = _maybe_literal(_need(r, "human_factuality", path, ln), path, ln, "human_factuality")
+    for ln, r in iter_shared_jsonl(path):
+        summaries = literal_mapping(need_field(r, "summaries", path, ln), path, ln, "summaries")
+        fact = literal_mapping(need_field(r, "human_factuality", path, ln), path, ln, "human_factuality")
         systems = [(m, summaries[m], float(fact[m])) for m in fact if m in summaries]
         for (na, ta, sa), (nb, tb, sb) in itertools.combinations(systems, 2):
             if abs(sa - sb) < min_diff or _norm(ta) == _norm(tb):
                 continue
             (nc, tc, scc), (nr, tr, scr) = ((na, ta, sa), (nb, tb, sb)) if sa > sb else ((nb, tb, sb), (na, ta, sa))
-            rows.append({"id": f"frank:{_need(r, 'id', path, ln)}", "document": _need(r, "article", path, ln), "query": None,
+            rows.append({"id": f"frank:{need_field(r, 'id', path, ln)}", "document": need_field(r, "article", path, ln), "query": None,
                          "chosen": tc, "rejected": tr, "margin": round(scc - scr, 6), "source": "frank",
                          "meta": {"dimension": "factuality", "dataset": r.get("dataset"),
                                   "systems": {"chosen": nc, "rejected": nr},
@@ -204,15 +243,15 @@ def frank_pairs(root: Path, min_diff: float = 0.25) -> list[dict]:
 def news_pairwise_pairs(root: Path, dimension: str = "overall") -> list[dict]:
     folder = root / FOLDERS["news_pairwise"]
     path = folder / "pairwise_evaluation_results.json"
-    data = _load_json(path)
-    writers = _load_json(folder / "writer_summaries.json")
+    data = read_shared_json(path)
+    writers = read_shared_json(folder / "writer_summaries.json")
     by_article: dict[str, list[str]] = {}
     for w in writers:
         by_article.setdefault(str(w.get("article_id")), []).append(w.get("summary") or "")
     key = "overall_writer_better" if dimension == "overall" else "informative_writer_better"
     rows = []
     for k, r in enumerate(data):
-        verdict = _need(r, key, path, None)
+        verdict = need_field(r, key, path, None)
         if isinstance(verdict, str) and verdict.lower() in ("true", "false"):
             verdict = verdict.lower() == "true"
         if verdict not in (True, False):  # "Equally Good": no preference
@@ -238,16 +277,16 @@ def squality_pairs(root: Path, dimension: str = "overall") -> list[dict]:
     for split in ("test", "dev", "train"):
         p = folder / f"{split}.jsonl"
         if p.exists():
-            for _, s in _iter_jsonl(p):
+            for _, s in iter_shared_jsonl(p):
                 stories.setdefault(str(s["metadata"]["passage_id"]), s)
     rows = []
-    for ln, r in _iter_jsonl(path):
-        pid = str(_need(r, "passage-id", path, ln))
+    for ln, r in iter_shared_jsonl(path):
+        pid = str(need_field(r, "passage-id", path, ln))
         story = stories.get(pid)
         if story is None:
             raise DataError(f"story {pid} not found in SQuALITY's train/dev/test files", file=str(path), line=ln,
                             field="passage-id")
-        for qk, q in _need(r, "questions", path, ln).items():
+        for qk, q in need_field(r, "questions", path, ln).items():
             qi = int(qk)
             question = story["questions"][qi]
             human = q.get("human", {}).get("response", "")
@@ -259,7 +298,7 @@ def squality_pairs(root: Path, dimension: str = "overall") -> list[dict]:
                         float(rv[f"{dimension}-rank"]), float(rv[f"{dimension}-rating"]))
             for worker, ranks in sorted(by_reviewer.items()):
                 for a, b in itertools.combinations(sorted(ranks), 2):
-                    (ra, ga), (rb, gb) = ranks[a], ranks[b]
+                    ra, rb = ranks[a][0], ranks[b][0]
                     if ra == rb or _norm(q[a]["response"]) == _norm(q[b]["response"]):
                         continue
                     c, rj = (a, b) if ra < rb else (b, a)
@@ -273,8 +312,6 @@ def squality_pairs(root: Path, dimension: str = "overall") -> list[dict]:
 
 
 def human_export_pairs(path: str | Path) -> list[dict]:
-    from sumrl.rewards.reward_model import read_pairs
-
     rows = read_pairs(path)
     for r in rows:
         r.pop("_line", None)
@@ -300,32 +337,6 @@ def convert(cfg: PairsConfig) -> list[dict]:
             rows = squality_pairs(root, cfg.dimension)
     for r in rows:
         meta = r.get("meta") or {}
-        meta["split"] = document_split(r["id"], cfg.seed, cfg.test_fraction, cfg.val_fraction)
+        meta["split"] = hash_split(r["id"], cfg.seed, cfg.test_fraction, cfg.val_fraction)
         r["meta"] = meta
     return rows
-
-
-def cmd_pairs(args: argparse.Namespace) -> int:
-    from sumrl.utils.io import write_jsonl
-
-    cfg = config_from_args(PairsConfig, args)
-    rows = convert(cfg)
-    if not rows:
-        raise DataError("no pairs produced (every candidate pair was a tie or below --min-diff)", field="min_diff")
-    write_jsonl(cfg.out, rows)
-    counts: dict[str, list] = {}
-    for r in rows:
-        c = counts.setdefault(r["meta"]["split"], [0, set()])
-        c[0] += 1
-        c[1].add(r["id"])
-    detail = ", ".join(f"{k} {v[0]} pairs / {len(v[1])} documents" for k, v in sorted(counts.items()))
-    print(f"wrote {len(rows)} {cfg.source} pairs to {cfg.out} ({detail})")
-    return 0
-
-
-def register_pairs(sub: Any) -> None:
-    """Hook called by ``sumrl.data.cli`` with the ``data`` sub-subparsers."""
-    text = "convert human judgments (SummEval, FRANK, news pairwise, SQuALITY, sumrl human export) into preference pairs"
-    p = sub.add_parser("pairs", help=text, description=text + ". Rules: docs/rewards.md.")
-    add_dataclass_args(p, PairsConfig)
-    p.set_defaults(func=cmd_pairs)

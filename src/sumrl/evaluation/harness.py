@@ -1,21 +1,15 @@
-"""The evaluation harness behind ``sumrl eval``: generate -> (clean up) -> score -> aggregate.
+"""The evaluation harness behind ``sumrl eval``: (clean up) -> score -> aggregate -> write.
 
-Outputs of one run folder (see docs/architecture.md): ``predictions.jsonl``, ``metrics.json``,
-``config.json``. Generation is checkpointed: finished predictions are appended to
-``predictions.partial.jsonl`` as they are produced, so a killed evaluation resumes where it
-stopped instead of regenerating.
+It scores prediction rows; producing them is :mod:`sumrl.generation.predict`'s part. Outputs of
+one run folder (see docs/architecture.md): ``predictions.jsonl``, ``metrics.json``, ``config.json``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
-from typing import Any
-
-from sumrl.data.schema import Example
+from typing import Callable
 
 # The columns of the printed table (all metrics are in metrics.json).
 TABLE_METRICS = [
@@ -25,63 +19,11 @@ TABLE_METRICS = [
 ]
 
 
-def generate_predictions(model_spec: str | Any, examples: list[Example], opts: Any, *, system: str | None = None,
-                         partial_path: str | Path | None = None, model_and_tokenizer: tuple | None = None,
-                         progress: bool = True) -> list[dict]:
-    """Generate a summary per example. ``opts`` is any config with the GenerationOptions fields."""
-    from sumrl.generation.summarize import summarize
-    from sumrl.models.loading import load_model
-
-    done: dict[str, dict] = {}
-    if partial_path and Path(partial_path).exists():
-        with open(partial_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:  # a line torn by a kill: regenerate that one
-                    continue
-                done[r["id"]] = r
-    todo = [ex for ex in examples if ex.id not in done]
-    if todo:
-        model, tok = model_and_tokenizer or load_model(model_spec, dtype=opts.dtype)
-        settings = opts.generation_settings(progress=progress)
-        # generate in blocks so that progress is saved as it is made
-        block = max(settings.batch_size * 2, 1)
-        fh = open(partial_path, "a", encoding="utf-8") if partial_path else None
-        try:
-            for s in range(0, len(todo), block):
-                part = todo[s:s + block]
-                outs = summarize(model, tok, part, settings)
-                for ex, o in zip(part, outs):
-                    row = {
-                        "id": ex.id, "system": system, "document": ex.document, "query": ex.query,
-                        "references": ex.references, "raw_prediction": o.text, "prediction": o.text,
-                        "strategy": o.strategy, "n_document_tokens": o.n_document_tokens,
-                        "n_input_tokens": o.n_input_tokens, "n_output_tokens": o.n_output_tokens,
-                        "finished": o.finished, "n_chunks": o.n_chunks, "depth": o.depth,
-                    }
-                    done[ex.id] = row
-                    if fh:
-                        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                if fh:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                from sumrl.utils.faults import kill_point
-
-                kill_point("eval-after-block")
-        except OSError as e:  # a full disk names no file: say which output it was
-            if e.filename is None and partial_path:
-                e.filename = str(partial_path)
-            raise
-        finally:
-            if fh:
-                fh.close()
-    return [done[ex.id] for ex in examples]
-
-
-def score_rows(rows: list[dict], *, cleanup: bool = False, semantic: bool = True, judges: bool = False,
-               knowledge: str | None = None) -> list[dict]:
-    """Add per-example ``metrics`` to prediction rows (in place) and return them."""
+def score_rows(rows: list[dict], *, cleanup: bool = False, semantic: bool = True,
+               judges: Callable[[list[dict]], list[dict]] | None = None) -> list[dict]:
+    """Add per-example ``metrics`` to prediction rows (in place) and return them. ``judges`` (rows ->
+    one dict of metrics per row) adds the learned judges' metrics: they live in the rewards layer
+    (:func:`sumrl.rewards.judge_metrics.judge_metrics`), so the caller passes them in."""
     from sumrl.evaluation.metrics import score_example
     from sumrl.evaluation.text import cleanup as clean
 
@@ -96,38 +38,10 @@ def score_rows(rows: list[dict], *, cleanup: bool = False, semantic: bool = True
         if semantic:
             m["sim_ref"], m["sim_src"] = sims[i]
         r["metrics"] = m
-    if judges:
-        for r, jm in zip(rows, judge_metrics(rows, knowledge)):
+    if judges is not None:
+        for r, jm in zip(rows, judges(rows)):
             r["metrics"].update(jm)
     return rows
-
-
-def judge_metrics(rows: list[dict], knowledge: str | None = None, batch_size: int = 32) -> list[dict]:
-    """The learned judges as metrics (docs/metrics.md): ``factual_support`` (mean calibrated support of
-    the summary's sentences by the source), ``unsupported_sent_rate`` (share of sentences with
-    support < 0.5), ``coherence_score`` (calibrated to SummEval's 1..5 expert scale) and, with a
-    knowledge folder, ``knowledge_supported`` (share of source-unsupported sentences that the
-    local corpus supports)."""
-    from sumrl.rewards.base import RewardInput
-    from sumrl.rewards.coherence_model import CoherenceModelReward
-    from sumrl.rewards.factuality import FactualityReward
-
-    fact = FactualityReward(knowledge=knowledge)
-    coh = CoherenceModelReward()
-    out = []
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s:s + batch_size]
-        inp = RewardInput(documents=[r.get("document", "") for r in chunk], summaries=[r["prediction"] for r in chunk],
-                          references=[r["references"] for r in chunk], queries=[r.get("query") for r in chunk])
-        f, c = fact(inp).components, coh(inp).components
-        for k in range(len(chunk)):
-            m = {"factual_support": float(f["factuality/support"][k]),
-                 "unsupported_sent_rate": float(f["factuality/unsupported_rate"][k]),
-                 "coherence_score": float(c["coherence_model/expert_scale"][k])}
-            if knowledge:
-                m["knowledge_supported"] = float(f["factuality/knowledge_supported"][k])
-            out.append(m)
-    return out
 
 
 SIM_SRC_WINDOWS = 16  # evenly spaced 180-word windows of the source used for sim_src
@@ -160,7 +74,6 @@ def semantic_similarity(rows: list[dict]) -> list[tuple[float, float]]:
 
 def aggregate_metrics(rows: list[dict], *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
     from sumrl.evaluation.bootstrap import bootstrap_ci
-    from sumrl.evaluation.metrics import corpus_bleu
 
     keys: list[str] = []
     for r in rows:
@@ -181,7 +94,7 @@ def aggregate_metrics(rows: list[dict], *, n_bootstrap: int = 1000, seed: int = 
 def corpus_bleu_ci(preds: list[str], refs: list[list[str]], n_resamples: int = 200, seed: int = 0) -> dict:
     import numpy as np
 
-    from sumrl.evaluation.metrics import corpus_bleu
+    from sumrl.evaluation.rouge import corpus_bleu
 
     full = corpus_bleu(preds, refs)
     if len(preds) < 2:

@@ -4,7 +4,7 @@ held-out evaluation) goes through one call,
     engine.generate(prompts, limits, sampling) -> token ids
 
 so that a serving engine (vLLM, SGLang) can be put behind it without touching the trainer.
-:class:`HFEngine` is today's engine: ``model.generate`` (:func:`sumrl.rl.rollout.sample`) or the
+:class:`HFEngine` is today's engine: ``model.generate`` (:func:`sample`) or the
 group sampler (:func:`sumrl.generation.sampler.sample_groups`: each prompt prefilled once per group).
 
 What another engine must provide (docs/scale.md, "A serving engine"):
@@ -26,7 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-__all__ = ["Sampling", "RolloutEngine", "HFEngine"]
+import torch
+
+__all__ = ["Sampling", "RolloutEngine", "HFEngine", "sample", "neutral_generation_config"]
 
 
 @dataclass(frozen=True)
@@ -76,12 +78,10 @@ class HFEngine:
 
     def generate(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], sampling: Sampling, *,
                  prefix_lens: Sequence[int] | None = None) -> list[list[int]]:
-        from sumrl.rl.rollout import sample
-
         from sumrl.models.seq2seq import is_encoder_decoder
 
         if self.fsdp_root is not None:
-            from sumrl.rl.distributed import full_weights
+            from sumrl.models.sharding import full_weights
 
             with full_weights(self.fsdp_root, root_only=True):
                 return sample(self.model, prompts, max_new_tokens=list(limits), temperature=sampling.temperature,
@@ -89,7 +89,7 @@ class HFEngine:
                               prefix_lens=prefix_lens, synced_gpus=True)
         if not prompts:
             return []
-        # encoder-decoders share the encoder pass of a group inside rollout.sample (seq2seq.generate)
+        # encoder-decoders share the encoder pass of a group inside sample (seq2seq.generate)
         if self.share_prompt and not is_encoder_decoder(self.model):
             from sumrl.generation.sampler import consecutive_prompt_groups, sample_groups
 
@@ -105,3 +105,64 @@ class HFEngine:
         return sample(self.model, prompts, max_new_tokens=list(limits), temperature=sampling.temperature,
                       top_p=sampling.top_p, stop_ids=list(sampling.stop_ids), pad_id=sampling.pad_id,
                       prefix_lens=prefix_lens)
+
+
+def neutral_generation_config(*, max_new_tokens: int, temperature: float, top_p: float, stop_ids: Sequence[int],
+                              pad_id: int):
+    """A fresh ``GenerationConfig`` that samples from exactly the distribution whose log-probs the
+    trainer computes: ``softmax(logits / temperature)`` over the whole vocabulary (or greedy).
+
+    It is passed whole to ``generate`` so that nothing in a checkpoint's own ``generation_config``
+    (``repetition_penalty``, ``no_repeat_ngram_size``, ``top_k``, ``min_new_tokens``, bad words...)
+    can reshape the sampling distribution behind the trainer's back."""
+    from transformers import GenerationConfig
+
+    kw: dict[str, Any] = dict(max_new_tokens=int(max_new_tokens), pad_token_id=int(pad_id),
+                              eos_token_id=[int(s) for s in stop_ids], use_cache=True, repetition_penalty=1.0,
+                              no_repeat_ngram_size=0, min_new_tokens=0, num_beams=1)
+    if temperature > 0:
+        kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
+    else:
+        kw.update(do_sample=False)
+    gc = GenerationConfig(**kw)
+    if temperature <= 0:  # greedy: unset the sampling knobs so transformers does not warn about them
+        gc.temperature, gc.top_p, gc.top_k = None, None, None
+    return gc
+
+
+def sample(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int], temperature: float,
+           top_p: float, stop_ids: Sequence[int], pad_id: int,
+           prefix_lens: Sequence[int] | None = None, synced_gpus: bool = False) -> list[list[int]]:
+    """Sample one continuation per prompt; returns the new token ids of each row, cut to the row's
+    own ``max_new_tokens`` (a list gives per-row limits; one ``generate`` call uses the largest).
+    ``temperature == 0`` means greedy. Rows that stopped early are right-padded by ``generate``;
+    callers cut at the first end token (:func:`truncate_at_eos`). ``prefix_lens``: how many trailing
+    tokens of each prompt are a summary prefix (a guide roll-in); a decoder reads them as prompt, an
+    encoder-decoder's decoder starts from them (:func:`sumrl.models.seq2seq.generate_rows`).
+    ``synced_gpus``: the model is sharded over processes (FSDP): every process keeps stepping until
+    all have finished (transformers' ``generate(synced_gpus=True)``)."""
+    if not prompts:
+        return []
+    limits = [int(max_new_tokens)] * len(prompts) if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
+    from sumrl.models.grouped import left_pad
+
+    ids, mask = left_pad(prompts, pad_id)
+    device = next(model.parameters()).device
+    gc = neutral_generation_config(max_new_tokens=max(limits), temperature=temperature, top_p=top_p,
+                                   stop_ids=stop_ids, pad_id=pad_id)
+    was_training = model.training
+    model.eval()
+    try:
+        from sumrl.generation.summarize import generate_new_tokens
+        from sumrl.models.seq2seq import generate_rows, is_encoder_decoder
+
+        if prefix_lens is not None and any(prefix_lens) and is_encoder_decoder(model):
+            new = generate_rows(model, prompts, prefix_lens, pad_id, generation_config=gc)
+        else:
+            # no inference tensors under FSDP: the gathered parameters are reused by the training passes
+            with torch.no_grad() if synced_gpus else torch.inference_mode():
+                new = generate_new_tokens(model, ids.to(device), mask.to(device), generation_config=gc,
+                                          **({"synced_gpus": True} if synced_gpus else {})).cpu().tolist()
+    finally:
+        model.train(was_training)
+    return [row[:lim] for row, lim in zip(new, limits)]

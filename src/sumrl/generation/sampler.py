@@ -1,6 +1,6 @@
 """Group sampler: ``G`` completions per prompt with the prompt prefilled once.
 
-What :func:`sumrl.rl.rollout.sample` does with ``model.generate`` over ``P * G`` repeated prompts,
+What :func:`sumrl.generation.engine.sample` does with ``model.generate`` over ``P * G`` repeated prompts,
 minus the repeated work:
 
 * each prompt is prefilled **once** (optionally in chunks of ``prefill_chunk`` tokens, so an 8k
@@ -10,13 +10,13 @@ minus the repeated work:
   from the cache (``compact=True``), so late steps only pay for the rows still writing;
 * tokens are drawn from the full distribution after temperature (``top_k = 0``; nucleus only when
   ``top_p < 1``, with transformers' own warper), as ``generate`` does with the settings
-  ``rollout.sample`` passes; ``temperature == 0`` is greedy;
+  ``generation.engine.sample`` passes; ``temperature == 0`` is greedy;
 * ``merge_lora=True`` merges the LoRA adapters into the base weights for the duration (one matmul
   per projection instead of three) and restores the base weights *bit for bit* afterwards from a
   snapshot -- peft's ``unmerge`` alone subtracts ``B @ A`` again, which drifts by rounding every
   step. The snapshot costs one copy of the adapted weights.
 
-Equivalence (tests/test_sampler.py): greedy tokens equal ``rollout.sample``'s; with ``compact=False``
+Equivalence (tests/test_sampler.py): greedy tokens equal ``generation.engine.sample``'s; with ``compact=False``
 and the same seed, sampled tokens equal too (the random stream is consumed exactly as ``generate``
 consumes it: one ``multinomial`` over all ``P * G`` rows per step). With ``compact=True`` the
 distribution is the same but the random stream is not (fewer rows draw), so seeded samples differ.
@@ -30,22 +30,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from sumrl.models.grouped import _cache_kwarg, position_ids_from_mask, prefill
+from sumrl.models.grouped import cache_kwarg, left_pad, position_ids_from_mask, prefill
 from sumrl.models.logprobs import find_decoder, output_head
 
-__all__ = ["sample_groups", "merged_lora", "left_pad", "consecutive_prompt_groups"]
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """``(ids, mask)`` (P, max_len), left padding, as :func:`sumrl.rl.rollout.sample` builds them."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        if len(p):
-            ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[r, width - len(p):] = 1
-    return ids, mask
+__all__ = ["sample_groups", "merged_lora", "consecutive_prompt_groups"]
 
 
 def consecutive_prompt_groups(prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
@@ -121,7 +109,7 @@ def sample_groups(model: Any, prompts: Sequence[Sequence[int]], *, group_size: i
 
     Returns:
         P * G lists of new token ids, each cut after its first end token or at its limit -- what
-        ``truncate_at_eos(rollout.sample(...))`` returns for the same prompts repeated G times.
+        ``truncate_at_eos(engine.sample(...))`` returns for the same prompts repeated G times.
     """
     if not prompts:
         return []
@@ -149,7 +137,7 @@ def sample_groups(model: Any, prompts: Sequence[Sequence[int]], *, group_size: i
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     stops = stops.to(device)
-    kw = _cache_kwarg(decoder)
+    kw = cache_kwarg(decoder)
     was_training = model.training
     model.eval()
     out: list[list[int]] = [[] for _ in range(B)]

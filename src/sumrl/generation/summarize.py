@@ -197,7 +197,11 @@ def input_budget(model: Any, settings: GenerationSettings) -> int:
     return budget
 
 
-def _windows(ids: list[int], size: int, overlap: int) -> list[list[int]]:
+def chunk_windows(ids: list[int], size: int, overlap: int) -> list[list[int]]:
+    """The map step's token windows: consecutive windows of ``size`` tokens, each starting
+    ``size - overlap`` after the previous one (so a sentence cut at a boundary appears whole in one
+    window); together they cover every token. Shared by generation and the chunk-level SFT
+    targets (:mod:`sumrl.training.data`), which must see the same windows."""
     if len(ids) <= size:
         return [ids]
     step = max(1, size - overlap)
@@ -243,7 +247,7 @@ def summarize(model: Any, tokenizer: Any, examples: list[Example], settings: Gen
             ex = examples[i]
             instr = CHUNK_INSTRUCTION if level == 1 else REDUCE_INSTRUCTION
             room = budget - prompt_overhead_tokens(tokenizer, ex.query, instr)
-            wins = _windows(st.pop("pending"), room, settings.chunk_overlap if level == 1 else 0)
+            wins = chunk_windows(st.pop("pending"), room, settings.chunk_overlap if level == 1 else 0)
             if level == 1:
                 st["n_chunks"] = len(wins)
             st["depth"] = level

@@ -65,23 +65,16 @@ def load_runs(run_dirs: Sequence[str | Path]) -> dict[str, Doc]:
         pred_path = run / "predictions.jsonl"
         if not pred_path.is_file():
             raise DataError("no predictions.jsonl here (expected a run folder written by `sumrl eval`)", file=str(run))
+        from sumrl.data.formats import read_predictions, read_run_metrics
+
         system_from_metrics = None
         metrics_path = run / "metrics.json"
         if metrics_path.is_file():
-            from sumrl.utils.io import read_json_file
-
-            mj = read_json_file(metrics_path)  # hostile JSON, bad UTF-8: one DataError; BOM accepted
-            if not isinstance(mj, dict):
-                raise DataError("not a JSON object", file=str(metrics_path))
-            system_from_metrics = mj.get("system")
-        from sumrl.utils.io import iter_jsonl_file
-
-        for lineno, row in iter_jsonl_file(pred_path):
-            if not isinstance(row, dict):
-                raise DataError("expected a JSON object", file=str(pred_path), line=lineno)
-            for key in ("id", "document", "prediction"):
-                if not isinstance(row.get(key), str) and not (key == "id" and isinstance(row.get(key), int)):
-                    raise DataError("missing or not a string", file=str(pred_path), line=lineno, field=key)
+            system_from_metrics = read_run_metrics(metrics_path).get("system")
+        # a run of `sumrl summarize` has no references; the document is shown to the raters
+        lines = _line_numbers(pred_path)
+        for row in read_predictions(pred_path, require_references=False, require_document=True):
+            lineno = lines[str(row["id"])]
             system = system_from_metrics or row.get("system")
             if not isinstance(system, str) or not system:
                 raise DataError("missing system name (and no metrics.json)", file=str(pred_path),
@@ -89,8 +82,6 @@ def load_runs(run_dirs: Sequence[str | Path]) -> dict[str, Doc]:
             if seen_systems.setdefault(system, str(run)) != str(run):
                 raise SumrlError(f"system '{system}' appears in two runs: {seen_systems[system]} and {run}")
             query = row.get("query")
-            if query is not None and not isinstance(query, str):
-                raise DataError("must be a string or null", file=str(pred_path), line=lineno, field="query")
             doc_id = str(row["id"])
             doc = docs.get(doc_id)
             if doc is None:
@@ -103,6 +94,13 @@ def load_runs(run_dirs: Sequence[str | Path]) -> dict[str, Doc]:
                                 file=str(pred_path), line=lineno, field="id")
             doc.summaries[system] = Summary(system, row["prediction"], str(run))
     return docs
+
+
+def _line_numbers(pred_path: Path) -> dict[str, int]:
+    """Row id -> line of a predictions file the reader has accepted (for the study's own errors)."""
+    from sumrl.data.formats import read_jsonl_objects
+
+    return {str(r.get("id")): ln for ln, r in read_jsonl_objects(pred_path, what="predictions")}
 
 
 def candidate_pairs(docs: dict[str, Doc]) -> list[Candidate]:

@@ -17,6 +17,7 @@ from typing import Any
 from sumrl.errors import ModelNotFoundError
 
 WINDOW_WORDS = 180  # ~230 word pieces: stays inside the 256-token window of MiniLM
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's hidden size: the width of every sentence embedding
 
 
 def encoder_path() -> Path:
@@ -59,17 +60,14 @@ class SentenceEncoder:
 
     def encode_long(self, texts: list[str], window_words: int = WINDOW_WORDS, max_windows: int | None = None):
         """Embed texts of any length: mean of unit window embeddings, re-normalised.
-        ``max_windows`` keeps at most that many evenly spaced windows per text (a long source's
+        ``max_windows`` keeps at most that many evenly spaced windows per text
+        (:func:`sample_windows`; a long source's
         centroid is well estimated by a sample, and embedding every window of an 8k-word document
         dominates evaluation time on CPU). Returns (N, 384)."""
         torch = self._torch
         windows, owner = [], []
         for i, t in enumerate(texts):
-            wins = split_windows(t, window_words)
-            if max_windows and len(wins) > max_windows:
-                step = len(wins) / max_windows
-                wins = [wins[int(k * step)] for k in range(max_windows)]
-            for w in wins:
+            for w in sample_windows(t, window_words, max_windows or 0):
                 windows.append(w)
                 owner.append(i)
         embs = self.encode(windows) if windows else torch.zeros(0, self.model.config.hidden_size)
@@ -84,8 +82,22 @@ class SentenceEncoder:
 
 
 def split_windows(text: str, window_words: int = WINDOW_WORDS) -> list[str]:
+    """Consecutive windows of ``window_words`` whitespace words (the last one shorter)."""
     words = (text or "").split()
     return [" ".join(words[i:i + window_words]) for i in range(0, len(words), window_words)]
+
+
+def sample_windows(text: str, window_words: int = WINDOW_WORDS, max_windows: int = 0) -> list[str]:
+    """The one source-window rule (the ``sim_src`` metric, the ``relevance``/``coverage`` rewards;
+    docs/rewards.md): :func:`split_windows`, and when there are more than ``max_windows`` of them,
+    ``max_windows`` evenly spaced over the whole text, first and last included (window
+    ``round(k * (n - 1) / (max_windows - 1))`` for k = 0..max_windows-1). ``max_windows=0``: all."""
+    wins = split_windows(text, window_words)
+    if max_windows and len(wins) > max_windows:
+        if max_windows == 1:
+            return wins[:1]
+        wins = [wins[k] for k in sorted({round(k * (len(wins) - 1) / (max_windows - 1)) for k in range(max_windows)})]
+    return wins
 
 
 @lru_cache(maxsize=2)

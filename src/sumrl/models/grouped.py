@@ -53,6 +53,18 @@ __all__ = [
 ]
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """``(ids, mask)`` (P, max_len), left padding, as :func:`sumrl.generation.engine.sample` builds them."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        if len(p):
+            ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[r, width - len(p):] = 1
+    return ids, mask
+
+
 def position_ids_from_mask(mask: Tensor) -> Tensor:
     """``cumsum(mask) - 1`` with 0 on padding: the positions ``generate()`` gives a left-padded row."""
     pos = mask.long().cumsum(-1) - 1
@@ -161,7 +173,7 @@ def _n_layers(decoder) -> int:
     return int(cfg.num_hidden_layers)
 
 
-def _cache_kwarg(decoder) -> str:
+def cache_kwarg(decoder) -> str:
     # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated)
     try:
         params = inspect.signature(decoder.forward).parameters
@@ -313,7 +325,7 @@ def prefill(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, *, chunk: int |
     step = Lq if not chunk or chunk >= Lq else int(chunk)
     if step < 1:
         raise ValueError(f"prefill chunk must be >= 1, got {chunk}")
-    kw = _cache_kwarg(decoder)
+    kw = cache_kwarg(decoder)
     last = None
     for s in range(0, Lq, step):
         e = min(s + step, Lq)
@@ -374,7 +386,7 @@ def grouped_response_hidden(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
         pos = position_ids_from_mask(full_mask)[:, Lq:Lq + T - 1]
         # The last response token predicts nothing we need: run T - 1 positions.
         out = decoder(input_ids=response_ids[:, :T - 1], attention_mask=full_mask[:, :Lq + T - 1], position_ids=pos,
-                      use_cache=True, return_dict=True, **{_cache_kwarg(decoder): ccache})
+                      use_cache=True, return_dict=True, **{cache_kwarg(decoder): ccache})
         rest = out.last_hidden_state
     return torch.cat([first.to(rest.dtype), rest], dim=1)
 

@@ -144,6 +144,20 @@ class ResolvedModel:
     base: str | None = None  # for adapters: the base model spec
 
 
+def read_model_meta(folder: str | Path) -> dict[str, Any]:
+    """``sumrl_model.json`` of a saved model/adapter folder (:func:`save_model`): ``base`` (the base
+    model spec, or null), ``files`` (the files the model consists of, when published into a run
+    folder) and the trainer's extra keys. One DataError naming the file when it is not an object."""
+    from sumrl.errors import DataError
+    from sumrl.utils.io import read_json_file
+
+    path = Path(folder) / SUMRL_MODEL_FILE
+    meta = read_json_file(path)
+    if not isinstance(meta, dict):
+        raise DataError("expected a JSON object", file=str(path))
+    return meta
+
+
 def resolve(spec: str) -> ResolvedModel:
     if spec is None or not str(spec).strip():
         raise ModelNotFoundError("empty --model")
@@ -156,9 +170,12 @@ def resolve(spec: str) -> ResolvedModel:
         if (p / "adapter_config.json").exists():
             base = None
             if (p / SUMRL_MODEL_FILE).exists():
-                base = json.loads((p / SUMRL_MODEL_FILE).read_text()).get("base")
+                base = read_model_meta(p).get("base")
             if base is None:
-                base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+                from sumrl.utils.io import read_json_file
+
+                adapter = read_json_file(p / "adapter_config.json")
+                base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
             if not base:
                 raise ModelNotFoundError(f"{p}: adapter folder does not name its base model")
             if base.startswith(("./", "../")):  # a base stored relative to the adapter (a stacked adapter)

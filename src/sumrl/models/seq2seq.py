@@ -186,7 +186,7 @@ def split_prefix(query_ids: Tensor, query_mask: Tensor, prefix_len: Tensor) -> t
     """A guide roll-in (PPO++) puts its prefix at the end of the prompt: for a decoder it is state
     read after the prompt, for an encoder-decoder it belongs to the *decoder*. Returns the encoder
     part (left-padded again) and each row's decoder prefix."""
-    from sumrl.generation.sampler import left_pad
+    from sumrl.models.grouped import left_pad
 
     enc, pre = [], []
     for ids, m, k in zip(query_ids.tolist(), query_mask.tolist(), prefix_len.tolist()):
@@ -258,7 +258,7 @@ def generate_rows(model: Any, prompts: Sequence[Sequence[int]], prefix_lens: Seq
     continuing a summary): rows without one are generated together (shared encoder), rows with one
     in batches of equal prefix length (the decoder input ``[start] + prefix`` needs no padding, so
     its positions are exactly those of an unbatched run)."""
-    from sumrl.generation.sampler import left_pad
+    from sumrl.models.grouped import left_pad
 
     out: list[list[int] | None] = [None] * len(prompts)
     by_len: dict[int, list[int]] = {}

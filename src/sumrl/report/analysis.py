@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 from sumrl.errors import SumrlError
 from sumrl.evaluation.bootstrap import paired_bootstrap
 from sumrl.evaluation.facts import FactIndex, unsupported_facts
-from sumrl.evaluation.metrics import copy_spans, get_source_index
+from sumrl.evaluation.overlap import copy_spans, get_source_index
 from sumrl.evaluation.text import words
 from sumrl.report.runs import EvalRun
 

@@ -9,19 +9,14 @@ one-line :class:`SumrlError` that names the folder or file.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sumrl.errors import DataError, SumrlError
+from sumrl.errors import SumrlError
 
-__all__ = ["EvalRun", "TrainRun", "load_eval_run", "load_eval_runs", "load_train_run", "RL_KEYS", "SFT_KEYS"]
-
-# Keys whose presence marks a metrics.jsonl as an RL or an SFT log (see sumrl.utils.logging).
-RL_KEYS = ("objective/reward", "objective/kl", "completions/mean_length", "objective/scores")
-SFT_KEYS = ("val/loss", "train/loss")
+__all__ = ["EvalRun", "TrainRun", "load_eval_run", "load_eval_runs", "load_train_run"]
 
 
 @dataclass
@@ -52,13 +47,11 @@ class TrainRun:
 
     @property
     def kind(self) -> str:
-        """``"rl"`` if any RL objective was logged, ``"sft"`` if a loss was, else ``"unknown"``."""
-        keys = {k for r in self.rows for k in r}
-        if keys.intersection(RL_KEYS):
-            return "rl"
-        if keys.intersection(SFT_KEYS):
-            return "sft"
-        return "unknown"
+        """``"rl"``, ``"sft"`` or ``"unknown"``: which trainer logs the namespaces found
+        (:data:`sumrl.utils.logging.NAMESPACES`)."""
+        from sumrl.utils.logging import trainer_of
+
+        return trainer_of({k for r in self.rows for k in r})
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """(steps, values) of the rows that logged ``key`` with a finite number.
@@ -83,18 +76,6 @@ def _read_json_file(path: Path) -> Any:
     return read_json_file(path)  # one DataError for bad UTF-8/JSON, huge integers, deep nesting; BOM accepted
 
 
-def _read_jsonl_file(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) per non-empty line, so later checks can name the line."""
-    from sumrl.utils.io import iter_jsonl_file
-
-    rows = []
-    for i, r in iter_jsonl_file(path):
-        if not isinstance(r, dict):
-            raise DataError("expected a JSON object", file=str(path), line=i)
-        rows.append((i, r))
-    return rows
-
-
 def _metric_value(v: Any) -> float:
     """A per-example metric as a float; anything unusable (None, text) becomes NaN so that the
     paired test drops that pair instead of crashing on one odd row."""
@@ -114,37 +95,16 @@ def load_eval_run(path: str | Path) -> EvalRun:
     if missing:
         raise SumrlError(f"{p}: not an eval run folder (missing {' and '.join(missing)}; "
                          "run `sumrl eval --out` to make one)")
-    mj = _read_json_file(p / "metrics.json")
-    if not isinstance(mj, dict) or not isinstance(mj.get("metrics"), dict):
-        raise DataError("expected {\"system\", \"n\", \"metrics\": {...}}", file=str(p / "metrics.json"),
-                        field="metrics")
-    metrics: dict[str, dict[str, float]] = {}
-    for name, v in mj["metrics"].items():
-        if not isinstance(v, dict) or "mean" not in v:
-            raise DataError("expected {\"mean\", \"ci_low\", \"ci_high\"}", file=str(p / "metrics.json"),
-                            field=f"metrics.{name}")
-        metrics[name] = {k: _metric_value(v.get(k)) for k in ("mean", "ci_low", "ci_high")}
-    rows = []
-    seen: set[str] = set()
-    for line, r in _read_jsonl_file(p / "predictions.jsonl"):
-        for k in ("id", "prediction"):
-            if k not in r:
-                raise DataError("missing field", file=str(p / "predictions.jsonl"), line=line, field=k)
-        rid = str(r["id"])
-        if rid in seen:  # pairing is by id: a duplicate would silently pair the wrong rows
-            raise DataError(f"duplicate id {rid!r}", file=str(p / "predictions.jsonl"), line=line, field="id")
-        seen.add(rid)
-        refs = r.get("references")
-        if isinstance(refs, str):
-            refs = [refs]
-        r["references"] = [x for x in (refs or []) if isinstance(x, str)]
-        r["document"] = r.get("document") or ""
-        r["prediction"] = r["prediction"] if isinstance(r["prediction"], str) else ""
-        m = r.get("metrics")
-        r["metrics"] = {k: _metric_value(v) for k, v in m.items()} if isinstance(m, dict) else {}
-        rows.append(r)
-    if not rows:
-        raise DataError("no predictions", file=str(p / "predictions.jsonl"))
+    from sumrl.data.formats import read_predictions, read_run_metrics
+
+    mj = read_run_metrics(p / "metrics.json")
+    metrics = {name: {k: _metric_value(v.get(k)) for k in ("mean", "ci_low", "ci_high")}
+               for name, v in mj["metrics"].items()}
+    # pairing is by id: the reader refuses duplicate ids (they would silently pair the wrong rows);
+    # a row without references is shown but left out of the reference-based tables
+    rows = read_predictions(p / "predictions.jsonl", require_references=False)
+    for r in rows:
+        r["metrics"] = {k: _metric_value(v) for k, v in (r.get("metrics") or {}).items()}
     system = mj.get("system") or rows[0].get("system") or p.name
     config = _read_json_file(p / "config.json") if (p / "config.json").is_file() else None
     n = mj.get("n")
@@ -174,10 +134,10 @@ def load_train_run(path: str | Path) -> TrainRun:
     folder = log.parent
     if not log.is_file():
         raise SumrlError(f"{p}: not a training run folder (no metrics.jsonl)")
-    from sumrl.utils.io import iter_jsonl_file
+    from sumrl.data.formats import read_metrics_log
 
     # a run still going (or killed mid-append) may end in a torn line: dropped with a notice
-    rows = [r for _, r in iter_jsonl_file(log, tolerate_torn_tail=True) if isinstance(r, dict)]
+    rows = read_metrics_log(log, missing_ok=False)
     config, config_file = None, None
     # sumrl sft writes sft_config.json; other trainers config.json or <name>_config.json.
     candidates = [folder / "config.json"] + sorted(folder.glob("*_config.json"))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch import nn
 
 from sumrl.config import opt
 from sumrl.errors import ConfigError, SumrlError
+from sumrl.models.encoder import EMBEDDING_DIM
 from sumrl.rewards import judges as J
 from sumrl.rewards.base import RewardInput, RewardOutput
 
@@ -47,7 +47,7 @@ CORRUPTIONS = ["shuffle", "drop", "repeat", "splice"]
 
 
 class CoherenceNet(nn.Module):
-    def __init__(self, dim: int = 384, hidden: int = 128):
+    def __init__(self, dim: int = EMBEDDING_DIM, hidden: int = 128):
         super().__init__()
         self.pair = nn.Sequential(nn.Linear(4 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.open = nn.Linear(dim, 1)
@@ -95,7 +95,7 @@ def summary_features(net: CoherenceNet, summaries: Sequence[str], sents: Sequenc
     """(N, len(FEATURES)) calibration features of each summary (see the module docstring)."""
     import math
 
-    from sumrl.evaluation.metrics import repeated_ngram_rate
+    from sumrl.evaluation.overlap import repeated_ngram_rate
 
     disc = net(seqs) if seqs else torch.zeros(0)
     rows = []
@@ -230,9 +230,7 @@ class CoherenceModelReward:
 
 
 @dataclass
-class CoherenceTrainConfig:
-    out: str = opt("", "output folder (config.json, model.safetensors, metrics.json)")
-    shared_dir: str | None = opt(None, "folder with SummEval and FRANK (default: ../shared/data next to the repository)")
+class CoherenceTrainConfig(J.JudgeTrainOptions):
     extra_data: str | None = opt("scisummnet", "also take well-formed summaries (references) from this dataset's "
                                                "training split (built-in name or file; empty = none)")
     extra_limit: int = opt(400, "at most N documents of --extra-data")
@@ -250,14 +248,15 @@ class CoherenceTrainConfig:
     seed: int = opt(0, "random seed")
 
     def validate(self) -> None:
-        if not self.out:
-            raise ConfigError("missing --out (the judge folder to write)")
+        super().validate()
         if self.steps < 0 or self.batch_size < 2 or self.lr <= 0 or self.hidden < 1 or self.l2 < 0:
             raise ConfigError("need --steps >= 0, --batch-size >= 2, --lr > 0, --hidden >= 1, --l2 >= 0")
 
 
 def _log(msg: str) -> None:
-    print(f"[coherence] {msg}", file=sys.stderr, flush=True)
+    from sumrl.utils.console import get_logger
+
+    get_logger(__name__).info(f"[coherence] {msg}")
 
 
 _TRAIN_EMB: dict[str, torch.Tensor] = {}  # training only: every distinct sentence embedded once
@@ -270,7 +269,7 @@ def _embed_all(texts: list[list[str]]) -> list[torch.Tensor]:
     if missing:
         for t, e in zip(missing, get_encoder().encode(missing)):
             _TRAIN_EMB[t] = e
-    return [torch.stack([_TRAIN_EMB[x] for x in ss]) if ss else torch.zeros(0, 384) for ss in texts]
+    return [torch.stack([_TRAIN_EMB[x] for x in ss]) if ss else torch.zeros(0, EMBEDDING_DIM) for ss in texts]
 
 
 def _synthetic(summaries: list[list[str]], rng: random.Random) -> list[tuple[list[str], list[str], str]]:
@@ -293,13 +292,8 @@ def train_coherence(cfg: CoherenceTrainConfig) -> dict[str, Any]:
     from sumrl.data import load_data
 
     J.set_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     t0 = time.time()
-    root = J.shared_root(cfg.shared_dir)
-    items = J.summeval_items(root) + J.frank_items(root)
-    train_items = J.limit_documents([it for it in items if it.split == "train"], cfg.doc_limit)
-    test_items = J.limit_documents([it for it in items if it.split == "test"], cfg.doc_limit)
-    assert not {i.doc_id for i in train_items} & {i.doc_id for i in test_items}
+    train_items, test_items = J.judged_splits(cfg.shared_dir, cfg.doc_limit, ("summeval", "frank"))
 
     def refs_of(its: Sequence[J.JudgedSummary]) -> list[list[str]]:
         out, seen = [], set()
@@ -355,7 +349,7 @@ def train_coherence(cfg: CoherenceTrainConfig) -> dict[str, Any]:
 
     def emb_pairs(pairs):
         return _embed_all([p[0] for p in pairs]), _embed_all([p[1] for p in pairs])
-    net = CoherenceNet(384, cfg.hidden)
+    net = CoherenceNet(EMBEDDING_DIM, cfg.hidden)
     opt_ = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     crng = random.Random(cfg.seed + 2)
@@ -419,10 +413,10 @@ def train_coherence(cfg: CoherenceTrainConfig) -> dict[str, Any]:
                "calibration": {"weights": dict(zip(FEATURES, w.tolist())), "scale": scale, "shift": shift},
                "seconds": round(time.time() - t0, 1)}
     config = {"kind": "coherence_model", "version": 1,
-              "arch": {"encoder": "all-MiniLM-L6-v2 sentence embeddings (frozen)", "dim": 384, "hidden": cfg.hidden,
+              "arch": {"encoder": "all-MiniLM-L6-v2 sentence embeddings (frozen)", "dim": EMBEDDING_DIM, "hidden": cfg.hidden,
                        "features": FEATURES},
               "training": asdict(cfg),
-              "data": {"split_rule": "sumrl.data.pairs.document_split(source:id, seed 0, test 0.2); train only",
+              "data": {"split_rule": "sumrl.data.splits.hash_split(source:id, seed 0, test 0.2, val 0); train only",
                        "synthetic_positives": len(pos_train), "summeval_pairs": len(human)}}
     J.save_judge(cfg.out, config, tensors, metrics)
     return metrics

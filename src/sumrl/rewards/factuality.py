@@ -35,7 +35,6 @@ from collections import OrderedDict
 import math
 import random
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -162,16 +161,10 @@ class KnowledgeIndex:
             if f.suffix in (".txt", ".md"):
                 passages.extend(J.make_windows(f.read_text(encoding="utf-8", errors="replace"), chunk_words))
             elif f.suffix == ".jsonl":
-                import json
+                from sumrl.data.formats import read_jsonl_objects
 
-                for ln, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"invalid JSON ({e.msg})", file=str(f), line=ln) from None
-                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                for ln, row in read_jsonl_objects(f, what="knowledge"):
+                    if not isinstance(row.get("text"), str):
                         raise DataError("missing or not a string", file=str(f), line=ln, field="text")
                     passages.extend(J.make_windows(row["text"], chunk_words))
         if not passages:
@@ -278,9 +271,7 @@ class FactualityReward:
 
 
 @dataclass
-class FactualityTrainConfig:
-    out: str = opt("", "output folder (config.json, model.safetensors, metrics.json)")
-    shared_dir: str | None = opt(None, "folder with FRANK and SummEval (default: ../shared/data next to the repository)")
+class FactualityTrainConfig(J.JudgeTrainOptions):
     extra_data: str | None = opt("scisummnet", "also take synthetic claims from this dataset's training split "
                                                "(built-in name or file; empty = none)")
     extra_limit: int = opt(150, "at most N documents of --extra-data")
@@ -303,8 +294,7 @@ class FactualityTrainConfig:
     seed: int = opt(0, "random seed")
 
     def validate(self) -> None:
-        if not self.out:
-            raise ConfigError("missing --out (the judge folder to write)")
+        super().validate()
         if self.steps < 0 or self.batch_size < 2 or self.lr <= 0 or self.top_k < 1 or self.chunk_words < 5:
             raise ConfigError("need --steps >= 0, --batch-size >= 2, --lr > 0, --top-k >= 1, --chunk-words >= 5")
 
@@ -400,7 +390,9 @@ def human_sentence_pairs(items: Sequence[J.JudgedSummary], chunk_words: int) -> 
 
 
 def _log(msg: str) -> None:
-    print(f"[factuality] {msg}", file=sys.stderr, flush=True)
+    from sumrl.utils.console import get_logger
+
+    get_logger(__name__).info(f"[factuality] {msg}")
 
 
 def train_factuality(cfg: FactualityTrainConfig) -> dict[str, Any]:
@@ -408,11 +400,7 @@ def train_factuality(cfg: FactualityTrainConfig) -> dict[str, Any]:
 
     J.set_seed(cfg.seed)
     t0 = time.time()
-    root = J.shared_root(cfg.shared_dir)
-    items = J.frank_items(root) + J.summeval_items(root)
-    train_items = J.limit_documents([it for it in items if it.split == "train"], cfg.doc_limit)
-    test_docs = {it.doc_id for it in items if it.split == "test"}
-    assert not test_docs & {it.doc_id for it in train_items}
+    train_items, _ = J.judged_splits(cfg.shared_dir, cfg.doc_limit, ("frank", "summeval"))
     # (document, reference) sources for synthetic claims: CNN/DM references of training documents
     # (XSum references are known to add facts not in the article, so they are not positives)
     docs: list[tuple[str, str]] = []
@@ -489,7 +477,7 @@ def train_factuality(cfg: FactualityTrainConfig) -> dict[str, Any]:
                        "top_k": cfg.top_k, "chunk_words": cfg.chunk_words,
                        "features": FEATURES},
               "training": asdict(cfg),
-              "data": {"split_rule": "sumrl.data.pairs.document_split(source:id, seed 0, test 0.2); train only",
+              "data": {"split_rule": "sumrl.data.splits.hash_split(source:id, seed 0, test 0.2, val 0); train only",
                        "init": cfg.init, "synthetic_pairs": len(syn), "human_sentence_pairs": len(hum), "classes": counts,
                        "calibration_summaries": len(calib)}}
     p = torch.sigmoid(((feats - mu) / sd) @ w + b)

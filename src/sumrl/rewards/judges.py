@@ -2,7 +2,7 @@
 
 * **Human-labelled items** (:func:`frank_items`, :func:`summeval_items`): one row per system
   summary with its human score, split by document with exactly the rule of ``sumrl data pairs``
-  (:func:`sumrl.data.pairs.document_split` of ``"<source>:<doc id>"``, seed 0, test fraction 0.2),
+  (:func:`sumrl.data.splits.hash_split` of ``"<source>:<doc id>"``, seed 0, test fraction 0.2),
   so a judge trained on the ``train`` items never sees a document whose pairs ``sumrl rm
   eval-rewards`` holds out.
 * **Source windows and alignment** (:class:`SourceWindows`): the source is cut at sentence
@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections import OrderedDict
@@ -32,7 +31,22 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sumrl.errors import DataError, SumrlError
+from sumrl.config import opt
+from sumrl.errors import ConfigError, DataError, SumrlError
+
+
+@dataclass
+class JudgeTrainOptions:
+    """What both judge trainers' configs share: where the judge goes and where the human data is."""
+
+    out: str = opt("", "output folder (config.json, model.safetensors, metrics.json)")
+    shared_dir: str | None = opt(None, "folder with FRANK and SummEval (default: $SUMRL_SHARED_DATA, else "
+                                       "../shared/data or shared/data from the current directory)")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ConfigError("missing --out (the judge folder to write)")
+
 
 # --------------------------------------------------------------------------- human-labelled items
 
@@ -51,21 +65,21 @@ class JudgedSummary:
 
 
 def _split(doc_id: str, seed: int = 0, test_fraction: float = 0.2) -> str:
-    from sumrl.data.pairs import document_split
+    from sumrl.data.splits import hash_split
 
-    return document_split(doc_id, seed, test_fraction)
+    return hash_split(doc_id, seed, test_fraction, val_fraction=0.0)
 
 
 def frank_items(root: str | Path, seed: int = 0, test_fraction: float = 0.2) -> list[JudgedSummary]:
     """Every FRANK system summary with its human factuality (0..1 = share of sentences without error)."""
-    from sumrl.data.pairs import FOLDERS, _iter_jsonl, _maybe_literal, _need
+    from sumrl.data.pairs import FOLDERS, iter_shared_jsonl, literal_mapping, need_field
 
     path = Path(root) / FOLDERS["frank"] / "frank_docs_with_summaries.jsonl"
     out = []
-    for ln, r in _iter_jsonl(path):
-        summaries = _maybe_literal(_need(r, "summaries", path, ln), path, ln, "summaries")
-        fact = _maybe_literal(_need(r, "human_factuality", path, ln), path, ln, "human_factuality")
-        doc_id = f"frank:{_need(r, 'id', path, ln)}"
+    for ln, r in iter_shared_jsonl(path):
+        summaries = literal_mapping(need_field(r, "summaries", path, ln), path, ln, "summaries")
+        fact = literal_mapping(need_field(r, "human_factuality", path, ln), path, ln, "human_factuality")
+        doc_id = f"frank:{need_field(r, 'id', path, ln)}"
         for m, v in fact.items():
             if m not in summaries:
                 continue
@@ -74,7 +88,7 @@ def frank_items(root: str | Path, seed: int = 0, test_fraction: float = 0.2) -> 
             except (TypeError, ValueError):
                 raise DataError(f"factuality of {m} is not a number: {v!r}", file=str(path), line=ln,
                                 field="human_factuality") from None
-            out.append(JudgedSummary("frank", doc_id, _need(r, "article", path, ln), summaries[m], m,
+            out.append(JudgedSummary("frank", doc_id, need_field(r, "article", path, ln), summaries[m], m,
                                      {"factuality": score}, _split(doc_id, seed, test_fraction), r.get("dataset"),
                                      [r["reference"]] if r.get("reference") else []))
     return out
@@ -82,10 +96,10 @@ def frank_items(root: str | Path, seed: int = 0, test_fraction: float = 0.2) -> 
 
 def summeval_items(root: str | Path, seed: int = 0, test_fraction: float = 0.2) -> list[JudgedSummary]:
     """Every SummEval system summary with its mean expert scores (1..5)."""
-    from sumrl.data.pairs import FOLDERS, _load_json
+    from sumrl.data.pairs import FOLDERS, read_shared_json
 
     path = Path(root) / FOLDERS["summeval"] / "summeval_100docs_16systems_expert_scores.json"
-    data = _load_json(path)
+    data = read_shared_json(path)
     out = []
     for doc, d in data.items():
         doc_id = f"summeval:{doc}"
@@ -99,6 +113,21 @@ def summeval_items(root: str | Path, seed: int = 0, test_fraction: float = 0.2) 
             out.append(JudgedSummary("summeval", doc_id, d["src"], s["sys_summ"], name, keep,
                                      _split(doc_id, seed, test_fraction), "cnndm", refs))
     return out
+
+
+def judged_splits(shared_dir: str | None, doc_limit: int | None,
+                  sources: Sequence[str] = ("summeval", "frank")) -> tuple[list[JudgedSummary], list[JudgedSummary]]:
+    """(train, test) human-judged summaries of ``sources`` (in that order) from the shared data, each
+    cut to ``doc_limit`` documents; no document is in both (the split is by document id)."""
+    from sumrl.data.pairs import shared_data_dir
+
+    root = shared_data_dir(shared_dir)
+    read = {"summeval": summeval_items, "frank": frank_items}
+    items = [it for s in sources for it in read[s](root)]
+    train = limit_documents([it for it in items if it.split == "train"], doc_limit)
+    test = limit_documents([it for it in items if it.split == "test"], doc_limit)
+    assert not {it.doc_id for it in train} & {it.doc_id for it in test}
+    return train, test
 
 
 def limit_documents(items: Sequence[JudgedSummary], n: int | None) -> list[JudgedSummary]:
@@ -247,7 +276,7 @@ def lexical_features(claim: str, sw: SourceWindows) -> list[float]:
 
 def with_fact_feature(feats: list[float], claim: str, document: str) -> list[float]:
     from sumrl.evaluation.facts import extract_facts
-    from sumrl.evaluation.metrics import get_source_index
+    from sumrl.evaluation.overlap import get_source_index
 
     index = get_source_index(document).facts
     bad = sum(1 for f in extract_facts(claim) if not index.supports(f))
@@ -388,12 +417,12 @@ def load_judge_files(path: str | Path, kind: str) -> tuple[dict, dict[str, torch
     if not cfg_path.exists() or not (p / "model.safetensors").exists():
         raise SumrlError(f"{p}: not a {kind} judge folder (needs config.json and model.safetensors; train one with "
                          f"`sumrl rm train-{kind} --out DIR`)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON ({e.msg})", file=str(cfg_path), line=e.lineno) from None
-    if cfg.get("kind") != kind:
-        raise DataError(f"expected kind {kind!r}, found {cfg.get('kind')!r}", file=str(cfg_path), field="kind")
+    from sumrl.utils.io import read_json_file
+
+    cfg = read_json_file(cfg_path)
+    if not isinstance(cfg, dict) or cfg.get("kind") != kind:
+        raise DataError(f"expected kind {kind!r}, found {cfg.get('kind') if isinstance(cfg, dict) else cfg!r}",
+                        file=str(cfg_path), field="kind")
     return cfg, {k: v.float() for k, v in load_file(str(p / "model.safetensors")).items()}
 
 
@@ -459,9 +488,3 @@ def summary_targets_from(items: Sequence[JudgedSummary]) -> list[float]:
         else:
             out.append((it.scores["consistency"] - 1.0) / 4.0)
     return out
-
-
-def shared_root(explicit: str | None = None) -> Path:
-    from sumrl.data.pairs import shared_data_dir
-
-    return shared_data_dir(explicit)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from sumrl.errors import ConfigError, SumrlError
+from sumrl.models.encoder import EMBEDDING_DIM
 from sumrl.rewards.align import spread_penalties, token_char_spans
 from sumrl.rewards.base import RewardInput, RewardOutput
 
@@ -136,7 +137,7 @@ class RougeReward(MetricReward):
     needs_references = True
 
     def __init__(self, name: str = "rouge", types: Sequence[str] = ("rouge1", "rouge2", "rougeL"), stat: str = "f"):
-        from sumrl.evaluation.metrics import ROUGE_TYPES
+        from sumrl.evaluation.rouge import ROUGE_TYPES
 
         self.name = name
         self.types = list(types)
@@ -148,7 +149,7 @@ class RougeReward(MetricReward):
         self.stat = stat
 
     def __call__(self, inp: RewardInput) -> RewardOutput:
-        from sumrl.evaluation.metrics import rouge
+        from sumrl.evaluation.rouge import rouge
 
         self._check(inp)
         parts: dict[str, list[float]] = {t: [] for t in self.types}
@@ -278,7 +279,7 @@ class RepetitionReward(MetricReward):
         self.name, self.n, self.penalty = name, int(n), float(penalty)
 
     def penalties(self, summary: str) -> list[tuple[tuple[int, int], float]]:
-        from sumrl.evaluation.metrics import repeated_spans
+        from sumrl.evaluation.overlap import repeated_spans
 
         total = len(summary.split())
         if not total:
@@ -286,7 +287,7 @@ class RepetitionReward(MetricReward):
         return [(sp, -self.penalty * _word_count_in(summary, sp) / total) for sp in repeated_spans(summary, self.n)]
 
     def __call__(self, inp: RewardInput) -> RewardOutput:
-        from sumrl.evaluation.metrics import repeated_ngram_rate
+        from sumrl.evaluation.overlap import repeated_ngram_rate
 
         self._check(inp)
         pens = [self.penalties(s) for s in inp.summaries]
@@ -305,7 +306,7 @@ class CopyReward(MetricReward):
         self.name, self.min_words, self.penalty = name, int(min_words), float(penalty)
 
     def __call__(self, inp: RewardInput) -> RewardOutput:
-        from sumrl.evaluation.metrics import copy_spans, get_source_index
+        from sumrl.evaluation.overlap import copy_spans, get_source_index
 
         self._check(inp)
         pens, rates = [], []
@@ -331,7 +332,7 @@ class FaithfulnessReward(MetricReward):
 
     def __call__(self, inp: RewardInput) -> RewardOutput:
         from sumrl.evaluation.facts import extract_facts
-        from sumrl.evaluation.metrics import get_source_index
+        from sumrl.evaluation.overlap import get_source_index
 
         self._check(inp)
         pens, n_bad, prec = [], [], []
@@ -382,25 +383,19 @@ class EmbeddingCache:
         for t in texts:
             self._texts.move_to_end(t)
         if not texts:
-            return torch.zeros(0, 384)
+            return torch.zeros(0, EMBEDDING_DIM)
         return torch.stack([self._texts[t] for t in texts])
 
     def source_windows(self, document: str, window_words: int = 180, max_windows: int = 16) -> torch.Tensor:
-        from sumrl.models.encoder import split_windows
+        from sumrl.models.encoder import sample_windows
 
         key = (hashlib.sha1(document.encode("utf-8", "surrogatepass")).hexdigest(), window_words, max_windows)
         hit = self._docs.get(key)
         if hit is not None:
             self._docs.move_to_end(key)
             return hit
-        wins = split_windows(document, window_words)
-        if max_windows and len(wins) > max_windows:
-            if max_windows == 1:
-                pick = [0]
-            else:
-                pick = sorted({round(k * (len(wins) - 1) / (max_windows - 1)) for k in range(max_windows)})
-            wins = [wins[k] for k in pick]
-        embs = self._encoder().encode(wins) if wins else torch.zeros(0, 384)
+        wins = sample_windows(document, window_words, max_windows)
+        embs = self._encoder().encode(wins) if wins else torch.zeros(0, EMBEDDING_DIM)
         self._docs[key] = embs
         while len(self._docs) > self.max_docs:
             self._docs.popitem(last=False)
@@ -420,7 +415,7 @@ def _sentence_embeddings(summaries: Sequence[str]) -> list[torch.Tensor]:
 def embed_sentence_lists(sents: Sequence[Sequence[str]]) -> list[torch.Tensor]:
     """Per list of sentences, their (n, D) MiniLM embeddings, all lists in one cached encoder pass."""
     flat = [s for ss in sents for s in ss]
-    embs = EMBEDDINGS.encode(flat) if flat else torch.zeros(0, 384)
+    embs = EMBEDDINGS.encode(flat) if flat else torch.zeros(0, EMBEDDING_DIM)
     out, k = [], 0
     for ss in sents:
         out.append(embs[k:k + len(ss)])

@@ -73,7 +73,9 @@ def parse_reward_spec(spec: str) -> list[dict[str, Any]]:
     return items
 
 
-def _build_one(entry: dict[str, Any]) -> tuple[Reward, float]:
+def _checked(entry: Any) -> tuple[str, type, dict[str, Any], dict[str, Any], float, str]:
+    """(name, reward class, fixed options, options, weight, label) of one reward entry, checked
+    without building anything (no model is loaded): a ConfigError names the reward and the option."""
     if not isinstance(entry, dict) or "name" not in entry:
         raise ConfigError(f"reward entry {entry!r}: must be a mapping with a 'name' key")
     opts = dict(entry)
@@ -84,34 +86,53 @@ def _build_one(entry: dict[str, Any]) -> tuple[Reward, float]:
     except (TypeError, ValueError):
         raise ConfigError(f"reward '{name}': weight {weight!r} is not a number") from None
     label = str(opts.pop("label", name))
+    fixed: dict[str, Any] = {}
     if name == "rm":
         from sumrl.rewards.reward_model import RewardModelReward
 
         if "path" not in opts:
             raise ConfigError("reward 'rm' needs option 'path' (a folder written by `sumrl rm`)")
-        allowed = RewardModelReward.options()
-        unknown = [k for k in opts if k not in allowed]
-        if unknown:
-            raise ConfigError(f"reward 'rm': unknown option(s) {', '.join(unknown)}; allowed: {', '.join(['weight', 'label', *allowed])}")
-        return RewardModelReward(name=label if label != "rm" else "rm", **opts), weight
-    if name in JUDGE_REWARDS:
+        cls = RewardModelReward
+    elif name in JUDGE_REWARDS:
         import importlib
 
         mod, cls_name = JUDGE_REWARDS[name]
         cls = getattr(importlib.import_module(mod), cls_name)
-        unknown = [k for k in opts if k not in cls.options()]
-        if unknown:
-            raise ConfigError(f"reward '{name}': unknown option(s) {', '.join(unknown)}; "
-                              f"allowed: {', '.join(['weight', 'label', *cls.options()])}")
-        return cls(name=label, **opts), weight
-    if name not in METRIC_REWARDS:
+    elif name in METRIC_REWARDS:
+        cls, fixed = METRIC_REWARDS[name]
+    else:
         raise ConfigError(f"unknown reward {name!r}; choose from {', '.join(REWARD_NAMES)}")
-    cls, fixed = METRIC_REWARDS[name]
     allowed = [o for o in cls.options() if o not in fixed]
     unknown = [k for k in opts if k not in allowed]
     if unknown:
         raise ConfigError(f"reward '{name}': unknown option(s) {', '.join(unknown)}; "
                           f"allowed: {', '.join(['weight', 'label', *allowed])}")
+    return name, cls, fixed, opts, weight, label
+
+
+def reward_entries(spec: str | Sequence[Any]) -> list[dict[str, Any]]:
+    """The entries of a spec string or a recipe list (strings in a list are spec items)."""
+    if isinstance(spec, str):
+        return parse_reward_spec(spec)
+    if isinstance(spec, (list, tuple)):
+        return [parse_reward_spec(e)[0] if isinstance(e, str) else e for e in spec]
+    raise ConfigError(f"reward spec must be a string or a list of mappings, got {type(spec).__name__}")
+
+
+def validate_reward_spec(spec: str | Sequence[Any]) -> None:
+    """Check every entry (name, weight, option names) when the config is read, long before the
+    rewards are built at train time."""
+    entries = reward_entries(spec)
+    if not entries:
+        raise ConfigError(f"empty reward list; choose from {', '.join(REWARD_NAMES)}")
+    for e in entries:
+        _checked(e)
+
+
+def _build_one(entry: dict[str, Any]) -> tuple[Reward, float]:
+    name, cls, fixed, opts, weight, label = _checked(entry)
+    if name == "rm":
+        label = label if label != "rm" else "rm"
     try:
         return cls(name=label, **fixed, **opts), weight
     except TypeError as e:
@@ -164,14 +185,9 @@ def build_reward(spec: str | Sequence[dict[str, Any]] | Reward) -> CompositeRewa
     """A :class:`CompositeReward` from a spec string, a recipe list of dicts, or a single reward."""
     if isinstance(spec, CompositeReward):
         return spec
-    if isinstance(spec, str):
-        entries = parse_reward_spec(spec)
-    elif isinstance(spec, (list, tuple)):
-        entries = [parse_reward_spec(e)[0] if isinstance(e, str) else e for e in spec]
-    elif callable(spec) and hasattr(spec, "name"):
+    if callable(spec) and hasattr(spec, "name") and not isinstance(spec, (str, list, tuple)):
         return CompositeReward([spec], [1.0])
-    else:
-        raise ConfigError(f"reward spec must be a string or a list of mappings, got {type(spec).__name__}")
+    entries = reward_entries(spec)
     if not entries:
         raise ConfigError("empty reward list")
     rewards, weights = [], []

@@ -9,7 +9,8 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from sumrl.config import BF16_HELP, AutoBool, DataOptions, opt
+from sumrl.config import BF16_HELP, AutoBool, opt
+from sumrl.data.options import DataOptions
 from sumrl.errors import ConfigError
 
 ALGOS = ["ppo", "grpo", "rloo", "ppo++", "aggrevated", "d2lols"]
@@ -283,3 +284,10 @@ class RLConfig(DataOptions):
                 need(isinstance(e, (str, dict)), f"reward entry {e!r}: must be a name or a mapping with 'name'")
         else:
             raise ConfigError(f"option 'reward' must be a spec string or a list of mappings, got {self.reward!r}")
+        # nested reward options are checked now, not when training starts (nothing is loaded here)
+        from sumrl.rewards.registry import validate_reward_spec
+
+        try:
+            validate_reward_spec(self.reward)
+        except ConfigError as e:
+            raise ConfigError(f"option 'reward': {e}") from None

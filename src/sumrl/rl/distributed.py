@@ -7,7 +7,7 @@ The scheme (``sumrl.rl.trainer.train`` calls these at its stage boundaries):
 * **# 1 generate, # 3 score, # 4 forward** are per process: rank ``r`` takes the ``r``-th of ``N``
   equal contiguous blocks of the step's prompts (:func:`shard`; a prompt's group of ``G`` samples
   stays whole on one process) and samples, scores and runs the no-grad passes on its own rows.
-* The parts are then **gathered** (:func:`gather_parts`: ``all_gather_object`` of CPU tensors, a
+* The parts are then **gathered** (:func:`sumrl.training.parallel.gather_parts`: ``all_gather_object`` of CPU tensors, a
   few ``B x T`` floats per step) and **concatenated in rank order** (:func:`concat_rollouts`,
   :func:`concat_rows`) into exactly the tensors one process would have built (tested equal to
   ``collate`` of all episodes). Everything that spans the batch -- KL, reward/advantage whitening,
@@ -19,7 +19,7 @@ The scheme (``sumrl.rl.trainer.train`` calls these at its stage boundaries):
   (``batch_normalizer`` over the *global* mini-batch); it then runs the micro-batches of its own
   block of each mini-batch (:func:`shard`) and back-propagates ``loss * N``: Accelerate's DDP /
   FSDP / DeepSpeed *average* gradients over processes, so the optimizer sees the global mini-batch's
-  gradient. Per-process metric sums are added up with :func:`reduce_sums`.
+  gradient. Per-process metric sums are added up with :func:`sumrl.training.parallel.reduce_sums`.
 
 Every process must run the same number of forward/backward passes (DDP all-reduces on each
 backward; FSDP all-gathers on each forward): hence the equal blocks, checked once by
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from sumrl.errors import ConfigError
+from sumrl.training.parallel import gather_parts
 
 
 def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
@@ -65,7 +66,9 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     process (else all would draw the same samples for their different prompts... and the same
     decisions), a pure function of the run seed and the step, so a run is reproducible and
     ``--resume`` continues it with any number of processes."""
-    return (seed * 1_000_003 + step) * 10_007 + rank + 1
+    from sumrl.utils.seeds import SAMPLING, derive_seed
+
+    return derive_seed(seed, f"{SAMPLING}-rank{rank}", step)
 
 
 # ------------------------------------------------------------------------------- concatenation
@@ -137,17 +140,7 @@ def concat_passes(parts: Sequence[Any]) -> Any:
                       ref_logprobs=concat_rows([p.ref_logprobs for p in parts]))
 
 
-# --------------------------------------------------------------------------------- collectives
-def gather_parts(accelerator: Any, obj: Any) -> list[Any]:
-    """``obj`` of every process, in rank order (one process: ``[obj]``). Objects travel pickled
-    (``torch.distributed.all_gather_object``); tensors in them must be on the CPU."""
-    if accelerator.num_processes == 1:
-        return [obj]
-    from accelerate.utils import gather_object
-
-    return list(gather_object([obj]))
-
-
+# --------------------------------------------------------------------------------- step gathering
 def gather_step(accelerator: Any, rollout: Any, scored: Any, fwd: Any, pad_id: int) -> tuple[Any, Any, Any]:
     """The global ``(rollout, scored, fwd)`` of the step from each process's own rows."""
     if accelerator.num_processes == 1:
@@ -155,140 +148,3 @@ def gather_step(accelerator: Any, rollout: Any, scored: Any, fwd: Any, pad_id: i
     parts = gather_parts(accelerator, (rollout, scored, fwd))
     return (concat_rollouts([p[0] for p in parts], pad_id), concat_scored([p[1] for p in parts]),
             concat_passes([p[2] for p in parts]))
-
-
-def reduce_sums(accelerator: Any, values: dict[str, float]) -> dict[str, float]:
-    """Per-key sums over processes (keys missing on a process count 0)."""
-    if accelerator.num_processes == 1:
-        return dict(values)
-    parts = gather_parts(accelerator, dict(values))
-    keys = sorted({k for p in parts for k in p})
-    return {k: sum(p.get(k, 0.0) for p in parts) for k in keys}
-
-
-def reduce_tensor_sum(accelerator: Any, t: Tensor) -> Tensor:
-    """Element-wise sum over processes of a CPU tensor (each process filled its own rows, zeros
-    elsewhere: the sum is exact)."""
-    if accelerator.num_processes == 1:
-        return t
-    return sum(gather_parts(accelerator, t))
-
-
-def accelerator_kwargs(*, find_unused: bool = False) -> dict[str, Any]:
-    """``Accelerator(**kwargs)`` for the RL and reward-model trainers. Without a GPU, Accelerate
-    joins the process group that ``torchrun`` / ``accelerate launch`` set up (gloo) only when told
-    it runs on the CPU; otherwise every process would run the whole job alone into the same
-    folder. ``find_unused``: some trainable parameters get no gradient in some steps (D2LOLS trains
-    one of two value heads per step), which DDP must be told."""
-    kw: dict[str, Any] = {"cpu": not _has_accelerator()}
-    if find_unused:
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        kw["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    return kw
-
-
-def _has_accelerator() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available() or (mps is not None and mps.is_available())
-
-
-def process_state() -> Any:
-    """Accelerate's process state (rank, world size, main process), available before the models are
-    built (the run folder is prepared by the main process only). The later ``Accelerator`` shares it."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not _has_accelerator())
-
-
-_SHARDED = (("ACCELERATE_USE_FSDP", "FSDP", "fsdp2.yaml"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed", "deepspeed_zero*.yaml"))
-
-
-def refuse_sharded(command: str, *, allow_fsdp: bool = False) -> None:
-    """One line instead of a deadlock or an Accelerate traceback when a run is launched with an FSDP
-    or DeepSpeed config it does not support (``allow_fsdp``: ``sumrl rm`` runs under FSDP2).
-    docs/scale.md lists what sharding still needs in sft and rl (the optimizer prepared with the
-    model, generation kept in step over processes, full state gathered for checkpoints). On a CPU,
-    Accelerate would even ignore the config silently and run data-parallel."""
-    import os
-
-    for var, name, recipe in _SHARDED:
-        if name == "FSDP" and allow_fsdp:
-            continue
-        if os.environ.get(var, "false").lower() in ("true", "1"):
-            raise ConfigError(f"sumrl {command} does not run under {name} yet (recipes/accelerate/{recipe}); launch it "
-                              f"with recipes/accelerate/ddp.yaml (data-parallel) -- see docs/scale.md")
-
-
-# ------------------------------------------------------------------------------------ FSDP2
-def is_fsdp(accelerator: Any) -> bool:
-    """Whether ``prepare`` shards models with FSDP (recipes/accelerate/fsdp2.yaml, N > 1)."""
-    return accelerator.num_processes > 1 and getattr(accelerator.state, "fsdp_plugin", None) is not None
-
-
-def _fsdp_units(model: Any) -> list:
-    from torch.distributed.fsdp import FSDPModule
-
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
-
-
-class full_weights:
-    """``with full_weights(model, on):`` every FSDP unit of ``model`` gathers its parameters (a
-    collective: every process enters it at the same point), so that ``named_parameters`` gives whole
-    tensors -- for checkpoints, the published model, and generation on an inner module (whose calls
-    skip the root unit's hooks). Off: nothing happens."""
-
-    def __init__(self, model: Any, on: bool = True, *, root_only: bool = False):
-        # root_only: the root unit's own parameters (the layers' units gather theirs in their hooks)
-        self.units = ([model] if root_only else _fsdp_units(model)) if on else []
-
-    def __enter__(self):
-        for m in self.units:
-            m.unshard()
-        return self
-
-    def __exit__(self, *exc):
-        for m in reversed(self.units):
-            m.reshard()
-        return False
-
-
-def whole_tensor(t: Tensor) -> Tensor:
-    """A sharded (DTensor) tensor gathered whole, or a plain one, as a detached CPU copy with its own
-    storage (a gathered tensor may be a view of a collective's buffer)."""
-    t = t.full_tensor() if hasattr(t, "full_tensor") else t
-    return t.detach().cpu().clone().contiguous()
-
-
-def full_optimizer_state(optimizer: Any) -> dict:
-    """``optimizer.state_dict()`` with every sharded (DTensor) state gathered whole, in the same
-    order on every process (a collective): the one-process format."""
-    sd = optimizer.state_dict()
-    state = {}
-    for k in sorted(sd["state"]):
-        state[k] = {n: whole_tensor(v) if isinstance(v, Tensor) else v for n, v in sorted(sd["state"][k].items())}
-    return {**sd, "state": state}
-
-
-class lora_bypassed:
-    """LoRA adapters off for the reference pass under FSDP, *without* touching ``requires_grad``:
-    peft's ``disable_adapter`` freezes and re-enables the adapter weights, but FSDP2 keeps the
-    gathered (unsharded) copies of parameters from one forward to the next, so the re-enabled flag
-    never reaches them and the next update finds nothing to train. The adapter layers' own switch
-    (``_disable_adapters``, read by every LoRA layer's forward) is flipped instead."""
-
-    def __init__(self, model: Any):
-        from peft.tuners.lora import LoraLayer
-
-        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-
-    def __enter__(self):
-        self.saved = [m._disable_adapters for m in self.layers]
-        for m in self.layers:
-            m._disable_adapters = True
-        return self
-
-    def __exit__(self, *exc):
-        for m, s in zip(self.layers, self.saved):
-            m._disable_adapters = s
-        return False

@@ -29,7 +29,6 @@ __all__ = [
     "kl_estimate",
     "shape_rewards",
     "gae",
-    "gae_reference_loop",
     "discounted_returns",
     "aggregate",
     "ppo_policy_loss",
@@ -288,39 +287,6 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     adv = torch.where(m, adv, zero)
     returns = torch.where(m, adv + v, zero)
     return adv, returns
-
-
-def gae_reference_loop(
-    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
-) -> tuple[Tensor, Tensor]:
-    """Slow reference GAE for tests: plain Python loops over rows and positions, using the
-    *direct-sum* definition ``A_t = sum_{k=t}^{end} (gamma*lam)^(k-t) * delta_k`` instead of the
-    recursion, so it is an independent check of :func:`gae`. ``end`` is the last index of the
-    contiguous valid run containing ``t``; ``delta_k`` bootstraps 0 after ``end``.
-
-    Shapes as in :func:`gae`; returns float64 tensors.
-    """
-    r = rewards.detach().double().tolist()
-    v = values.detach().double().tolist()
-    m = [[bool(x) for x in row] for row in mask.tolist()]
-    B = len(m)
-    T = len(m[0]) if B else 0
-    adv = [[0.0] * T for _ in range(B)]
-    ret = [[0.0] * T for _ in range(B)]
-    for b in range(B):
-        for t in range(T):
-            if not m[b][t]:
-                continue
-            total, k, w = 0.0, t, 1.0
-            while k < T and m[b][k]:
-                nxt = v[b][k + 1] if (k + 1 < T and m[b][k + 1]) else 0.0
-                delta = r[b][k] + gamma * nxt - v[b][k]
-                total += w * delta
-                w *= gamma * lam
-                k += 1
-            adv[b][t] = total
-            ret[b][t] = total + v[b][t]
-    return torch.tensor(adv, dtype=torch.float64), torch.tensor(ret, dtype=torch.float64)
 
 
 def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:

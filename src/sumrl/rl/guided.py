@@ -47,7 +47,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from sumrl.errors import SumrlError
-from sumrl.rl.rollout import encode_prompt_ids, make_episode, reference_actions, sample, truncate_at_eos
+from sumrl.generation.engine import sample
+from sumrl.rl.rollout import encode_prompt_ids, make_episode, reference_actions, truncate_at_eos
 from sumrl.rl.trajectory import Episode, Rollout, collate
 
 
@@ -157,7 +158,7 @@ def _policy_sample(ctx: RolloutContext, prompts: list[list[int]], limits: list[i
     """``(actions, finished)`` per prompt, sampled by the rollout engine (the one seam of policy
     generation, :mod:`sumrl.generation.engine`). With ``share_prompt`` the HF engine prefills
     consecutive identical prompts (a group) once and drops finished rows; the tokens follow the
-    same distribution as ``rollout.sample`` (tested equal under greedy decoding). ``prefix_lens``:
+    same distribution as ``generation.engine.sample`` (tested equal under greedy decoding). ``prefix_lens``:
     trailing prompt tokens that are a guide roll-in (decoder input of an encoder-decoder)."""
     from sumrl.generation.engine import HFEngine, Sampling
 

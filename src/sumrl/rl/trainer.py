@@ -39,8 +39,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sumrl.errors import ConfigError, SumrlError, TrainingDiverged
-from sumrl.training.checkpoint import clear_previous_run, resume_point
 from sumrl.rl.config import GROUP_ALGOS, GUIDED_ALGOS, RESUME_MUTABLE, RLConfig
+from sumrl.training.checkpoint import clear_previous_run, resume_point
+from sumrl.utils.console import get_logger
+from sumrl.utils.seeds import MINIBATCH, REFERENCE_ORDER, ROLLOUT, derive_seed
+
+log = get_logger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "rl_config.json"
@@ -192,7 +196,7 @@ class RLTrainer:
         from sumrl.rl.value import (PolicyValueModule, ValueHead, hidden_size, init_value_adapter_from_rm,
                                     init_value_head_from_rm)
 
-        from sumrl.rl.distributed import accelerator_kwargs, is_fsdp
+        from sumrl.training.parallel import accelerator_kwargs, is_fsdp
 
         self.cfg = cfg
         # data-parallel under accelerate launch / torchrun (sumrl.rl.distributed); on CPU, Accelerate
@@ -208,7 +212,7 @@ class RLTrainer:
 
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
         if self.accelerator.is_main_process:
-            print(precision_line("rl", self.use_bf16, why), flush=True)
+            log.info(precision_line("rl", self.use_bf16, why))
         from sumrl.utils.memory import cap_heap_retention
 
         cap_heap_retention()  # long prompts' freed activations go back to the system (utils/memory.py)
@@ -316,7 +320,7 @@ class RLTrainer:
         import torch
 
         from sumrl.generation.engine import Sampling
-        from sumrl.rl.distributed import gather_parts
+        from sumrl.training.parallel import gather_parts
         from sumrl.rl.rollout import make_episode, score_rollout, truncate_at_eos
         from sumrl.rl.trajectory import collate
 
@@ -428,7 +432,7 @@ class RLTrainer:
         if self.ref_module is not None:
             yield self.ref_module
         elif self.fsdp:
-            from sumrl.rl.distributed import lora_bypassed
+            from sumrl.models.sharding import lora_bypassed
 
             with lora_bypassed(self.raw.model):
                 yield self.raw
@@ -486,12 +490,13 @@ class RLTrainer:
         import torch
 
         from sumrl.rl import functional as F
-        from sumrl.rl.distributed import reduce_sums, reduce_tensor_sum, shard
+        from sumrl.rl.distributed import shard
+        from sumrl.training.parallel import reduce_sums, reduce_tensor_sum
 
         cfg, acc = self.cfg, self.accelerator
         N = len(batch)
         mb = min(cfg.mini_batch_size or N, N)
-        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, MINIBATCH, step))
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
         T = batch.response_ids.shape[1]
@@ -638,14 +643,15 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
 
     from sumrl.data import load_data, load_heldout
     from sumrl.rl import functional as F
-    from sumrl.rl.distributed import (check_divisible, full_optimizer_state, full_weights, gather_step, process_state,
-                                      refuse_sharded, shard, step_seed, whole_tensor)
+    from sumrl.models.sharding import full_weights, whole_tensor
+    from sumrl.rl.distributed import check_divisible, gather_step, shard, step_seed
+    from sumrl.training.parallel import full_optimizer_state, process_state, refuse_sharded
     from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages,
                                   score_rollout)
     from sumrl.rl.trajectory import TrainBatch
     from sumrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from sumrl.training.optim import build_optimizer, build_scheduler, trainable
-    from sumrl.training.sft import StepSampler
+    from sumrl.training.common import StepSampler
     from sumrl.utils.io import read_json, write_json
     from sumrl.utils.logging import MetricLogger
 
@@ -659,7 +665,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     if world > 1 and cfg.target_coef > 0:
         raise ConfigError("--target-coef runs in one process only (the reference rows of a mini-batch are not "
                           "split evenly over processes)")
-    say = print if is_main else (lambda *a, **k: None)
+    say = log.info if is_main else (lambda *a, **k: None)
     resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
     if resume_from is not None:
         bad = _resume_mismatches(read_json(resume_from / "state.json").get("config", {}), cfg)
@@ -720,7 +726,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         start = int(state["step"])
         advantage_scale = state.get("advantage_scale")
     sampler = StepSampler(len(examples), cfg.batch_size, cfg.seed)
-    ref_sampler = StepSampler(max(len(fitting), 1), cfg.batch_size, cfg.seed + 1)
+    ref_sampler = StepSampler(max(len(fitting), 1), cfg.batch_size, cfg.seed, REFERENCE_ORDER)
     plan = tr.plan
     logger = (MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None) if is_main
               else _NoLogger())
@@ -812,7 +818,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
             # a resumed run makes the same ones; sampling uses the global RNG saved in checkpoints --
             # with several processes, a generator seeded by (seed, step, rank) instead: a resume with
             # any number of processes continues reproducibly
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (rank * 7_777_777 if world > 1 else 0))
+            decisions = ROLLOUT if world == 1 else f"{ROLLOUT}-rank{rank}"
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, decisions, step))
             if world > 1:
                 torch.manual_seed(step_seed(cfg.seed, step, rank))
             # 1 generate (policy samples, reference summaries or guided), 2 truncate at the first end token
@@ -993,7 +1000,7 @@ def _publish(tr: RLTrainer, out: Path, cfg: RLConfig, state_dict: dict | None = 
     when the run started from an SFT adapter, the RL adapter *stacked* on that SFT adapter (a few MB;
     ``--model OUT`` merges the SFT adapter and applies the RL one, the weights RL trained on); the
     full model when all weights were trained."""
-    from sumrl.training.sft import publish_model
+    from sumrl.training.common import publish_model
 
     model = tr.raw.model
     extra = {"trained_by": "sumrl rl", "algo": cfg.algo, "steps": cfg.steps, "policy": cfg.policy,
@@ -1003,10 +1010,10 @@ def _publish(tr: RLTrainer, out: Path, cfg: RLConfig, state_dict: dict | None = 
         base = stacked_base_spec(tr.policy.merged_from, out) if stacked else tr.policy.base_spec
         publish_model(model, tr.tok, out, base_spec=base, state_dict=state_dict,
                       extra={**extra, "lora": True, **({"stacked_on": tr.policy.merged_from} if stacked else {})})
-        print(f"saved the RL LoRA adapter to {out}" + (f" (on the SFT adapter {tr.policy.merged_from}, "
+        log.info(f"saved the RL LoRA adapter to {out}" + (f" (on the SFT adapter {tr.policy.merged_from}, "
                                                         f"which must stay at {base} relative to it)" if stacked else "")
               + f" (use --model {out})")
         return
     publish_model(model, tr.tok, out, base_spec=None,
                   extra={**extra, "lora": False, "merged_from": tr.policy.merged_from})
-    print(f"saved the full RL model to {out} (use --model {out})")
+    log.info(f"saved the full RL model to {out} (use --model {out})")

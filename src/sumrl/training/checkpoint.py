@@ -165,31 +165,30 @@ def resume_point(out: Path, *, resume: bool, overwrite: bool, checkpoint_dir: st
 def _clean_killed_writes(out: Path, checkpoint_dir: str) -> None:
     """Temporary folders of checkpoint writes that a kill interrupted (tens of MB each for a LoRA
     run) are never completed or read: remove them before resuming, and say so."""
-    import sys
-
     from sumrl.utils.io import clean_stale_tmp
 
     removed = clean_stale_tmp(out / checkpoint_dir) + clean_stale_tmp(out)
     if removed:
-        print(f"note: removed {len(removed)} unfinished temporary file(s)/folder(s) left by an interrupted write "
-              f"in {out}", file=sys.stderr)
+        from sumrl.utils.console import get_logger
+
+        get_logger(__name__).warning(f"note: removed {len(removed)} unfinished temporary file(s)/folder(s) left by "
+                                     f"an interrupted write in {out}")
 
 
 def clear_previous_run(out: Path, run_files: tuple[str, ...], checkpoint_dir: str = "checkpoints") -> None:
     """Remove an earlier run's checkpoints, logs and published model files from ``out``
     (only files the earlier run listed in its sumrl_model.json, never anything else)."""
-    import json
     import shutil
 
-    from sumrl.models.loading import SUMRL_MODEL_FILE
+    from sumrl.models.loading import SUMRL_MODEL_FILE, read_model_meta
 
     shutil.rmtree(out / checkpoint_dir, ignore_errors=True)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
     meta = out / SUMRL_MODEL_FILE
     if meta.exists():
         try:
-            files = json.loads(meta.read_text()).get("files", [])
-        except (OSError, ValueError):
+            files = read_model_meta(out).get("files", [])
+        except SumrlError:  # unreadable: only the meta file itself is removed
             files = []
         for name in [*files, SUMRL_MODEL_FILE]:
             if "/" not in name and (out / name).is_file():

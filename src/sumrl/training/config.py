@@ -1,12 +1,15 @@
-"""The ``sumrl sft`` config (kept free of torch imports so that ``sumrl --help`` stays fast)."""
+"""The ``sumrl sft`` and ``sumrl rm train`` configs (kept free of torch imports so that ``sumrl --help``
+stays fast)."""
 
 from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
 
-from sumrl.config import BF16_HELP, AutoBool, DataOptions, opt
+from sumrl.config import BF16_HELP, AutoBool, opt
+from sumrl.data.options import DataOptions
 from sumrl.errors import ConfigError
+from sumrl.rewards.negatives import NEGATIVE_CLASSES
 
 # Options that may change between an interrupted run and its ``--resume`` without changing the
 # trajectory (schedule length is *not* among them: the cosine schedule depends on it).
@@ -134,3 +137,61 @@ class SFTConfig(DataOptions):
     @property
     def tokens_per_micro_batch(self) -> int:
         return self.micro_batch_tokens or self.max_seq_len
+
+
+@dataclass
+class RMTrainConfig:
+    kind: str = opt("synthetic", "synthetic = positives (document, reference) vs generated negatives, no human "
+                                 "feedback; preference = Bradley-Terry on human pairs (--pairs)",
+                    choices=["synthetic", "preference"])
+    out: str = opt("", "output folder (config.json, model.safetensors, metrics.json)")
+    data: str = opt("scisummnet", "synthetic: dataset of (document, reference) positives (built-in name or file)")
+    pairs: str | None = opt(None, "preference: pairs.jsonl (from `sumrl data pairs` or `sumrl human export`)")
+    backbone: str = opt("minilm", "minilm = small head on the MiniLM encoder (fast on CPU); policy = LoRA on a causal "
+                                  "LM (--model) with a scalar head", choices=["minilm", "policy"])
+    model: str = opt("default", "with --backbone policy: the policy-family model spec")
+    init: str | None = opt(None, "start from an existing reward-model folder (e.g. synthetic, then preference)")
+    steps: int = opt(100, "optimizer steps")
+    batch_size: int = opt(8, "examples (synthetic: positives, each with one negative) or pairs per step")
+    lr: float = opt(1e-4, "learning rate (AdamW)")
+    max_loss_ratio: float = opt(3.0, "stop when a step's loss exceeds this many times the first step's (a blow-up; "
+                                     "0 = off); a non-finite loss or gradient always stops the run")
+    max_length: int = opt(256, "tokens per (document prefix, summary) input")
+    max_summary_tokens: int = opt(128, "summary tokens kept (the document prefix gets the rest)")
+    train_layers: int = opt(2, "minilm: top transformer layers trained (-1 = all, 0 = head only)")
+    lora_r: int = opt(8, "policy: LoRA rank")
+    load_in_4bit: bool = opt(False, "policy: the backbone frozen in 4-bit NF4 (bitsandbytes; pip install "
+                                    "'sumrl[quant]'), LoRA and head in full precision")
+    lora_layers: int = opt(-1, "policy: LoRA on the top N decoder layers only (-1 = all); the layers below need no "
+                               "backward pass (CPU time)")
+    micro_batch_size: int = opt(0, "synthetic: forward/backward this many sequences at a time, grouped by length, "
+                                   "gradients accumulated (0 = the whole step at once); same step, less padding")
+    classes: list[str] = opt(None, "synthetic: negative classes", default_factory=lambda: list(NEGATIVE_CLASSES))
+    limit: int | None = opt(None, "use at most N training examples / pairs")
+    eval_split: str = opt("test", "synthetic: split for the held-out per-class accuracy")
+    eval_limit: int | None = opt(60, "held-out examples / pairs evaluated (CPU time)")
+    norm_limit: int | None = opt(40, "examples used for the score normalisation statistics")
+    margin: bool = opt(False, "preference: subtract the pair margin in the Bradley-Terry loss")
+    margin_scale: float = opt(1.0, "preference: multiplier of the margin")
+    test_fraction: float = opt(0.2, "preference: held-out share of documents for pairs without meta.split")
+    seed: int = opt(0, "random seed")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise ConfigError("missing --out (the reward-model folder to write)")
+        if self.kind == "preference" and not self.pairs:
+            raise ConfigError("--kind preference needs --pairs FILE")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("--steps and --batch-size must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        if self.max_summary_tokens < 1 or self.max_summary_tokens > self.max_length - 16:
+            raise ConfigError("--max-summary-tokens must be between 1 and --max-length - 16")
+        if self.load_in_4bit and self.backbone != "policy":
+            raise ConfigError("--load-in-4bit applies to --backbone policy only")
+        if self.micro_batch_size < 0:
+            raise ConfigError("--micro-batch-size must be 0 (whole step) or positive")
+        bad = [c for c in self.classes if c not in NEGATIVE_CLASSES]
+        if bad or not self.classes:
+            raise ConfigError(f"--classes: unknown {', '.join(bad) or '(empty)'}; choose from "
+                              f"{', '.join(NEGATIVE_CLASSES)}")

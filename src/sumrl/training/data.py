@@ -82,7 +82,7 @@ def _fit_prompt(tokenizer: Any, doc_ids: list[int], query: str | None, instructi
 
 
 def _alignment_tokens(text: str) -> tuple[set[str], set[tuple[str, str]]]:
-    from sumrl.evaluation.metrics import rouge_tokenize
+    from sumrl.evaluation.rouge import rouge_tokenize
 
     toks = rouge_tokenize(text)
     return set(toks), set(zip(toks, toks[1:]))
@@ -109,7 +109,7 @@ def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_
                    chunk_overlap: int = 32, max_prompt_tokens: int | None = None) -> list[TrainSequence]:
     """The training sequences of one example (one, or several for ``chunk``); ``max_prompt_tokens``
     caps every prompt (as generation's prompt budget), otherwise a prompt gets what the target leaves."""
-    from sumrl.generation.summarize import _windows
+    from sumrl.generation.summarize import chunk_windows
     from sumrl.models.prompts import CHUNK_INSTRUCTION, REDUCE_INSTRUCTION, prompt_overhead_tokens
 
     if not ex.reference.strip():
@@ -131,7 +131,7 @@ def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_
     from sumrl.evaluation.text import sentences as split_sentences
 
     win_room = room - prompt_overhead_tokens(tokenizer, ex.query, CHUNK_INSTRUCTION)
-    windows = _windows(doc_ids, win_room, chunk_overlap)
+    windows = chunk_windows(doc_ids, win_room, chunk_overlap)
     win_texts = [tokenizer.decode(w, skip_special_tokens=True) for w in windows]
     sents = split_sentences(ex.reference) or [ex.reference.strip()]
     groups = align_sentences(sents, win_texts)

@@ -25,9 +25,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
-from sumrl.errors import ConfigError, SumrlError, TrainingDiverged
+from sumrl.errors import ConfigError, TrainingDiverged
 from sumrl.training.checkpoint import clear_previous_run, resume_point
+from sumrl.training.common import StepSampler, publish_model
 from sumrl.training.config import RESUME_MUTABLE, SFTConfig
+from sumrl.utils.console import get_logger
+
+log = get_logger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "checkpoints-best"  # the trainable weights of the best validation (--early-stopping-patience)
@@ -36,34 +40,6 @@ CONFIG_FILE = "sft_config.json"
 _RUN_FILES = ("metrics.jsonl", "metrics.csv", "samples.jsonl", CONFIG_FILE)
 
 StepCallback = Callable[[int, dict], None]
-
-
-# ------------------------------------------------------------------------------------------ data
-class StepSampler:
-    """Sequence indices of each optimizer step: epoch ``e`` visits a permutation seeded by
-    ``(seed, e)``; step ``s`` takes global positions ``[s * B, (s + 1) * B)`` of the endless
-    concatenation of epochs (a step may straddle two epochs)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        import torch
-
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}  # keep one epoch
-        return self._perms[epoch]
-
-    def indices(self, step: int) -> list[int]:
-        out = []
-        for p in range(step * self.batch_size, (step + 1) * self.batch_size):
-            out.append(self._perm(p // self.n)[p % self.n])
-        return out
-
-    def epoch_at(self, step: int) -> float:
-        return step * self.batch_size / self.n
 
 
 def total_steps(cfg: SFTConfig, n_sequences: int) -> int:
@@ -164,7 +140,8 @@ class Validator:
         return total / max(n, 1), n
 
     def generate(self, model: Any) -> tuple[dict, list[dict]]:
-        from sumrl.evaluation.metrics import length_stats, rouge
+        from sumrl.evaluation.metrics import length_stats
+        from sumrl.evaluation.rouge import rouge
         from sumrl.generation.summarize import GenerationSettings, summarize
 
         exs = self.examples[: self.cfg.val_generate]
@@ -201,37 +178,6 @@ def _resume_mismatches(saved: dict, cfg: SFTConfig) -> list[str]:
             if k not in RESUME_MUTABLE and k in saved and saved[k] != now[k]]
 
 
-def publish_model(model: Any, tokenizer: Any, out: Path, *, base_spec: str, extra: dict,
-                  state_dict: dict | None = None) -> None:
-    """Save the model/adapter so that ``--model OUT`` loads it, next to the run's other files.
-
-    ``save_model`` writes a whole folder atomically, but OUT also holds checkpoints and metrics,
-    so the model is saved into a staging folder inside OUT and its files are then moved up one by
-    one (each ``os.replace`` is atomic); ``sumrl_model.json`` goes last, listing the files.
-    """
-    import json
-    import os
-    import shutil
-
-    from sumrl.models.loading import SUMRL_MODEL_FILE, save_model
-
-    staging = out / ".model-staging"
-    save_model(model, tokenizer, staging, base_spec=base_spec, extra=extra, state_dict=state_dict)
-    files = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name != SUMRL_MODEL_FILE)
-    meta = json.loads((staging / SUMRL_MODEL_FILE).read_text())
-    meta["files"] = files
-    from sumrl.utils.faults import kill_point
-
-    for i, name in enumerate(files):
-        os.replace(staging / name, out / name)
-        if i == 0:
-            kill_point("publish-mid")
-    from sumrl.utils.io import write_json
-
-    write_json(out / SUMRL_MODEL_FILE, meta)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
 def early_stopping_update(best: float | None, bad: int, val_loss: float,
                           min_delta: float = 0.0) -> tuple[float, int, bool]:
     """One validation's effect on early stopping: ``(best, validations without improvement, improved)``.
@@ -266,7 +212,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
 
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
     # is a CPU run; without this, `torchrun --nproc_per_node N` would start N independent runs.
-    from sumrl.rl.distributed import refuse_sharded
+    from sumrl.training.parallel import refuse_sharded
 
     refuse_sharded("sft")
     mps = getattr(torch.backends, "mps", None)
@@ -276,7 +222,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
 
     use_bf16, why = resolve_bf16(cfg.bf16, accelerator.device)
     if main:
-        print(precision_line("sft", use_bf16, why), flush=True)
+        log.info(precision_line("sft", use_bf16, why))
     if cfg.batch_size < world:
         raise ConfigError(f"--batch-size ({cfg.batch_size}) must be at least the number of processes ({world})")
     out = Path(cfg.out)
@@ -320,8 +266,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     loss_module = make_loss_module(model, chunk_size=cfg.loss_chunk_size, bf16=use_bf16)
     packing = cfg.packing and loss_module.supports_packing
     if cfg.packing and not packing and main:
-        print("sft: packing does not apply to encoder-decoder models (the prompt is the encoder's input): "
-              "micro-batches are length-sorted and padded instead", flush=True)
+        log.info("sft: packing does not apply to encoder-decoder models (the prompt is the encoder's input): "
+              "micro-batches are length-sorted and padded instead")
     loss_module = accelerator.prepare(loss_module)
     raw_module = accelerator.unwrap_model(loss_module)
     params = trainable(raw_module.model)
@@ -340,7 +286,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     device = accelerator.device
     n_train, n_all = sum(p.numel() for _, p in params), sum(p.numel() for p in raw_module.model.parameters())
     if main:
-        print(f"sft: {len(examples)} examples -> {len(seqs)} sequences, {n_steps} steps of {cfg.batch_size}; "
+        log.info(f"sft: {len(examples)} examples -> {len(seqs)} sequences, {n_steps} steps of {cfg.batch_size}; "
               f"trainable {n_train:,} / {n_all:,} parameters ({'LoRA' if cfg.lora else 'full'}); "
               f"{world} process(es); output {out}" + (f"; resuming at step {start}" if start else ""))
 
@@ -455,7 +401,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                 stopped = validate(done)
                 if stopped and main:
                     counters["stopped_at"] = done
-                    print(f"sft: early stopping at step {done}: val/loss has not improved for {patience} "
+                    log.info(f"sft: early stopping at step {done}: val/loss has not improved for {patience} "
                           f"validations; best {counters['best_val_loss']:.4f} at step {counters['best_step']}")
             if done % cfg.save_every == 0 or done == n_steps or stopped:
                 checkpoint(done)
@@ -476,11 +422,11 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         extra.update(best_step=int(best_state["step"]), best_val_loss=float(best_state["val_loss"]),
                      stopped_at=counters.get("stopped_at"))
         if main:
-            print(f"sft: publishing the weights of step {best_state['step']} (best val/loss "
+            log.info(f"sft: publishing the weights of step {best_state['step']} (best val/loss "
                   f"{best_state['val_loss']:.4f})")
     if main:
         publish_model(raw_module.model, tok, out, base_spec=base_spec, extra=extra)
-        print(f"saved the {'LoRA adapter' if cfg.lora else 'model'} to {out} (use --model {out})")
+        log.info(f"saved the {'LoRA adapter' if cfg.lora else 'model'} to {out} (use --model {out})")
     accelerator.wait_for_everyone()
     return {"out": str(out), "is_main": main, "steps": n_steps, "best_step": extra.get("best_step"),
             "stopped_at": counters.get("stopped_at"), "start_step": start, "train": last_train, "val": last_val,

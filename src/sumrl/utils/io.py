@@ -30,24 +30,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding=encoding) as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        _name_path(e, path)
-        raise
+    atomic_write_bytes(path, text.encode(encoding))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, fsync it, rename it over ``path``, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
@@ -138,7 +125,7 @@ def _name_path(e: BaseException, path: Path) -> None:
 BOM = "\ufeff"
 
 
-def _has_lone_surrogate(obj: Any) -> bool:
+def has_lone_surrogate(obj: Any) -> bool:
     stack = [obj]
     while stack:  # iterative: the object may be deep (the parser's own limit still applies)
         o = stack.pop()
@@ -183,7 +170,7 @@ def parse_json_text(text: str | bytes, *, file: str | os.PathLike | None = None,
         raise DataError("JSON nested too deeply", **where) from None
     except ValueError as e:  # int('9' * 5000): "Exceeds the limit (4300 digits) for integer string conversion"
         raise DataError(f"unreadable JSON value ({e})", **where) from None
-    if "\\ud" in text.lower() and _has_lone_surrogate(obj):
+    if "\\ud" in text.lower() and has_lone_surrogate(obj):
         raise DataError("contains a lone surrogate escape (e.g. \\ud800), which is not valid Unicode", **where)
     return obj
 
@@ -215,8 +202,6 @@ def iter_jsonl_file(path: str | os.PathLike, *, tolerate_torn_tail: bool = False
     in the middle of an append leaves; it is dropped (with a one-line notice on stderr) instead
     of failing. Writers here always write whole lines, so only the last line can be torn.
     """
-    import sys
-
     from sumrl.errors import DataError
 
     p = Path(path)
@@ -229,7 +214,9 @@ def iter_jsonl_file(path: str | os.PathLike, *, tolerate_torn_tail: bool = False
         except DataError:
             torn = i == len(lines)  # a non-empty last piece of the split: the file does not end with a newline
             if tolerate_torn_tail and torn:
-                print(f"note: {p}: line {i} is incomplete (an interrupted write); dropped it", file=sys.stderr)
+                from sumrl.utils.console import get_logger
+
+                get_logger(__name__).warning(f"note: {p}: line {i} is incomplete (an interrupted write); dropped it")
                 return
             raise
 

@@ -1,6 +1,6 @@
-"""Metric logging: namespaced scalars (``train/loss``, ``objective/kl``) to JSONL, CSV and
-TensorBoard, plus sample tables. Appends, so a resumed run continues the same files; rows with a
-step at or beyond the resume point are dropped on resume so no step is logged twice."""
+"""Metric logging: namespaced scalars (``train/loss``, ``objective/kl``) to JSONL, CSV and TensorBoard,
+plus sample tables. Appends, so a resumed run continues the same files; rows with a step at or
+beyond the resume point are dropped on resume so no step is logged twice."""
 
 from __future__ import annotations
 
@@ -12,6 +12,38 @@ from pathlib import Path
 from typing import Any
 
 from sumrl.utils.io import atomic_write_text, iter_jsonl_file
+
+# Every namespace a trainer logs, declared once: name -> (the trainers that log it, what it holds).
+# MetricLogger refuses a key outside them; the report tells an RL log from an SFT log by them
+# (docs/architecture.md, "Metric names").
+NAMESPACES: dict[str, tuple[tuple[str, ...], str]] = {
+    "train": (("sft", "rl"), "the optimizer step: loss (SFT), lr, grad_norm, tokens, epoch"),
+    "time": (("sft", "rl"), "seconds per stage of a step"),
+    "val": (("sft",), "SFT validation: loss on held-out references, generated ROUGE and lengths"),
+    "objective": (("rl",), "RL objective: reward, scores, KL, entropy, RLHF reward"),
+    "policy": (("rl",), "the policy update: losses, clip fraction, approximate KL, advantages"),
+    "value": (("rl",), "the critic: loss, clip fraction, values, explained variance, grad_norm"),
+    "rewards": (("rl",), "each reward component, and their total"),
+    "completions": (("rl",), "sampled summaries: lengths, no-EOS rate, reference fraction"),
+    "reference": (("rl",), "reference (guided) steps: log-ratio of the reference summaries"),
+    "guide": (("rl",), "guided rollouts: roll-in / roll-out fractions, which critic"),
+    "eval": (("rl",), "the held-out curve: reward and its components on val prompts"),
+}
+
+
+def namespace_of(key: str) -> str:
+    return key.split("/", 1)[0] if "/" in key else ""
+
+
+def trainer_of(keys: Any) -> str:
+    """``"rl"`` when any key is in a namespace only RL logs, else ``"sft"`` when any key is in an
+    SFT namespace, else ``"unknown"`` (read from :data:`NAMESPACES`, never from key names)."""
+    owners = {NAMESPACES[ns][0] for ns in map(namespace_of, keys) if ns in NAMESPACES}
+    if ("rl",) in owners:
+        return "rl"
+    if any("sft" in o for o in owners):
+        return "sft"
+    return "unknown"
 
 
 class MetricLogger:
@@ -59,6 +91,9 @@ class MetricLogger:
                 w.writerow(r)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        undeclared = sorted({k for k in metrics if namespace_of(k) not in NAMESPACES})
+        if undeclared:  # a programming error: every namespace is declared in NAMESPACES
+            raise ValueError(f"metric key(s) outside the declared namespaces: {', '.join(undeclared)}")
         row = {"step": step}
         for k, v in metrics.items():
             if hasattr(v, "item"):
@@ -88,15 +123,6 @@ class MetricLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "metrics.jsonl"
-    if not p.exists():
-        return []
-    return [r for _, r in iter_jsonl_file(p, tolerate_torn_tail=True)]
 
 
 def _step_of(row: dict) -> float:

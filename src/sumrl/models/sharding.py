@@ -1,0 +1,68 @@
+"""Models sharded with FSDP2 (``accelerate launch`` with recipes/accelerate/fsdp2.yaml): whole
+parameters gathered around a call or for saving, and LoRA switched off for the reference pass
+without touching ``requires_grad``. Used by the RL trainer, the reward-model trainer and the
+rollout engine; nothing here runs without a sharded model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+
+def _fsdp_units(model: Any) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+class full_weights:
+    """``with full_weights(model, on):`` every FSDP unit of ``model`` gathers its parameters (a
+    collective: every process enters it at the same point), so that ``named_parameters`` gives whole
+    tensors -- for checkpoints, the published model, and generation on an inner module (whose calls
+    skip the root unit's hooks). Off: nothing happens."""
+
+    def __init__(self, model: Any, on: bool = True, *, root_only: bool = False):
+        # root_only: the root unit's own parameters (the layers' units gather theirs in their hooks)
+        self.units = ([model] if root_only else _fsdp_units(model)) if on else []
+
+    def __enter__(self):
+        for m in self.units:
+            m.unshard()
+        return self
+
+    def __exit__(self, *exc):
+        for m in reversed(self.units):
+            m.reshard()
+        return False
+
+
+def whole_tensor(t: Tensor) -> Tensor:
+    """A sharded (DTensor) tensor gathered whole, or a plain one, as a detached CPU copy with its own
+    storage (a gathered tensor may be a view of a collective's buffer)."""
+    t = t.full_tensor() if hasattr(t, "full_tensor") else t
+    return t.detach().cpu().clone().contiguous()
+
+
+class lora_bypassed:
+    """LoRA adapters off for the reference pass under FSDP, *without* touching ``requires_grad``:
+    peft's ``disable_adapter`` freezes and re-enables the adapter weights, but FSDP2 keeps the
+    gathered (unsharded) copies of parameters from one forward to the next, so the re-enabled flag
+    never reaches them and the next update finds nothing to train. The adapter layers' own switch
+    (``_disable_adapters``, read by every LoRA layer's forward) is flipped instead."""
+
+    def __init__(self, model: Any):
+        from peft.tuners.lora import LoraLayer
+
+        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+    def __enter__(self):
+        self.saved = [m._disable_adapters for m in self.layers]
+        for m in self.layers:
+            m._disable_adapters = True
+        return self
+
+    def __exit__(self, *exc):
+        for m, s in zip(self.layers, self.saved):
+            m._disable_adapters = s
+        return False

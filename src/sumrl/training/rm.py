@@ -1,0 +1,410 @@
+"""Training the token-level reward models (``sumrl rm train``): the synthetic trainer (references
+vs generated negatives, squared loss per token) and the preference trainer (Bradley-Terry on
+human pairs), data-parallel under ``accelerate launch``. The model, its saved folder and the
+reward wrapper are :mod:`sumrl.rewards.reward_model`; the loss functions here are pure and
+hand-tested (tests/test_reward_model.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+from typing import Any, Sequence
+
+import torch
+
+from sumrl.errors import ConfigError, SumrlError
+from sumrl.rewards.reward_model import RewardModel, load_reward_model, paper_length_penalties
+from sumrl.training.optim import DivergenceGuard
+from sumrl.utils.console import get_logger
+
+log = get_logger(__name__)
+
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _arch_from(cfg: Any) -> dict[str, Any]:
+    return {"backbone": cfg.backbone, "model": cfg.model if cfg.backbone == "policy" else None,
+            "max_length": cfg.max_length, "max_summary_tokens": cfg.max_summary_tokens,
+            "train_layers": cfg.train_layers, "lora_r": cfg.lora_r, "lora_layers": getattr(cfg, "lora_layers", -1),
+            "load_in_4bit": bool(getattr(cfg, "load_in_4bit", False))}
+
+
+def _init_model(cfg: Any) -> RewardModel:
+    if cfg.init:
+        # continue from a trained RM (e.g. synthetic first, then human pairs); its architecture wins
+        return load_reward_model(cfg.init).model
+    return RewardModel(_arch_from(cfg))
+
+
+# ----------------------------------------------------------------------------- pure loss functions
+
+
+def token_mse_loss(values: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Synthetic RM loss: mean over items of the mean squared error of each summary token's value
+    (``values[i, t]`` where ``mask[i, t]``) to its item's target (1 positive, 0 negative)."""
+    m = mask.float()
+    err = (values - targets[:, None]) ** 2 * m
+    return (err.sum(1) / m.sum(1).clamp(min=1)).mean()
+
+
+def bradley_terry_losses(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | float = 0.0,
+                         margin_scale: float = 1.0) -> torch.Tensor:
+    """Preference RM loss of each pair: ``-log sigmoid(s(chosen) - s(rejected) - margin_scale *
+    margin)`` (Bradley-Terry; the margin term is Llama 2's margin loss). Callers reduce: the trainer
+    sums a process's pairs and divides by the step's global pair count."""
+    return -torch.nn.functional.logsigmoid(chosen - rejected - margin_scale * margin)
+
+
+def mean_std(xs: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "std", "n"}`` with the sample (n - 1) standard deviation; std 1 when it is 0 or
+    undefined, so that ``(x - mean) / std`` is always defined."""
+    n = len(xs)
+    if not n:
+        return {"mean": 0.0, "std": 1.0, "n": 0}
+    mu = sum(xs) / n
+    sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / max(n - 1, 1)) if n > 1 else 1.0
+    return {"mean": mu, "std": sd if sd > 0 else 1.0, "n": n}
+
+
+def _log(msg: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process (torchrun / accelerate launch)
+        log.info(msg)
+
+
+class _Parallel:
+    """Data parallelism of the reward-model trainers under ``accelerate launch`` / ``torchrun``
+    (one process: a no-op wrapper). Every process draws the same global batch (same seed), runs its
+    ``1/world`` share through the wrapped module and back-propagates its share of the *global*
+    loss times ``world``: Accelerate averages gradients over processes, so the step is the one
+    process's step on the whole batch. Only the main process saves."""
+
+    def __init__(self, model: "RewardModel", opt: Any):
+        from accelerate import Accelerator
+
+        from sumrl.training.parallel import accelerator_kwargs
+
+        self.acc = Accelerator(**accelerator_kwargs())
+        self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
+        self.fsdp = self.world > 1 and getattr(self.acc.state, "fsdp_plugin", None) is not None
+        self.opt = opt
+        if self.fsdp:  # FSDP2: the optimizer is prepared with the model (its parameters become shards)
+            self.module, self.opt = self.acc.prepare(model, opt)
+        else:
+            self.module = self.acc.prepare(model) if self.world > 1 else model
+        self.raw = model
+        self.params = [p for p in model.parameters() if p.requires_grad]  # after sharding: the shards
+        if self.world > 1:
+            from torch.distributed.fsdp import FSDPModule
+
+            how = ("FSDP2, parameters, gradients and optimizer state sharded" if isinstance(self.module, FSDPModule)
+                   else "data-parallel")
+            _log(f"rm: {self.world} processes ({how})")
+
+    def clip(self, max_norm: float) -> float:
+        """The global gradient norm (clipped to ``max_norm``); FSDP: over all shards."""
+        if self.fsdp:
+            return float(self.acc.clip_grad_norm_(self.params, max_norm))
+        return float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+
+    def state(self) -> dict[str, torch.Tensor] | None:
+        """The full trainable weights for saving; FSDP gathers them (a collective: every process
+        calls it), otherwise ``None`` (the model's own)."""
+        if not self.fsdp:
+            return None
+        from sumrl.models.sharding import whole_tensor
+
+        return {n: whole_tensor(p) for n, p in self.raw.named_parameters() if p.requires_grad}
+
+    def check(self, n: int, what: str) -> None:
+        if n % self.world:
+            raise ConfigError(f"--batch-size: {n} {what} per step do not split evenly over {self.world} processes")
+
+    def mine(self, items: list) -> list:
+        """This process's share: every ``world``-th item from ``rank`` (items sorted by length stay
+        balanced over processes)."""
+        return items[self.rank::self.world]
+
+    def total(self, x: float) -> float:
+        """Sum over processes."""
+        if self.world == 1:
+            return x
+        from sumrl.training.parallel import reduce_sums
+
+        return reduce_sums(self.acc, {"x": x})["x"]
+
+
+def divergence_guard(cfg: Any) -> DivergenceGuard:
+    """The reward-model trainers' per-step checks (the same rules as SFT's): a non-finite loss or
+    gradient, a zero gradient at a positive loss, a loss over ``max_loss_ratio`` x the first one."""
+    return DivergenceGuard(what="reward-model training", max_loss_ratio=getattr(cfg, "max_loss_ratio", 0.0))
+
+
+def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[float], step: int, steps: int,
+                    t0: float, guard: Any, par: "_Parallel | None" = None) -> None:
+    """One clipped AdamW step (preference RM); ``guard`` stops the run before the step. With several
+    processes ``loss`` is this process's share of the global loss (:class:`_Parallel`)."""
+    if not torch.isfinite(loss):
+        raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
+    opt.zero_grad()
+    world = par.world if par is not None else 1
+    (loss * world).backward()  # processes' gradients are averaged
+    value = par.total(float(loss.item())) if par is not None else float(loss.item())
+    guard.check(value, par.clip(1.0) if par is not None else float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)
+    opt.step()
+    history.append(value)
+    if step % max(1, steps // 10) == 0 or step == steps:
+        _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
+
+
+def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: Any, opt: Any, params: list,
+                      micro: int, history: list[float], step: int, steps: int, t0: float, guard: Any,
+                      par: "_Parallel | None" = None) -> None:
+    """One optimizer step on the mean over ``items`` of each item's per-token squared error
+    (:func:`token_mse_loss`), computed in micro-batches of similar length (padding a 60-token summary to
+    a 250-token one wastes CPU time); gradients accumulate so the step equals the full-batch one.
+    With several processes (``par``) each runs its share of the items (:class:`_Parallel`)."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    world = par.world if par is not None else 1
+    if par is not None:
+        order = par.mine(order)
+    chunks = [order[s:s + micro] for s in range(0, len(order), micro)] if micro > 0 else [order]
+    opt.zero_grad()
+    total = 0.0
+    for ch in chunks:
+        d, sm, q, tg = zip(*(items[i] for i in ch))
+        values, mask, _ = model(list(d), list(sm), list(q))
+        loss = token_mse_loss(values, mask, torch.tensor(tg, device=values.device)) * (len(ch) / len(items))
+        if not torch.isfinite(loss):
+            raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
+        (loss * world).backward()  # processes' gradients are averaged
+        total += loss.item()
+    if par is not None:
+        total = par.total(total)
+    guard.check(total, par.clip(1.0) if par is not None else float(torch.nn.utils.clip_grad_norm_(params, 1.0)),
+                step)  # before the step
+    opt.step()
+    history.append(total)
+    if step == 1 or step % max(1, steps // 20) == 0 or step == steps:
+        _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
+
+
+def drop_unseen_negatives(model: RewardModel, examples: Sequence[Any], negatives: dict[str, list[str | None]]
+                          ) -> dict[str, dict[str, int]]:
+    """Set to None, in place, every negative that is the same RM input as its positive (same
+    summary token ids after the ``max_summary_tokens`` cut: e.g. a truncation or a repeated ending
+    that starts past the window). Training on such a pair asks the RM for 1 and 0 on one input.
+    Returns ``{class: {"kept", "dropped_same_as_positive", "not_applicable"}}``."""
+    pos = [model.summary_ids(e.references[0]) for e in examples]
+    counts: dict[str, dict[str, int]] = {}
+    for c, col in negatives.items():
+        kept = dropped = na = 0
+        for i, neg in enumerate(col):
+            if neg is None:
+                na += 1
+            elif model.summary_ids(neg) == pos[i]:
+                col[i] = None
+                dropped += 1
+            else:
+                kept += 1
+        counts[c] = {"kept": kept, "dropped_same_as_positive": dropped, "not_applicable": na}
+    return counts
+
+
+def balanced_negative_slots(classes: Sequence[str], pools: dict[str, list[int]], n: int, start: int,
+                            rng: random.Random) -> list[tuple[str, int]]:
+    """``n`` (class, example index) negatives: classes in turn from position ``start`` (so over a
+    run each class gets the same share, 1/K, of the negatives: the paper's weighting exactly, not
+    only in expectation), the example drawn uniformly among those the class applies to."""
+    usable = [c for c in classes if pools[c]]
+    out = []
+    for j in range(n):
+        c = usable[(start + j) % len(usable)]
+        out.append((c, pools[c][rng.randrange(len(pools[c]))]))
+    return out
+
+
+def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
+    """Train the token-level RM on (document, reference) positives and generated negatives.
+
+    Each step takes ``batch_size`` positives (random training examples, every token target 1) and
+    ``batch_size`` negatives (every token target 0), each negative with its own document. The
+    negatives' classes go in turn through ``classes`` (:func:`balanced_negative_slots`), so each of
+    the K classes is exactly 1/K of the negative weight (the last-mile paper: positives weight 1,
+    each of its five negative classes 1/5). Negatives the RM cannot tell from their positive (same
+    tokens after the summary cut) are dropped and counted per class. Squared loss per token.
+    Returns the metrics written to ``metrics.json``.
+    """
+    from sumrl.data import load_data
+    from sumrl.rewards.negatives import make_negatives
+
+    from sumrl.training.parallel import refuse_sharded
+
+    refuse_sharded("rm", allow_fsdp=True)
+    _set_seed(cfg.seed)
+    classes = list(cfg.classes)  # checked against NEGATIVE_CLASSES by RMTrainConfig.validate
+    t0 = time.time()
+    train = [e for e in load_data(cfg.data, "train", limit=cfg.limit, seed=cfg.seed) if e.references and e.references[0].strip()]
+    val = [e for e in load_data(cfg.data, "val", limit=cfg.norm_limit, seed=cfg.seed) if e.references and e.references[0].strip()]
+    test = [e for e in load_data(cfg.data, cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed) if e.references and e.references[0].strip()]
+    if len(train) < 2:
+        raise SumrlError(f"{cfg.data}: the synthetic RM needs at least 2 training examples with a reference")
+    model = _init_model(cfg)
+    cut = sum(model.n_summary_tokens(e.references[0]) > model.max_summary_tokens for e in train)
+    _log(f"{len(train)} training references; {cut} ({100 * cut / len(train):.1f}%) are longer than "
+         f"max_summary_tokens={model.max_summary_tokens} and are cut (the RM sees their beginning only)")
+    neg_train = make_negatives(train, classes, seed=cfg.seed)
+    neg_test = make_negatives(test, classes, seed=cfg.seed + 1) if test else {c: [] for c in classes}
+    counts_train = drop_unseen_negatives(model, train, neg_train)
+    counts_test = drop_unseen_negatives(model, test, neg_test) if test else {}
+    _log("negatives per class (train): " + ", ".join(
+        f"{c} {v['kept']} kept / {v['dropped_same_as_positive']} dropped as identical to the positive / "
+        f"{v['not_applicable']} n/a" for c, v in counts_train.items()))
+    pools = {c: [i for i, n in enumerate(neg_train[c]) if n is not None] for c in classes}
+    if not any(pools.values()):
+        raise SumrlError(f"{cfg.data}: no usable negative of any class {', '.join(classes)}")
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    par = _Parallel(model, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0))
+    par.check(2 * cfg.batch_size, "positives and negatives")
+    opt, params = par.opt, par.params
+    rng = random.Random(cfg.seed)
+    history: list[float] = []
+    guard = divergence_guard(cfg)
+    for step in range(1, cfg.steps + 1):
+        items = []
+        for i in (rng.randrange(len(train)) for _ in range(cfg.batch_size)):
+            items.append((train[i].document, train[i].references[0], train[i].query, 1.0))
+        for c, i in balanced_negative_slots(classes, pools, cfg.batch_size, (step - 1) * cfg.batch_size, rng):
+            items.append((train[i].document, neg_train[c][i], train[i].query, 0.0))
+        _accumulated_step(items, par.module, opt, params, cfg.micro_batch_size, history, step, cfg.steps, t0, guard,
+                          par)
+    model.eval()
+    _log(f"trained {cfg.steps} steps in {time.time() - t0:.0f}s; held-out evaluation on {len(test)} {cfg.eval_split} papers")
+    # held-out: positive scored above its negative, per class, on documents never trained on
+    per_class: dict[str, dict[str, Any]] = {}
+    pos_mean = None
+    if test:
+        pos = model.score([e.document for e in test], [e.references[0] for e in test], [e.query for e in test])
+        for c in classes:
+            items = [(i, s) for i, s in enumerate(neg_test[c]) if s is not None]
+            if not items:
+                per_class[c] = {"accuracy": None, "n": 0, **counts_test.get(c, {})}
+                continue
+            neg = model.score([test[i].document for i, _ in items], [s for _, s in items], [test[i].query for i, _ in items])
+            wins = sum(1.0 if pos[i] > n else 0.5 if pos[i] == n else 0.0 for (i, _), n in zip(items, neg))
+            per_class[c] = {"accuracy": wins / len(items), "n": len(items),
+                            "mean_margin": sum(pos[i] - n for (i, _), n in zip(items, neg)) / len(items),
+                            "dropped_same_as_positive": counts_test[c]["dropped_same_as_positive"]}
+        pos_mean = sum(pos) / len(pos)
+    accs = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
+    # normalisation statistics on held-out references: of the sequence scores (mean token value,
+    # for the sequence-level reward) and of the individual token values (for the per-token reward)
+    vals = model.token_values([e.document for e in val], [e.references[0] for e in val], [e.query for e in val]) if val else []
+    normalization = {**mean_std([float(v.mean()) for v in vals if v.numel()]), "on": f"{cfg.data} val references"}
+    token_normalization = {**mean_std([x for v in vals for x in v.tolist()]),
+                           "on": f"{cfg.data} val references, every summary token"}
+    metrics = {
+        "kind": "synthetic", "data": cfg.data, "eval_split": cfg.eval_split, "n_train": len(train), "n_test": len(test),
+        "classes": classes, "steps": cfg.steps, "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
+        "train_references_cut": cut, "max_summary_tokens": model.max_summary_tokens,
+        "negatives_train": counts_train,
+        "heldout_accuracy_per_class": per_class,
+        "heldout_accuracy_mean": sum(accs) / len(accs) if accs else None,
+        "heldout_positive_mean_score": pos_mean,
+        "normalization": normalization, "token_normalization": token_normalization,
+        # the paper's -2.5 per extra token is in raw RM units (reference token +1): the length-reward
+        # options that give the same preferences with the per-token reward (v - mean) / std
+        "paper_equivalent_length": paper_length_penalties(token_normalization),
+        "seconds": round(time.time() - t0, 1),
+    }
+    full = par.state()  # FSDP: gathered on every process
+    if par.is_main:
+        model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization,
+                             "token_normalization": token_normalization}, metrics, state=full)
+    par.acc.wait_for_everyone()
+    return {**metrics, "is_main": par.is_main} if par.world > 1 else metrics
+
+
+# --------------------------------------------------------------------------- preference pairs
+
+
+def train_preference_rm(cfg: Any) -> dict[str, Any]:
+    """Bradley-Terry: ``-log sigmoid(s(chosen) - s(rejected) - margin_scale * margin)`` (margin term
+    only with ``--margin``; null margins count 0). Held out by document: pairs of ``test``
+    documents are never trained on and give the reported pairwise accuracy."""
+    from sumrl.training.parallel import refuse_sharded
+
+    refuse_sharded("rm", allow_fsdp=True)
+    _set_seed(cfg.seed)
+    if not cfg.pairs:
+        raise ConfigError("--kind preference needs --pairs FILE (pairs.jsonl from `sumrl data pairs` or `sumrl human export`)")
+    t0 = time.time()
+    from sumrl.data.pairs import pair_split, read_pairs
+
+    rows = read_pairs(cfg.pairs)
+    train = [r for r in rows if pair_split(r, cfg.seed, cfg.test_fraction) != "test"]
+    test = [r for r in rows if pair_split(r, cfg.seed, cfg.test_fraction) == "test"]
+    if cfg.limit:
+        train = train[:cfg.limit]
+    if cfg.eval_limit:
+        test = test[:cfg.eval_limit]
+    if not train:
+        raise SumrlError(f"{cfg.pairs}: no training pairs (every document is in the test split)")
+    model = _init_model(cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    par = _Parallel(model, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0))
+    par.check(cfg.batch_size, "pairs")
+    opt, params = par.opt, par.params
+    rng = random.Random(cfg.seed)
+    history = []
+    guard = divergence_guard(cfg)
+    for step in range(1, cfg.steps + 1):
+        batch = [train[rng.randrange(len(train))] for _ in range(cfg.batch_size)]
+        n_global = len(batch)
+        batch = par.mine(batch)  # this process's pairs of the step's global batch
+        docs = [r["document"] for r in batch] * 2
+        sums = [r["chosen"] for r in batch] + [r["rejected"] for r in batch]
+        qs = [r.get("query") for r in batch] * 2
+        values, mask, _ = par.module(docs, sums, qs)
+        s = RewardModel.sequence_scores(values, mask)
+        sc, sr = s[:len(batch)], s[len(batch):]
+        margin = torch.tensor([float(r.get("margin") or 0.0) for r in batch], device=s.device) if cfg.margin else 0.0
+        # the global batch's mean: this process's sum over its pairs / all pairs of the step
+        loss = bradley_terry_losses(sc, sr, margin, cfg.margin_scale).sum() / n_global
+        _optimizer_step(loss, opt, params, history, step, cfg.steps, t0, guard, par)
+    model.eval()
+    acc = None
+    if test:
+        c = model.score([r["document"] for r in test], [r["chosen"] for r in test], [r.get("query") for r in test])
+        rj = model.score([r["document"] for r in test], [r["rejected"] for r in test], [r.get("query") for r in test])
+        acc = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(c, rj)) / len(test)
+    sample = train[:cfg.norm_limit] if cfg.norm_limit else train
+    vals = model.token_values([r["document"] for r in sample] * 2, [r["chosen"] for r in sample] + [r["rejected"] for r in sample],
+                              [r.get("query") for r in sample] * 2) if sample else []
+    normalization = {**mean_std([float(v.mean()) for v in vals if v.numel()]),
+                     "on": "training pairs (chosen and rejected summaries)"}
+    token_normalization = {**mean_std([x for v in vals for x in v.tolist()]),
+                           "on": "training pairs (chosen and rejected summaries), every summary token"}
+    by_source: dict[str, int] = {}
+    for r in test:
+        by_source[str(r.get("source"))] = by_source.get(str(r.get("source")), 0) + 1
+    metrics = {"kind": "preference", "pairs": str(cfg.pairs), "n_train_pairs": len(train), "n_test_pairs": len(test),
+               "test_pairs_by_source": by_source, "steps": cfg.steps,
+               "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
+               "heldout_pairwise_accuracy": acc, "normalization": normalization,
+               "token_normalization": token_normalization, "seconds": round(time.time() - t0, 1)}
+    full = par.state()  # FSDP: gathered on every process
+    if par.is_main:
+        model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization,
+                             "token_normalization": token_normalization}, metrics, state=full)
+    par.acc.wait_for_everyone()
+    return {**metrics, "is_main": par.is_main} if par.world > 1 else metrics
