@@ -290,13 +290,12 @@ def run_demo(cfg: DemoConfig) -> int:
     if "ppo" in want:
         if "rm" not in want and not _done(d["rm"]):
             raise ConfigError("stage ppo (last-mile recipe) needs the rm stage")
-        if not LASTMILE_RECIPE.exists():  # an installed wheel has no recipes/: plain PPO must not pass for it
-            raise ConfigError(f"stage ppo runs the last-mile recipe {LASTMILE_RECIPE}, which is missing; run the "
-                              "demo from a checkout of the repository or leave the stage out (--stages base sft rm "
-                              "grpo report)")
-    if "grpo" in want and not GRPO_RECIPE.exists():
-        raise ConfigError(f"stage grpo runs the recipe {GRPO_RECIPE}, which is missing; run the demo from a checkout "
-                          "of the repository or leave the stage out")
+    # the recipes are package data; missing only in a broken install, where plain PPO/GRPO must not
+    # pass for the recipes' runs
+    for stage, path in (("ppo", LASTMILE_RECIPE), ("ppo", RM_LASTMILE_RECIPE), ("grpo", GRPO_RECIPE)):
+        if stage in want and not path.exists():
+            raise ConfigError(f"stage {stage} runs the packaged recipe {path}, which is missing: reinstall sumrl, or "
+                              f"leave the stage out (--stages)")
     fp = _plan_fingerprints(cfg, want)
     _check_out(cfg, out, d, plan, fp)
     out.mkdir(parents=True, exist_ok=True)
