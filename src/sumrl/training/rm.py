@@ -123,6 +123,18 @@ class _Parallel:
 
         return {n: whole_tensor(p) for n, p in self.raw.named_parameters() if p.requires_grad}
 
+    def save_and_finish(self, model: "RewardModel", cfg: Any, kind: str, normalization: dict,
+                        token_normalization: dict, metrics: dict) -> dict:
+        """Save the trained reward model (the main process; under FSDP the weights are gathered on
+        every process first), wait for every process, and return ``metrics`` (with ``is_main``
+        when several processes run)."""
+        full = self.state()  # FSDP: a collective, every process calls it
+        if self.is_main:
+            model.save(cfg.out, {"kind": kind, "training": asdict(cfg), "normalization": normalization,
+                                 "token_normalization": token_normalization}, metrics, state=full)
+        self.acc.wait_for_everyone()
+        return {**metrics, "is_main": self.is_main} if self.world > 1 else metrics
+
     def check(self, n: int, what: str) -> None:
         if n % self.world:
             raise ConfigError(f"--batch-size: {n} {what} per step do not split evenly over {self.world} processes")
@@ -325,12 +337,7 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
         "paper_equivalent_length": paper_length_penalties(token_normalization),
         "seconds": round(time.time() - t0, 1),
     }
-    full = par.state()  # FSDP: gathered on every process
-    if par.is_main:
-        model.save(cfg.out, {"kind": "synthetic", "training": asdict(cfg), "normalization": normalization,
-                             "token_normalization": token_normalization}, metrics, state=full)
-    par.acc.wait_for_everyone()
-    return {**metrics, "is_main": par.is_main} if par.world > 1 else metrics
+    return par.save_and_finish(model, cfg, "synthetic", normalization, token_normalization, metrics)
 
 
 # --------------------------------------------------------------------------- preference pairs
@@ -402,9 +409,4 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
                "final_loss": sum(history[-10:]) / max(len(history[-10:]), 1),
                "heldout_pairwise_accuracy": acc, "normalization": normalization,
                "token_normalization": token_normalization, "seconds": round(time.time() - t0, 1)}
-    full = par.state()  # FSDP: gathered on every process
-    if par.is_main:
-        model.save(cfg.out, {"kind": "preference", "training": asdict(cfg), "normalization": normalization,
-                             "token_normalization": token_normalization}, metrics, state=full)
-    par.acc.wait_for_everyone()
-    return {**metrics, "is_main": par.is_main} if par.world > 1 else metrics
+    return par.save_and_finish(model, cfg, "preference", normalization, token_normalization, metrics)
