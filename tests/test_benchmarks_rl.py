@@ -58,3 +58,16 @@ def test_bench_rl_vs_trl_smoke(tiny_model_dir, tmp_path):
         assert r["systems"][system]["s_per_step"] == pytest.approx(block["step_s"][1])  # first step discarded
         assert 0 < r["systems"][system]["mean_len"] <= 8
     assert "precision" in p.stdout.splitlines()[0] and "TRL / sumrl" in p.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_bench_rl_memory_smoke(tiny_model_dir, tmp_path):
+    out = tmp_path / "mem.json"
+    # one worker process (each loads torch and the model): the train part with checkpointing
+    p = _run("bench_rl_memory.py", "--smoke", "--policy", str(tiny_model_dir), "--parts", "train",
+             "--checkpointing", "on", "--json", str(out))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["part"], r["checkpointing"], r["length"]) for r in rows] == [("train", "on", 32)]
+    assert all(r["peak_gib"] >= r["base_gib"] > 0 and r["seconds"] > 0 and r["heap_capped"] for r in rows)
+    assert "| train | on | 32 |" in p.stdout
