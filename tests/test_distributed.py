@@ -1,6 +1,6 @@
 """Data-parallel training on 2 CPU (gloo) processes under torchrun equals 1 process with the same
 global batch and seed: ``sumrl rl`` (GRPO; PPO with a critic), ``sumrl rm`` (synthetic and
-preference; data-parallel and FSDP2) and LoRA ``sumrl sft``.
+preference; data-parallel and FSDP2) and ``sumrl sft`` (LoRA data-parallel; LoRA and full under FSDP2).
 
 The 2-process runs are launched once for the module (one ``torchrun`` running the four commands
 in turn: process start-up is most of the cost); each test runs its 1-process twin in-process and
@@ -127,10 +127,15 @@ def _rm(kind, source, model, out):
             "--margin", *common]
 
 
-def _sft(model, data, out):
+def _sft(model, data, out, *extra):
     return ["sft", "--model", str(model), "--data", str(data), "--out", str(out), "--steps", "2", "--batch-size", "4",
             "--max-seq-len", "96", "--max-target-tokens", "16", "--eval-every", "0", "--no-progress", "--no-tensorboard",
-            "--no-bf16", "--lr", "1e-2", "--warmup-steps", "0", "--seed", "2"]
+            "--no-bf16", "--lr", "1e-2", "--warmup-steps", "0", "--seed", "2", *extra]
+
+
+# SFT under FSDP2: LoRA, and full fine-tuning with validation (loss and greedy generation on every process)
+SFT_FSDP = {"sft": (), "sft-full": ("--full", "--lr", "1e-3", "--eval-every", "1", "--val-examples", "2",
+                                    "--val-generate", "2", "--val-max-new-tokens", "4")}
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +176,14 @@ def two_fsdp(files, tiny_model_dir):
     group, tests/dist_worker.py): each decoder layer a shard unit, the optimizer prepared with the
     model, the full weights gathered for checkpoints and the published model; plus one GRPO run that
     samples with the real engine (generation kept in step over the sharded processes)."""
-    outs = {k: files / f"fsdp-{k}" for k in (*RL_CASES, "synthetic", "preference", "real")}
+    outs = {k: files / f"fsdp-{k}" for k in (*RL_CASES, "synthetic", "preference", "real", *SFT_FSDP)}
     cmds = [_rl(tiny_model_dir, files / "rl.jsonl", outs[c], c) for c in RL_CASES]
     cmds += [_rm("synthetic", files / "rm.jsonl", tiny_model_dir, outs["synthetic"]),
              _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"]),
              ["@real", *_rl(tiny_model_dir, files / "rl.jsonl", outs["real"], "grpo")]]
+    cmds += [_sft(tiny_model_dir, files / "rl.jsonl", outs[k], *a) for k, a in SFT_FSDP.items()]
     p = torchrun(2, cmds, files, env={"SUMRL_TEST_FSDP2": "1"})
+    assert (p.stdout + p.stderr).count("2 process(es); FSDP2") == len(SFT_FSDP), p.stdout + p.stderr
     assert p.stdout.count("rm: 2 processes (FSDP2, parameters, gradients and optimizer state sharded)") == 2
     assert p.stdout.count("; FSDP2") == len(RL_CASES) + 1
     return outs
@@ -265,17 +272,25 @@ def test_rm_on_two_processes_equals_one(kind, sharding, request, files, tiny_mod
     assert_same_weights(one, outs[kind], skip=skip)
 
 
-def test_sft_on_two_processes_equals_one(two, files, tiny_model_dir, tmp_path):
-    outs, stdout = two
+@pytest.mark.parametrize("case", ["ddp", *SFT_FSDP])
+def test_sft_on_two_processes_equals_one(case, request, files, tiny_model_dir, tmp_path):
     one = tmp_path / "one"
-    assert main(_sft(tiny_model_dir, files / "rl.jsonl", one)) == 0
-    ma, mb = _metrics(one), _metrics(outs["sft"])
+    if case == "ddp":
+        outs, _ = request.getfixturevalue("two")
+        two_out, extra = outs["sft"], ()
+    else:
+        two_out, extra = request.getfixturevalue("two_fsdp")[case], SFT_FSDP[case]
+        assert (two_out / "checkpoints").is_dir()
+    assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *extra)) == 0
+    ma, mb = _metrics(one), _metrics(two_out)
+    if "--val-examples" in extra:
+        assert any("val/loss" in r for r in mb) and any("val/rouge1" in r for r in mb)
     assert [r["step"] for r in mb] == [r["step"] for r in ma] and ma
     drop = ("time/", "train/tokens_per_s", "perf/", "train/micro_batches")  # per-process counts and speeds
     for ra, rb in zip(ma, mb):
         _close({k: v for k, v in ra.items() if not k.startswith(drop)},
                {k: v for k, v in rb.items() if not k.startswith(drop)}, where=f"sft step {ra['step']}")
-    assert_same_weights(one, outs["sft"])
+    assert_same_weights(one, two_out)
 
 
 def test_a_two_process_run_resumes_in_one_process(two, tmp_path, tiny_model_dir, files, engine, capsys):
@@ -329,20 +344,17 @@ def test_sampling_seeds_differ_by_process_and_step_and_repeat():
     assert step_seed(3, 7, 1) == step_seed(3, 7, 1)
 
 
-@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_sharded_configs_are_refused_with_one_line(var, tiny_model_dir, files, tmp_path, monkeypatch, capsys):
-    # sft is data-parallel only, rl and rm also run under FSDP2; nothing runs under DeepSpeed yet: such a
-    # launch stops before any work (on a CPU Accelerate would silently run data-parallel instead)
-    monkeypatch.setenv(var, "true")
+def test_deepspeed_configs_are_refused_with_one_line(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    # sft, rl and rm run data-parallel and under FSDP2; nothing runs under DeepSpeed yet: such a launch stops
+    # before any work (on a CPU Accelerate would silently run data-parallel instead)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert main(["sft", "--model", str(tiny_model_dir), "--data", str(files / "rl.jsonl"), "--out", str(tmp_path / "s"),
                  "--steps", "1", "--max-target-tokens", "16", "--max-seq-len", "96", "--no-bf16"]) == 2
-    refused = 1
-    if var == "ACCELERATE_USE_DEEPSPEED":
-        assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "grpo")) == 2
-        assert main(_rm("preference", files / "pairs.jsonl", tiny_model_dir, tmp_path / "rm")) == 2
-        refused = 3
+    assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "grpo")) == 2
+    assert main(_rm("preference", files / "pairs.jsonl", tiny_model_dir, tmp_path / "rm")) == 2
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
-    assert len(err) == refused and all("does not run under" in l and "recipes/accelerate/ddp.yaml" in l for l in err)
+    assert len(err) == 3 and all("does not run under DeepSpeed" in l and "recipes/accelerate/fsdp2.yaml" in l for l in err)
+    assert not (tmp_path / "s").exists()
 
 
 def test_accelerate_recipes_are_valid_configs():

@@ -656,7 +656,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.utils.logging import MetricLogger
 
     out = Path(cfg.out)
-    refuse_sharded("rl", allow_fsdp=True)
+    refuse_sharded("rl")
     # several processes (accelerate launch / torchrun): the main one alone writes the run folder
     ps = process_state()
     rank, world, is_main = ps.process_index, ps.num_processes, ps.is_main_process

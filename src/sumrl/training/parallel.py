@@ -69,23 +69,17 @@ def process_state() -> Any:
     return PartialState(cpu=not _has_accelerator())
 
 
-_SHARDED = (("ACCELERATE_USE_FSDP", "FSDP", "fsdp2.yaml"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed", "deepspeed_zero*.yaml"))
-
-
-def refuse_sharded(command: str, *, allow_fsdp: bool = False) -> None:
-    """One line instead of a deadlock or an Accelerate traceback when a run is launched with an FSDP
-    or DeepSpeed config it does not support (``allow_fsdp``: ``sumrl rm`` runs under FSDP2).
-    docs/scale.md lists what sharding still needs in sft and rl (the optimizer prepared with the
-    model, generation kept in step over processes, full state gathered for checkpoints). On a CPU,
+def refuse_sharded(command: str) -> None:
+    """One line instead of an Accelerate traceback when a run is launched with a DeepSpeed config
+    (recipes/accelerate/deepspeed_zero*.yaml): no command runs under DeepSpeed yet (docs/scale.md says
+    what was tried). FSDP2 (recipes/accelerate/fsdp2.yaml) runs in sft, rm and rl. On a CPU,
     Accelerate would even ignore the config silently and run data-parallel."""
     import os
 
-    for var, name, recipe in _SHARDED:
-        if name == "FSDP" and allow_fsdp:
-            continue
-        if os.environ.get(var, "false").lower() in ("true", "1"):
-            raise ConfigError(f"sumrl {command} does not run under {name} yet (recipes/accelerate/{recipe}); launch it "
-                              f"with recipes/accelerate/ddp.yaml (data-parallel) -- see docs/scale.md")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1"):
+        raise ConfigError(f"sumrl {command} does not run under DeepSpeed yet (recipes/accelerate/deepspeed_zero*.yaml); "
+                          f"launch it with recipes/accelerate/fsdp2.yaml (sharded) or recipes/accelerate/ddp.yaml "
+                          f"(data-parallel) -- see docs/scale.md")
 
 
 # ------------------------------------------------------------------------------------ FSDP2

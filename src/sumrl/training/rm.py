@@ -259,7 +259,7 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
 
     from sumrl.training.parallel import refuse_sharded
 
-    refuse_sharded("rm", allow_fsdp=True)
+    refuse_sharded("rm")
     _set_seed(cfg.seed)
     classes = list(cfg.classes)  # checked against NEGATIVE_CLASSES by RMTrainConfig.validate
     t0 = time.time()
@@ -349,7 +349,7 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
     documents are never trained on and give the reported pairwise accuracy."""
     from sumrl.training.parallel import refuse_sharded
 
-    refuse_sharded("rm", allow_fsdp=True)
+    refuse_sharded("rm")
     _set_seed(cfg.seed)
     if not cfg.pairs:
         raise ConfigError("--kind preference needs --pairs FILE (pairs.jsonl from `sumrl data pairs` or `sumrl human export`)")

@@ -13,7 +13,10 @@ the full-batch token-mean loss, whatever the micro-batching (tests/test_sft.py c
 
 The same code runs under ``accelerate launch --num_processes N``: the loss module (trunk +
 chunked cross-entropy, :mod:`sumrl.training.loss`) is what gets wrapped by DDP; logging,
-validation and checkpoints happen on the main process while the others wait.
+validation and checkpoints happen on the main process while the others wait. Under FSDP2
+(recipes/accelerate/fsdp2.yaml) the loss module is sharded together with its optimizer, every
+process validates (each forward is a collective), and checkpoints and the published model are
+gathered whole in the one-process format (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -212,12 +215,21 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
 
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
     # is a CPU run; without this, `torchrun --nproc_per_node N` would start N independent runs.
-    from sumrl.training.parallel import refuse_sharded
+    from sumrl.models.sharding import full_weights, whole_tensor
+    from sumrl.training.parallel import full_optimizer_state, is_fsdp, refuse_sharded
 
     refuse_sharded("sft")
     mps = getattr(torch.backends, "mps", None)
     accelerator = Accelerator(cpu=not (torch.cuda.is_available() or (mps is not None and mps.is_available())))
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    # FSDP2 (recipes/accelerate/fsdp2.yaml): parameters, gradients and optimizer state sharded
+    fsdp = is_fsdp(accelerator)
+    if fsdp and cfg.resume:
+        raise ConfigError("--resume under FSDP is not supported yet (the checkpoint is in the one-process format: "
+                          "resume it with recipes/accelerate/ddp.yaml or in one process)")
+    if fsdp and cfg.early_stopping_patience:
+        raise ConfigError("--early-stopping-patience under FSDP is not supported yet (the best weights would be "
+                          "loaded into sharded parameters): launch with recipes/accelerate/ddp.yaml")
     from sumrl.models.precision import precision_line, resolve_bf16
 
     use_bf16, why = resolve_bf16(cfg.bf16, accelerator.device)
@@ -255,7 +267,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     n_steps = total_steps(cfg, len(seqs))
     sampler = StepSampler(len(seqs), cfg.batch_size, cfg.seed)
     validator = None
-    if main and cfg.eval_every > 0 and (cfg.val_examples or cfg.val_generate):
+    # under FSDP every process validates (each forward is a collective over the shards); the main one logs
+    if (main or fsdp) and cfg.eval_every > 0 and (cfg.val_examples or cfg.val_generate):
         n_val = max(cfg.val_examples, cfg.val_generate)
         from sumrl.data import load_heldout
 
@@ -268,11 +281,18 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     if cfg.packing and not packing and main:
         log.info("sft: packing does not apply to encoder-decoder models (the prompt is the encoder's input): "
               "micro-batches are length-sorted and padded instead")
-    loss_module = accelerator.prepare(loss_module)
-    raw_module = accelerator.unwrap_model(loss_module)
-    params = trainable(raw_module.model)
-    optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                betas=(cfg.adam_beta1, cfg.adam_beta2))
+    if fsdp:  # FSDP2 shards the module and re-points the optimizer at the shards (one prepare for both)
+        optimizer = build_optimizer(trainable(loss_module.model), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    betas=(cfg.adam_beta1, cfg.adam_beta2))
+        loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+        raw_module = loss_module
+        params = trainable(raw_module.model)  # the shards
+    else:
+        loss_module = accelerator.prepare(loss_module)
+        raw_module = accelerator.unwrap_model(loss_module)
+        params = trainable(raw_module.model)
+        optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    betas=(cfg.adam_beta1, cfg.adam_beta2))
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=n_steps,
                                 min_lr_ratio=cfg.min_lr_ratio)
     start = 0
@@ -288,7 +308,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     if main:
         log.info(f"sft: {len(examples)} examples -> {len(seqs)} sequences, {n_steps} steps of {cfg.batch_size}; "
               f"trainable {n_train:,} / {n_all:,} parameters ({'LoRA' if cfg.lora else 'full'}); "
-              f"{world} process(es); output {out}" + (f"; resuming at step {start}" if start else ""))
+              f"{world} process(es)" + ("; FSDP2 (parameters, gradients and optimizer state sharded)" if fsdp else "")
+              + f"; output {out}" + (f"; resuming at step {start}" if start else ""))
 
     last_val: dict = {}
     patience = cfg.early_stopping_patience
@@ -297,7 +318,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         """Validate on the main process; True when early stopping says to stop (same on every process)."""
         nonlocal last_val
         stop = False
-        if main and validator is not None:
+        if validator is not None:  # only the main process has one, except under FSDP
             metrics: dict[str, float] = {}
             if cfg.val_examples:
                 vl, vn = validator.loss(raw_module, device)
@@ -312,11 +333,16 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                                         state={"val_loss": vl}, keep=1)
                     metrics.update({"val/best_loss": best, "val/best_step": counters["best_step"]})
                     stop = bad >= patience
-            gen, rows = validator.generate(raw_module.model)
+            # FSDP: generation calls the inner model, which skips the root unit's hooks: its own
+            # weights (embeddings, head) are gathered around it; every process decodes the same
+            # prompts greedily or with the same seed, so they take the same number of steps
+            with full_weights(loss_module, fsdp, root_only=True):
+                gen, rows = validator.generate(raw_module.model)
             metrics.update({f"val/{k}": v for k, v in gen.items()})
-            logger.log(metrics, step)
-            if rows:
-                logger.log_samples(rows, step)
+            if main:
+                logger.log(metrics, step)
+                if rows:
+                    logger.log_samples(rows, step)
             last_val = metrics
         if patience and world > 1:
             from accelerate.utils import broadcast_object_list
@@ -331,11 +357,16 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         if not parameters_finite(p for _, p in params):
             raise TrainingDiverged(f"sft diverged at step {step}: the weights are no longer finite; the last good "
                                    f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
-        if main:
-            save_checkpoint(out / CHECKPOINT_DIR, step, model=raw_module.model, optimizer=optimizer,
-                            scheduler=scheduler, keep=cfg.keep_checkpoints,
-                            state={"config": dataclasses.asdict(cfg), "counters": counters,
-                                   "epoch": sampler.epoch_at(step)})
+        # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
+        # writes them in the one-process format
+        opt_state = full_optimizer_state(optimizer) if fsdp else None
+        with full_weights(loss_module, fsdp):
+            if main:
+                save_checkpoint(out / CHECKPOINT_DIR, step, model=raw_module.model,
+                                optimizer=optimizer if opt_state is None else _StateOf(opt_state),
+                                scheduler=scheduler, keep=cfg.keep_checkpoints,
+                                state={"config": dataclasses.asdict(cfg), "counters": counters,
+                                       "epoch": sampler.epoch_at(step)})
         accelerator.wait_for_everyone()
 
     stopped = bool(counters.get("stopped_at"))  # a resumed run that early stopping had already ended
@@ -365,7 +396,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                             device)
                 # gradients are all-reduced once per step, on the last micro-batch
                 sync = k == len(groups) - 1
-                with nullcontext() if sync else accelerator.no_sync(loss_module):
+                with nullcontext() if sync or fsdp else accelerator.no_sync(loss_module):
                     loss_sum, _ = loss_module(**batch)
                     accelerator.backward(loss_sum * scale)
                 local_loss += loss_sum.detach().double()
@@ -424,11 +455,26 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         if main:
             log.info(f"sft: publishing the weights of step {best_state['step']} (best val/loss "
                   f"{best_state['val_loss']:.4f})")
+    # FSDP: the trained weights gathered whole on every process (a collective), the main one saves; the
+    # root unit's own weights whole too (peft reads the embedding's shape to decide what to save)
+    whole = {n: whole_tensor(p) for n, p in raw_module.model.named_parameters() if p.requires_grad} if fsdp else None
+    with full_weights(loss_module, fsdp, root_only=True):
+        if main:
+            publish_model(raw_module.model, tok, out, base_spec=base_spec, extra=extra, state_dict=whole)
     if main:
-        publish_model(raw_module.model, tok, out, base_spec=base_spec, extra=extra)
         log.info(f"saved the {'LoRA adapter' if cfg.lora else 'model'} to {out} (use --model {out})")
     accelerator.wait_for_everyone()
     return {"out": str(out), "is_main": main, "steps": n_steps, "best_step": extra.get("best_step"),
             "stopped_at": counters.get("stopped_at"), "start_step": start, "train": last_train, "val": last_val,
             "n_sequences": len(seqs), "trainable_parameters": n_train,
             "tokens_per_s": run_tokens / run_seconds if run_seconds else None}
+
+
+class _StateOf:
+    """An optimizer stand-in whose ``state_dict`` is a state gathered beforehand (FSDP)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
