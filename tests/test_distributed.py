@@ -185,7 +185,7 @@ def two_fsdp(files, tiny_model_dir):
     p = torchrun(2, cmds, files, env={"SUMRL_TEST_FSDP2": "1"})
     assert (p.stdout + p.stderr).count("2 process(es); FSDP2") == len(SFT_FSDP), p.stdout + p.stderr
     assert p.stdout.count("rm: 2 processes (FSDP2, parameters, gradients and optimizer state sharded)") == 2
-    assert p.stdout.count("; FSDP2") == len(RL_CASES) + 1
+    assert p.stdout.count("prompts each; FSDP2") == len(RL_CASES) + 1
     return outs
 
 
