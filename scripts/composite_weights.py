@@ -44,14 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", required=True, help="the model RL starts from (e.g. the SFT adapter)")
     ap.add_argument("--base-recipe", required=True, help="RL recipe whose reward list gives the terms and priors")
     ap.add_argument("--out", required=True, help="the RL recipe to write, with the chosen weights")
-    ap.add_argument("--split", default="val")
+    ap.add_argument("--split", default="val", help="held-out split the weights are chosen on (never test)")
     ap.add_argument("--limit", type=int, default=16, help="validation papers")
     ap.add_argument("--samples", type=int, default=4, help="summaries per paper")
     ap.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sampling and of the data split")
     args = ap.parse_args(argv)
+    from sumrl.errors import SumrlError
 
+    try:
+        return _choose(args)
+    except SumrlError as e:  # a bad recipe, model or data file: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _choose(args: argparse.Namespace) -> int:
     import torch
     import yaml
 

@@ -59,8 +59,9 @@ rl() {  # rl NAME RECIPE: RL from the SFT model (200 updates), held-out reward o
 for stage in "$@"; do
   case $stage in
     all)
-      echo "expected on 2 CPU cores (AMX, nothing else running): sft 2-3 h, composite RL ~3-4 h, last-mile RL ~4-5 h,"
-      echo "evaluations ~1.5 h -- about 12 h in all; rerun the same command after a kill to continue"
+      echo "expected time: not yet measured end to end; a rough estimate for 2 CPU cores with AMX and nothing else"
+      echo "running is 12 h (SFT at most 372 steps of ~9k tokens, two 200-update RL runs, 12 evaluations of 64-99"
+      echo "papers); the SFT stage logs its own speed (train/tokens_per_s). Rerun the same command after a kill."
       "$0" data sft eval-sft weights rl-composite eval-rl-composite rm rl-lastmile eval-rl-lastmile report ;;
     data)
       # out of domain, evaluation only: the PubMed sample of ../shared (no licence stated: never shipped)

@@ -126,3 +126,24 @@ def start_chrome(extra_args: tuple[str, ...] = (), capabilities: dict | None = N
     drv = webdriver.Chrome(options=opts, service=Service(executable_path=driver))
     drv.set_page_load_timeout(30)
     return drv
+
+
+def trained_looking_policy_rm(model_dir, out, *, seed: int, **config):
+    """A policy-backbone reward model with non-zero LoRA B (peft starts it at 0) and head, saved to
+    ``out`` with reference statistics: ``(rm, out)``. ``config`` adds to / overrides the RM config."""
+    import torch
+
+    from sumrl.rewards.reward_model import RewardModel
+
+    torch.manual_seed(seed)
+    rm = RewardModel({"backbone": "policy", "model": str(model_dir), "max_length": 96, "max_summary_tokens": 32,
+                      "lora_r": 4, **config})
+    with torch.no_grad():
+        for n, p in rm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.3)
+        rm.head.weight.normal_(std=0.5)
+        rm.head.bias.fill_(0.3)
+    rm.save(out, {"kind": "synthetic", "normalization": {"mean": 0.7, "std": 0.5, "n": 3},
+                  "token_normalization": {"mean": 0.5, "std": 0.25, "n": 40}}, {})
+    return rm, out

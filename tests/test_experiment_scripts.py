@@ -79,3 +79,18 @@ def test_cohan_to_jsonl(tmp_path):
     assert "1 articles" in r.stdout and "2 skipped" in r.stdout
     (row,) = [json.loads(l) for l in out.read_text().splitlines()]
     assert row == {"id": "PMC1", "document": "first sentence . second one .", "summary": "the abstract . more ."}
+    bad = tmp_path / "bad.txt"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"article_id": "PMC3", "article_text": ["x"]}) + "\n")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "cohan_to_jsonl.py"), str(bad), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "line 2" in r.stderr and "abstract_text" in r.stderr
+
+
+def test_composite_weights_bad_recipe_is_one_line(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text("algo: grpo\nreward:\n  - {name: rouge, wieght: 1.0}\n")
+    assert _script("composite_weights").main(["--policy", "default", "--base-recipe", str(base),
+                                              "--out", str(tmp_path / "o.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "wieght" in err

@@ -547,21 +547,9 @@ SUMMARY = "Alice Smith studied robots for 12 years."
 
 
 def _rm(model_dir, tmp_path):
-    from sumrl.rewards.reward_model import RewardModel
+    from conftest import trained_looking_policy_rm
 
-    torch.manual_seed(0)
-    rm = RewardModel({"backbone": "policy", "model": str(model_dir), "max_length": 96, "max_summary_tokens": 32,
-                      "lora_r": 4})
-    with torch.no_grad():  # a trained-looking RM: non-zero LoRA B and head
-        for n, p in rm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.3)
-        rm.head.weight.normal_(std=0.5)
-        rm.head.bias.fill_(0.3)
-    out = tmp_path / "rm"
-    rm.save(out, {"kind": "synthetic", "normalization": {"mean": 0.7, "std": 0.5, "n": 3},
-                  "token_normalization": {"mean": 0.5, "std": 0.25, "n": 40}}, {})
-    return rm, out
+    return trained_looking_policy_rm(model_dir, tmp_path / "rm", seed=0)
 
 
 @pytest.mark.parametrize("fam", ["t5", "bart"])

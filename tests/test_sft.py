@@ -309,6 +309,8 @@ def test_early_stopping_rule_by_hand():
     assert upd(2.0, 1, 1.95, min_delta=0.1) == (2.0, 2, False)  # better, but not by more than min_delta
     assert upd(2.0, 2, 1.8, min_delta=0.1) == (1.8, 0, True)
     assert upd(2.0, 0, float("nan")) == (2.0, 1, False)
+    assert upd(None, 0, float("nan")) == (float("inf"), 1, False)  # a NaN is never the best ...
+    assert upd(float("inf"), 1, 9.0) == (9.0, 0, True)            # ... so the next finite loss is
 
 
 def test_early_stopping_stops_and_publishes_the_best_weights(tiny_model_dir, sft_data, tmp_path, monkeypatch):

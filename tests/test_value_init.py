@@ -14,19 +14,10 @@ SUMMARY = "Alice Smith studied robots for 12 years."
 
 
 def _rm_folder(tmp_path, tiny_model_dir, lora_layers=-1):
-    rm = RewardModel({"backbone": "policy", "model": str(tiny_model_dir), "max_length": 96, "max_summary_tokens": 48,
-                      "lora_r": 8, "lora_layers": lora_layers})
-    torch.manual_seed(3)
-    with torch.no_grad():  # a trained-looking RM: non-zero LoRA B (peft starts it at 0) and head
-        for n, p in rm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.3)
-        rm.head.weight.normal_(std=0.5)
-        rm.head.bias.fill_(0.3)
-    out = tmp_path / "rm"
-    rm.save(out, {"kind": "synthetic", "normalization": {"mean": 0.7, "std": 0.5, "n": 3},
-                  "token_normalization": {"mean": 0.5, "std": 0.25, "n": 40}}, {})
-    return out
+    from conftest import trained_looking_policy_rm
+
+    return trained_looking_policy_rm(tiny_model_dir, tmp_path / "rm", seed=3, max_summary_tokens=48, lora_r=8,
+                                     lora_layers=lora_layers)[1]
 
 
 def _policy(model_dir, r=4):

@@ -417,7 +417,7 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
             raise SumrlError(f"{spec}: a stacked adapter cannot be loaded on a 4-bit base (the adapter below it "
                              f"would be merged into 4-bit weights)")
         base, tok = load_model(r.base, dtype=dtype, device=device, load_in_4bit=load_in_4bit)
-        if resolve(r.base).kind == "adapter":
+        if isinstance(base, PeftModel):
             # A stacked adapter (e.g. RL on SFT): it was trained on the weights with the lower adapter
             # merged in, so that is what it is applied to.
             base = base.merge_and_unload()

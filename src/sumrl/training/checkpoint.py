@@ -84,7 +84,7 @@ def last_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(root: str | Path, step: int, *, model: Any, optimizer: Any, scheduler: Any | None = None,
+def save_checkpoint(root: str | Path, step: int, *, model: Any, optimizer: Any | None, scheduler: Any | None = None,
                     state: dict | None = None, keep: int = 1) -> Path:
     """Write ``<root>/step-N`` atomically, point ``last`` at it, delete all but the ``keep`` newest."""
     import torch
@@ -95,7 +95,8 @@ def save_checkpoint(root: str | Path, step: int, *, model: Any, optimizer: Any, 
 
     with atomic_dir(target) as tmp:
         torch.save(trainable_state_dict(model), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer is not None:  # None: weights only (e.g. the best-validation copy, never resumed from)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         kill_point("checkpoint-mid-write")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

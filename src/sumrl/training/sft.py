@@ -186,11 +186,12 @@ def early_stopping_update(best: float | None, bad: int, val_loss: float,
     """One validation's effect on early stopping: ``(best, validations without improvement, improved)``.
 
     An improvement is a loss more than ``min_delta`` below the best so far (the first validation
-    always is one); a non-finite loss never is.
+    finite validation always is one); a non-finite loss never is, and leaves the best at +inf until
+    a finite one arrives.
     """
     if math.isfinite(val_loss) and (best is None or val_loss < best - min_delta):
         return val_loss, 0, True
-    return (best if best is not None else val_loss), bad + 1, False
+    return (best if best is not None else math.inf), bad + 1, False
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -329,9 +330,9 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                     counters.update(best_val_loss=best, bad_evals=bad)
                     if improved:  # the weights published at the end, unless a later validation beats them
                         counters["best_step"] = step
-                        save_checkpoint(out / BEST_DIR, step, model=raw_module.model, optimizer=optimizer,
-                                        state={"val_loss": vl}, keep=1)
-                    metrics.update({"val/best_loss": best, "val/best_step": counters["best_step"]})
+                        save_checkpoint(out / BEST_DIR, step, model=raw_module.model, optimizer=None,
+                                        state={"val_loss": vl}, keep=1)  # weights only: never resumed from
+                    metrics.update({"val/best_loss": best, "val/best_step": counters.get("best_step", -1)})
                     stop = bad >= patience
             # FSDP: generation calls the inner model, which skips the root unit's hooks: its own
             # weights (embeddings, head) are gathered around it; every process decodes the same
@@ -433,7 +434,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                 if stopped and main:
                     counters["stopped_at"] = done
                     log.info(f"sft: early stopping at step {done}: val/loss has not improved for {patience} "
-                          f"validations; best {counters['best_val_loss']:.4f} at step {counters['best_step']}")
+                          f"validations; best {counters['best_val_loss']:.4f} at step {counters.get('best_step')}")
             if done % cfg.save_every == 0 or done == n_steps or stopped:
                 checkpoint(done)
             for cb in callbacks or []:
