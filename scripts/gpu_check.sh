@@ -7,6 +7,9 @@
 #
 #   bash scripts/gpu_check.sh                  # on the GPU machine, from a copy of this repository
 #   bash scripts/gpu_check.sh --dry-run        # anywhere: CPU, tiny model (tests/test_gpu_check.py)
+#   bash scripts/gpu_check.sh --trainers       # then also the trainers end to end through the CLI
+#                                              # (benchmarks/gpu_trainers.py: needs runs/gpu_tokenizer,
+#                                              # written by `benchmarks/gpu_trainers.py --write-tokenizer`)
 #
 # Needs torch, transformers and peft (the GPU machine has them). If one is missing and a folder
 # wheelhouse/ is present (pip download ... -d wheelhouse, < 64 MiB), it is installed from there
@@ -19,12 +22,30 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch, transformers, peft" 2>/dev/null; then
   if [ -d wheelhouse ]; then
     echo "gpu_check: installing what is missing from wheelhouse/ (no network)"
-    "$PY" -m pip install --no-index --find-links wheelhouse --no-deps wheelhouse/*.whl
+    "$PY" -m pip install --no-index --find-links wheelhouse torch transformers peft
   else
     echo "gpu_check: torch, transformers and peft are needed (and no wheelhouse/ folder is here)" >&2
     exit 2
   fi
 fi
+TRAINERS=0
+DRY=()
+ARGS=()
+for a in "$@"; do
+  if [ "$a" = --trainers ]; then TRAINERS=1; else ARGS+=("$a"); fi
+  if [ "$a" = --dry-run ]; then DRY=(--dry-run); fi
+done
 mkdir -p runs
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-exec "$PY" benchmarks/gpu_check.py --budget-s 400 --out runs/gpu_check.jsonl "$@"
+rc=0
+"$PY" benchmarks/gpu_check.py --budget-s 400 --out runs/gpu_check.jsonl "${ARGS[@]}" || rc=$?
+if [ $TRAINERS = 1 ]; then
+  # the ROUGE reward's stemmer is nltk's (pure Python; regex is binary: wheels for several Pythons)
+  if ! "$PY" -c "import nltk" 2>/dev/null && [ -d wheelhouse ]; then
+    echo "gpu_check: installing nltk from wheelhouse/ (no network)"
+    "$PY" -m pip install -q --no-index --find-links wheelhouse nltk || true
+  fi
+  "$PY" benchmarks/gpu_trainers.py "${DRY[@]}" --out "${TMPDIR:-/tmp}/sumrl_gpu_trainers" || rc=$?
+  cp "${TMPDIR:-/tmp}/sumrl_gpu_trainers/rows.jsonl" runs/gpu_trainers.jsonl 2>/dev/null || true
+fi
+exit $rc
