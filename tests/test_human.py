@@ -149,7 +149,7 @@ def test_cli_create_prints_one_link_per_rater(tmp_path, capsys):
 
 
 def test_cli_create_uncertain_uses_reward_model(tmp_path, capsys, monkeypatch):
-    import sumrl.human.cli as hcli
+    import sumrl.human.study as hstudy
 
     loaded = []
 
@@ -157,7 +157,7 @@ def test_cli_create_uncertain_uses_reward_model(tmp_path, capsys, monkeypatch):
         loaded.append(path)
         return length_scorer([])
 
-    monkeypatch.setattr(hcli, "load_rm_score_fn", fake_loader)
+    monkeypatch.setattr(hstudy, "load_rm_score_fn", fake_loader)
     runs = make_runs(tmp_path, n_docs=2, systems=("alpha", "beta", "gamma"))
     db_path = tmp_path / "u.sqlite"
     assert main(["human", "create", "--runs", *map(str, runs), "--db", str(db_path), "--select", "uncertain",
@@ -172,6 +172,20 @@ def test_cli_create_uncertain_uses_reward_model(tmp_path, capsys, monkeypatch):
     assert main(["human", "create", "--runs", *map(str, runs), "--db", str(tmp_path / "x.sqlite"),
                  "--select", "uncertain"]) == 2
     assert "--rm" in capsys.readouterr().err
+
+
+def test_create_from_runs_called_directly(tmp_path):
+    """The job behind `sumrl human create`: counts, default rater names, the config kept in the study."""
+    from sumrl.human.study import HumanCreateConfig, create_from_runs
+
+    runs = make_runs(tmp_path, n_docs=2, systems=("alpha", "beta", "gamma"))
+    cfg = HumanCreateConfig(runs=[str(r) for r in runs], db=str(tmp_path / "s.sqlite"), raters=2, max_pairs=4)
+    study = create_from_runs(cfg)
+    assert (study.n_documents, study.n_candidates, study.n_pairs, study.n_assignments) == (2, 6, 4, 8)
+    assert list(study.links) == ["rater1", "rater2"]
+    conn = hdb.open_study(cfg.db)
+    assert json.loads(hdb.get_meta(conn, "info"))["config"]["max_pairs"] == 4
+    conn.close()
 
 
 # ----------------------------------------------------------------------------- HTTP API
@@ -490,6 +504,36 @@ def test_export_format(tmp_path):
 
 
 
+def test_stats_and_export_jobs_called_directly(tmp_path):
+    """`human stats` / `human export` as library calls: undefined statistics (one rater: no kappa,
+    NaN alpha) are null in the JSON file, never the invalid token NaN."""
+    from sumrl.human.export import HumanExportConfig, export_study
+    from sumrl.human.stats import HumanStatsConfig, nan_to_none, study_stats
+
+    assert nan_to_none({"a": [1.0, math.nan, (math.nan,)], "b": "x"}) == {"a": [1.0, None, [None]], "b": "x"}
+    db_path, _ = make_study(tmp_path, raters=1, systems=("alpha", "beta"), n_docs=2)
+    conn = hdb.open_study(db_path)
+    _judge(conn, "rater1", "doc0", "a", 6, 3)
+    conn.close()
+    out = tmp_path / "s.json"
+    s = study_stats(HumanStatsConfig(db=str(db_path), json=str(out)))
+    assert s["counts"]["judgments"] == 1 and s["agreement"]["cohen_kappa"] == []
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["win_rates"]["alpha"]["wins"] == 1
+    n = export_study(HumanExportConfig(db=str(db_path), out=str(tmp_path / "p.jsonl")))
+    assert n == {"judgments": 1, "exported": 1, "ties_skipped": 0}
+
+
+def test_open_server_names_a_port_in_use(study):
+    from sumrl.human.server import HumanServeConfig, open_server
+
+    db_path, _ = study
+    with running_server(db_path) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with pytest.raises(SumrlError, match=f"cannot listen on 127.0.0.1:{port}"):
+            open_server(HumanServeConfig(db=str(db_path), port=port))
+
+
 def test_export_trains_a_preference_reward_model(tmp_path):
     """The loop closes: human judgments -> export -> `sumrl rm --kind preference`."""
     db_path, tokens = make_study(tmp_path, raters=2, systems=("alpha", "beta", "gamma"), n_docs=3)
@@ -547,7 +591,7 @@ def test_serve_command_binds_localhost_and_stops_on_ctrl_c(study):
 
 
 def test_loopback_detection_for_the_bind_warning():
-    from sumrl.human.cli import HumanServeConfig
+    from sumrl.human.server import HumanServeConfig
     from sumrl.human.server import is_loopback
 
     assert HumanServeConfig().host == "127.0.0.1"

@@ -239,6 +239,11 @@ def test_quantile_examples_follow_the_stated_rule(tmp_path):
     assert main(["report", *dirs, "--out", str(tmp_path / "c.html"), "--examples-by", "sft:la_rougeL"]) == 0
     assert re.findall(r'data-id="([^"]+)"', (tmp_path / "c.html").read_text().split('id="examples"')[1]) == \
         ["a", "d", "e"]
+    # the job behind the command, called directly with its config
+    from sumrl.report.build import ReportConfig, write_report
+
+    d = write_report(ReportConfig(runs=dirs, out=str(tmp_path / "d.html"), n_examples=3, examples_by="sft:la_rougeL"))
+    assert re.findall(r'data-id="([^"]+)"', d.read_text().split('id="examples"')[1]) == ["a", "d", "e"]
     assert main(["report", *dirs, "--out", str(tmp_path / "c.html"), "--examples-by", "sft"]) == 2
     assert main(["report", *dirs, "--out", str(tmp_path / "c.html"), "--examples-by", "nope:la_rougeL"]) == 2
 

@@ -291,6 +291,47 @@ def test_eval_rewards_table(pairs_file, tmp_path, capsys):
     assert "| rouge |" in capsys.readouterr().out
 
 
+def test_eval_rewards_library_selects_limits_and_writes(pairs_file, tmp_path):
+    """The job behind `sumrl rm eval-rewards`, called directly: split and per-source limit, the
+    rewards built by name, the written file equal to the returned value."""
+    from sumrl.rewards.agreement import EvalRewardsConfig, build_rewards, eval_rewards, first_per_source, select_pairs
+
+    rows = [{"source": s, "k": k} for k, s in enumerate("aabab")]
+    assert [r["k"] for r in first_per_source(rows, 2)] == [0, 1, 2, 4]
+    assert first_per_source(rows, None) == rows and first_per_source(rows, 0) == rows
+    assert [r["meta"]["split"] for r in select_pairs([str(pairs_file)])] == ["test", "test"]
+    assert len(select_pairs([str(pairs_file)], split="all")) == 6
+    assert len(select_pairs([str(pairs_file), str(pairs_file)], split="train", limit=3)) == 3  # per source "toy"
+    with pytest.raises(ConfigError, match="no pairs in split 'val'"):
+        select_pairs([str(pairs_file)], split="val")
+    assert [n for n, _ in build_rewards(" rouge, ,eos")] == ["rouge", "eos"]
+    out = tmp_path / "t.json"
+    cfg = EvalRewardsConfig(pairs=[str(pairs_file)], rewards="rouge,repetition", limit=1, out=str(out), bootstrap=0)
+    res = eval_rewards(cfg, progress=False)
+    assert res["n_pairs"] == 1 and [t["reward"] for t in res["table"]] == ["rouge", "repetition"]
+    assert all(t["accuracy"] == 1.0 and "ci" not in t for t in res["table"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert "human_scores" not in res
+
+
+def test_format_rm_metrics_both_kinds():
+    from sumrl.training.rm import format_rm_metrics
+
+    assert format_rm_metrics({"kind": "preference", "heldout_pairwise_accuracy": 0.75, "n_test_pairs": 8}) == \
+        "held-out pairwise accuracy: 0.750 (n=8)"
+    assert "n/a (n=0)" in format_rm_metrics({"kind": "preference", "heldout_pairwise_accuracy": None,
+                                              "n_test_pairs": 0})
+    text = format_rm_metrics({"kind": "synthetic", "eval_split": "test",
+                              "heldout_accuracy_per_class": {"random": {"accuracy": 1.0, "n": 2, "mean_margin": 0.5},
+                                                             "shuffle": {"accuracy": None, "n": 0}},
+                              "token_normalization": {"mean": 0.1, "std": 0.2, "n": 30},
+                              "paper_equivalent_length": {"per_token_penalty": 12.5, "short_penalty": 3.0}})
+    lines = text.splitlines()
+    assert lines[1].split() == ["random", "1.000", "(n=2)", "mean", "margin", "+0.500"]
+    assert lines[2].split() == ["shuffle", "n/a", "(n=0)"]
+    assert "per_token_penalty 12.50, short_penalty 3.00" in lines[3]
+
+
 def test_lastmile_recipes():
     from pathlib import Path
 

@@ -17,11 +17,28 @@ writes null.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
+from sumrl.config import opt
+from sumrl.errors import ConfigError
 from sumrl.human import db
 from sumrl.human.stats import Judgment, load_judgments
 from sumrl.utils.io import write_jsonl
+
+
+@dataclass
+class HumanExportConfig:
+    """``sumrl human export``."""
+
+    db: str = opt("", help="study database")
+    out: str = opt("", help="output preference pairs (JSONL) for `sumrl rm --kind preference` / DPO")
+    margin: str = opt("ratings", help="margin: from the 1-7 rating difference, or null",
+                      choices=["ratings", "none"])
+
+    def validate(self) -> None:
+        if not self.db or not self.out:
+            raise ConfigError("--db and --out are required")
 
 
 def margin_from_ratings(chosen: dict[str, int], rejected: dict[str, int]) -> float | None:
@@ -65,3 +82,12 @@ def export_pairs(conn: sqlite3.Connection, out: str | Path, margin: str = "ratin
     rows = [r for r in (pair_row(j, margin) for j in judgments) if r is not None]
     write_jsonl(out, rows)
     return {"judgments": len(judgments), "exported": len(rows), "ties_skipped": len(judgments) - len(rows)}
+
+
+def export_study(cfg: HumanExportConfig) -> dict:
+    """``sumrl human export``: the study ``cfg.db``'s judgments -> ``cfg.out``; returns the counts."""
+    conn = db.open_study(cfg.db)
+    try:
+        return export_pairs(conn, cfg.out, margin=cfg.margin)
+    finally:
+        conn.close()

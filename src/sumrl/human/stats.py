@@ -18,7 +18,21 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable, Sequence
 
+from sumrl.config import opt
+from sumrl.errors import ConfigError
 from sumrl.human import db
+
+
+@dataclass
+class HumanStatsConfig:
+    """``sumrl human stats``."""
+
+    db: str = opt("", help="study database")
+    json: str | None = opt(None, help="also write the statistics to this JSON file")
+
+    def validate(self) -> None:
+        if not self.db:
+            raise ConfigError("--db is required")
 
 
 @dataclass
@@ -207,6 +221,32 @@ def compute_stats(conn: sqlite3.Connection) -> dict:
     return {"counts": counts, "raters": per_rater, "win_rates": win_rates(judgments),
             "head_to_head": head_to_head(judgments), "mean_ratings": mean_ratings(judgments),
             "agreement": agreement(judgments)}
+
+
+def study_stats(cfg: HumanStatsConfig) -> dict:
+    """``sumrl human stats``: the statistics of the study ``cfg.db`` (also written to ``cfg.json``,
+    NaN as null)."""
+    conn = db.open_study(cfg.db)
+    try:
+        s = compute_stats(conn)
+    finally:
+        conn.close()
+    if cfg.json:
+        from sumrl.utils.io import write_json
+
+        write_json(cfg.json, nan_to_none(s))
+    return s
+
+
+def nan_to_none(obj):
+    """NaN is not valid JSON: undefined statistics are written as null."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    return obj
 
 
 def _f(x: float | None, digits: int = 3) -> str:

@@ -20,10 +20,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sumrl.errors import DataError, SumrlError
+from sumrl.config import opt, to_dict
+from sumrl.errors import ConfigError, DataError, SumrlError
 from sumrl.human import db
 
 ScoreFn = Callable[[list[str], list[str], list["str | None"]], list[float]]
+
+
+@dataclass
+class HumanCreateConfig:
+    """``sumrl human create``."""
+
+    runs: list[str] = opt(default_factory=list, help="run folders written by `sumrl eval` (one system each, >= 2)")
+    db: str = opt("", help="path of the new study database (SQLite); must not exist yet")
+    pairs_per_doc: int = opt(0, help="judge at most K system pairs per document (0 = all pairs)")
+    max_pairs: int = opt(0, help="judge at most this many pairs in total (0 = all)")
+    raters: int = opt(1, help="number of raters; one access link is printed per rater")
+    rater_names: list[str] = opt(default_factory=list, help="rater names (default: rater1 .. raterN)")
+    raters_per_pair: int = opt(0, help="raters who judge each pair (0 = every rater judges every pair; "
+                                       ">= 2 overlap is needed for agreement statistics)")
+    select: str = opt("random", help="which pairs first: random, or where the reward model is least certain",
+                      choices=["random", "uncertain"])
+    rm: str | None = opt(None, help="reward model folder scoring the summaries for --select uncertain")
+    seed: int = opt(0, help="seed of the pair order and the left/right randomisation")
+    base_url: str = opt("http://127.0.0.1:8765", help="address raters reach `sumrl human serve` at (for the links)")
+
+    def validate(self) -> None:
+        if len(self.runs) < 2:
+            raise ConfigError("--runs needs at least two run folders (pairs compare systems)")
+        if not self.db:
+            raise ConfigError("--db is required")
+        if self.raters < 1:
+            raise ConfigError("--raters must be >= 1")
+        if self.rater_names and len(self.rater_names) != self.raters:
+            raise ConfigError(f"--rater-names gives {len(self.rater_names)} names for --raters {self.raters}")
+        if self.select == "uncertain" and not self.rm:
+            raise ConfigError("--select uncertain needs --rm DIR (a reward model to measure uncertainty)")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError("--base-url must start with http:// or https://")
 
 
 @dataclass
@@ -193,6 +227,8 @@ class CreatedStudy:
     links: dict[str, str]  # rater name -> access link (the only place the token is ever shown)
     n_pairs: int
     n_assignments: int
+    n_documents: int = 0  # documents read from the runs (set by create_from_runs)
+    n_candidates: int = 0  # system pairs that could have been judged (set by create_from_runs)
 
 
 def create_study(db_path: str | Path, docs: dict[str, Doc], selected: Sequence[Candidate], *,
@@ -255,6 +291,28 @@ def create_study(db_path: str | Path, docs: dict[str, Doc], selected: Sequence[C
         raise
     conn.close()
     return CreatedStudy(links=links, n_pairs=len(pair_ids), n_assignments=n_assign)
+
+
+def load_rm_score_fn(path: str) -> ScoreFn:
+    """A saved reward model's ``score(documents, summaries, queries)`` (torch is imported only here)."""
+    from sumrl.rewards.reward_model import load_reward_model
+
+    return load_reward_model(path).score
+
+
+def create_from_runs(cfg: HumanCreateConfig) -> CreatedStudy:
+    """``sumrl human create``: read the runs, form and select pairs (``--select uncertain`` scores
+    them with ``cfg.rm``), write the study database. The links are only in the returned value."""
+    docs = load_runs(cfg.runs)
+    cands = candidate_pairs(docs)
+    score_fn = load_rm_score_fn(cfg.rm) if cfg.select == "uncertain" else None
+    selected = select_pairs(cands, docs, strategy=cfg.select, pairs_per_doc=cfg.pairs_per_doc,
+                            max_pairs=cfg.max_pairs, score_fn=score_fn, seed=cfg.seed)
+    names = cfg.rater_names or [f"rater{i + 1}" for i in range(cfg.raters)]
+    study = create_study(cfg.db, docs, selected, raters=names, raters_per_pair=cfg.raters_per_pair,
+                         base_url=cfg.base_url, seed=cfg.seed, info={"config": to_dict(cfg)})
+    study.n_documents, study.n_candidates = len(docs), len(cands)
+    return study
 
 
 def rater_for_token(conn: sqlite3.Connection, token: str) -> sqlite3.Row | None:

@@ -19,7 +19,6 @@ Every number comes with a 95% percentile bootstrap CI over held-out *documents* 
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -144,7 +143,10 @@ def human_score_tables(root: str, rewards: Sequence[tuple[str, Any]], n_bootstra
     fact = [it.scores["factuality"] for it in f_test]
     f_docs = [it.doc_id for it in f_test]
     s_docs = [it.doc_id for it in s_test]
-    for name, reward in rewards:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(rewards, desc="human scores", unit="reward", disable=not progress, leave=False)
+    for name, reward in bar:
         if getattr(reward, "needs_references", False) and not all(it.reference for it in f_test + f_train + s_test):
             out["frank"].append({"reward": name, "note": "needs references"})
             continue
@@ -168,9 +170,9 @@ def human_score_tables(root: str, rewards: Sequence[tuple[str, Any]], n_bootstra
             row[f"{dim}_ci"] = list(cluster_bootstrap(s_docs, lambda idx: summary_level_tau(ss, h, s_docs, idx),
                                                       n_bootstrap, seed))
         out["summeval"].append(row)
-        if progress:
-            print(f"  {name}: FRANK balanced accuracy {ba:.3f}, tau {tau:.3f}; SummEval tau coherence "
-                  f"{row['coherence']:.3f} consistency {row['consistency']:.3f}", file=sys.stderr, flush=True)
+        bar.set_postfix_str(f"{name}: FRANK balanced accuracy {ba:.3f}, tau {tau:.3f}; SummEval tau coherence "
+                            f"{row['coherence']:.3f} consistency {row['consistency']:.3f}")
+    bar.close()
     return out
 
 

@@ -410,3 +410,28 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
                "heldout_pairwise_accuracy": acc, "normalization": normalization,
                "token_normalization": token_normalization, "seconds": round(time.time() - t0, 1)}
     return par.save_and_finish(model, cfg, "preference", normalization, token_normalization, metrics)
+
+
+def train_reward_model(cfg: Any) -> dict[str, Any]:
+    """``sumrl rm train``: the reward model of ``cfg.kind`` (synthetic negatives or preference pairs)."""
+    return train_synthetic_rm(cfg) if cfg.kind == "synthetic" else train_preference_rm(cfg)
+
+
+def format_rm_metrics(metrics: dict[str, Any]) -> str:
+    """What ``sumrl rm train`` prints of a finished run's metrics: held-out accuracy per negative class
+    and the token-value scale (synthetic), or held-out pairwise accuracy (preference)."""
+    if metrics["kind"] != "synthetic":
+        acc = metrics["heldout_pairwise_accuracy"]
+        return f"held-out pairwise accuracy: {'n/a' if acc is None else f'{acc:.3f}'} (n={metrics['n_test_pairs']})"
+    lines = [f"held-out accuracy per negative class ({metrics['eval_split']} split: reference scored above its "
+             f"negative; documents never trained on):"]
+    for c, v in metrics["heldout_accuracy_per_class"].items():
+        acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
+        margin = "" if v.get("mean_margin") is None else f"  mean margin {v['mean_margin']:+.3f}"
+        lines.append(f"  {c:16s} {acc:>6s}  (n={v['n']}){margin}")
+    tn = metrics["token_normalization"]
+    pe = metrics["paper_equivalent_length"]
+    lines.append(f"token values on val references: mean {tn['mean']:.4f}, std {tn['std']:.4f} (n={tn['n']}); the "
+                 f"paper's -2.5 length penalty in these units: length reward per_token_penalty "
+                 f"{pe['per_token_penalty']:.2f}, short_penalty {pe['short_penalty']:.2f}")
+    return "\n".join(lines)
