@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 from sumrl.config import opt, to_dict
 from sumrl.errors import ConfigError, DataError, SumrlError
 from sumrl.human import db
+from sumrl.utils.seeds import PAIR_ORDER, SIDES, derive_seed
 
 ScoreFn = Callable[[list[str], list[str], list["str | None"]], list[float]]
 
@@ -170,7 +171,7 @@ def select_pairs(candidates: Sequence[Candidate], docs: dict[str, Doc], *, strat
         raise SumrlError(f"unknown selection strategy '{strategy}' (random, uncertain)")
     if pairs_per_doc < 0 or max_pairs < 0:
         raise SumrlError("pairs_per_doc and max_pairs must be >= 0")
-    rng = random.Random(seed)
+    rng = random.Random(derive_seed(seed, PAIR_ORDER))
     cands = [Candidate(c.doc_id, c.system_a, c.system_b) for c in candidates]
     if strategy == "uncertain":
         if score_fn is None:
@@ -242,7 +243,7 @@ def create_study(db_path: str | Path, docs: dict[str, Doc], selected: Sequence[C
         raise SumrlError("no pairs to judge: need >= 2 runs with different summaries of the same document ids")
     if not raters or len(set(raters)) != len(raters):
         raise SumrlError("need at least one rater, with distinct names")
-    rng = random.Random(seed + 1)
+    rng = random.Random(derive_seed(seed, SIDES))
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = db.connect(db_path)
     try:

@@ -273,6 +273,11 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     _log(f"{len(train)} training references; {cut} ({100 * cut / len(train):.1f}%) are longer than "
          f"max_summary_tokens={model.max_summary_tokens} and are cut (the RM sees their beginning only)")
     neg_train = make_negatives(train, classes, seed=cfg.seed)
+    # `seed + 1`, not derive_seed (docs/architecture.md, "One rule per decision"): the held-out
+    # accuracies in docs/rewards.md (rm_lastmile, its --seed 1 continuation, the MiniLM table) were
+    # measured with these negatives, and a rerun of their commands (26-47 min each) must give them
+    # again. Harmless here: negatives are seeded per (seed, class, document id), and a run's
+    # held-out documents are never its training documents.
     neg_test = make_negatives(test, classes, seed=cfg.seed + 1) if test else {c: [] for c in classes}
     counts_train = drop_unseen_negatives(model, train, neg_train)
     counts_test = drop_unseen_negatives(model, test, neg_test) if test else {}

@@ -17,6 +17,8 @@ REFERENCE_ORDER = "reference-order"  # RL: the order of the reference (guided) s
 ROLLOUT = "rollout"  # RL: per-step rollout decisions (roll-in / roll-out points, guide calls)
 MINIBATCH = "minibatch"  # RL: the shuffles of a step's episodes into mini-batches
 SAMPLING = "sampling"  # RL with several processes: each rank's sampling RNG at a step
+PAIR_ORDER = "pair-order"  # human study: which pairs are judged, and in what order (--select random)
+SIDES = "sides"  # human study: left/right placement of each rater's pairs
 
 
 def derive_seed(seed: int, purpose: str, index: int = 0) -> int:
