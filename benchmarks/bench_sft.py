@@ -80,7 +80,7 @@ def run_one(spec: dict) -> dict:
     model, tok, _ = build_model(cfg)
     L = spec["length"]
     ids = torch.randint(100, len(tok) - 1, (L,)).tolist()
-    batch = collate_packed([TrainSequence(ids, L - min(TARGET_TOKENS, L // 2), "bench")])
+    batch = collate_packed([TrainSequence(ids, L - min(TARGET_TOKENS, L // 2))])
     loss_mod = CausalLMLoss(model, chunk_size=512, bf16=cfg.bf16)
     params = trainable(model)
     opt = build_optimizer(params, lr=1e-5)

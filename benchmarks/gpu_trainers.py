@@ -69,7 +69,9 @@ def build_policy(out: Path, dry_run: bool) -> None:
 
 
 def last_metrics(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from sumrl.data.formats import read_metrics_log
+
+    rows = read_metrics_log(run)
     steps = [r for r in rows if "train/lr" in r or "policy/loss" in r or "objective/reward" in r]
     return steps[-1] if steps else {}
 

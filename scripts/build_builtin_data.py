@@ -95,9 +95,10 @@ def write_jsonl_gz(path: Path, rows: list[dict]) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from sumrl.utils.io import iter_jsonl_bytes
+
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return [r for _, r in iter_jsonl_bytes(data, file=path)]
 
 
 def build_scisummnet(shared: Path) -> tuple[list[dict], dict]:

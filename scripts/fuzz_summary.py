@@ -10,12 +10,13 @@ outcome (one-line error, accepted, traceback, hang, exit 0 on bad input, ...).
 from __future__ import annotations
 
 import collections
-import json
 import sys
 
 
 def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    from sumrl.utils.io import iter_jsonl_file
+
+    rows = [r for _, r in iter_jsonl_file(path, tolerate_torn_tail=True)]  # the log of a suite still running
     last = {r["id"]: r for r in rows}  # a case logged twice (a rerun): its last outcome counts
     kinds = collections.Counter(r["outcome"] for r in last.values() if r["outcome"].startswith("traceback"))
     for r in last.values():  # one column for tracebacks; their exception types are listed below

@@ -41,9 +41,9 @@ def test_plan_padded_counts_padding():
 def test_shifted_labels_mask_prompt_and_boundary():
     ids = [5, 6, 7, 8, 9]
     assert shifted_labels(ids, n_prompt=3) == [IGNORE_INDEX, IGNORE_INDEX, 8, 9, IGNORE_INDEX]
-    seq = TrainSequence(ids, 3, "x")
+    seq = TrainSequence(ids, 3)
     assert n_target_tokens(seq) == sum(l != IGNORE_INDEX for l in shifted_labels(ids, 3)) == 2
-    packed = collate_packed([seq, TrainSequence([1, 2, 3], 1, "y")])
+    packed = collate_packed([seq, TrainSequence([1, 2, 3], 1)])
     assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2]]
     # the last token of the first sequence must not predict the first token of the next one
     assert packed["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 8, 9, IGNORE_INDEX, 2, 3, IGNORE_INDEX]]
@@ -61,8 +61,8 @@ def _tiny(seed=0):
 
 def _random_seqs(vocab, lengths, prompts, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [TrainSequence(torch.randint(3, vocab, (n,), generator=g).tolist(), p, f"s{i}")
-            for i, (n, p) in enumerate(zip(lengths, prompts))]
+    return [TrainSequence(torch.randint(3, vocab, (n,), generator=g).tolist(), p)
+            for n, p in zip(lengths, prompts)]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

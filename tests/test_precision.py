@@ -45,6 +45,15 @@ def test_cpu_auto_measures_once_and_caches(cache, monkeypatch):
     assert entry["float32"] == 100.0 and entry["bfloat16"] == 700.0
 
 
+@pytest.mark.parametrize("damaged", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_a_damaged_cache_is_measured_again(cache, monkeypatch, damaged):
+    monkeypatch.setattr(precision, "_measure_cpu", lambda size=512, repeats=3: {"float32": 100.0, "bfloat16": 700.0})
+    cache.write_bytes(damaged)
+    use, why = resolve_bf16("auto", "cpu")
+    assert use is True and "measured now" in why
+    assert isinstance(json.loads(cache.read_text()), dict)  # rewritten whole
+
+
 def test_cpu_auto_refuses_slow_bf16(cache, monkeypatch):
     # a CPU without bf16 matrix units: bf16 slower than fp32 (the 170 vs 310 GFLOP/s)
     monkeypatch.setattr(precision, "_measure_cpu", lambda size=512, repeats=3: {"float32": 310.0, "bfloat16": 170.0})

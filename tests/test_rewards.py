@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sumrl.errors import ConfigError, SumrlError
-from sumrl.rewards.align import spans_to_token_mask, spread_penalties, token_char_spans
+from sumrl.rewards.align import spread_penalties, token_char_spans
 from sumrl.rewards.base import RewardInput
 from sumrl.rewards.metric import (CopyReward, EosReward, FaithfulnessReward, LengthReward, RepetitionReward,
                                   RougeReward)
@@ -47,10 +47,10 @@ def test_token_char_spans_cover_text_exactly_including_partial_utf8(tiny_tokeniz
     assert any(s == e for s, e in spans)
 
 
-def test_spans_to_token_mask_marks_overlapping_tokens_only():
+def test_spread_penalties_reach_overlapping_tokens_only():
     token_spans = [(0, 3), (3, 6), (6, 6), (6, 10)]
-    assert spans_to_token_mask([(4, 5)], token_spans) == [False, True, False, False]
-    assert spans_to_token_mask([(2, 7)], token_spans) == [True, True, False, True]
+    # (2, 7) overlaps tokens 0, 1 and 3; token 2 is empty (half a character): it carries nothing
+    assert spread_penalties(4, token_spans, [((2, 7), -3.0)]) == ([-1.0, -1.0, 0.0, -1.0], 0.0)
     vals, left = spread_penalties(4, token_spans, [((4, 5), -1.0), ((20, 25), -0.5)])
     assert vals == [0.0, -1.0, 0.0, 0.0] and left == -0.5
 

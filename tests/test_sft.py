@@ -218,7 +218,7 @@ def test_resume_reproduces_the_uninterrupted_trajectory(tiny_model_dir, sft_data
 def test_cli_recipe_sft_then_eval_and_summarize(tiny_model_dir, sft_data, tmp_path, capsys):
     from sumrl.cli import main
     from sumrl.models.loading import load_model
-    from sumrl.utils.io import read_json
+    from sumrl.utils.io import read_json_file
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {tiny_model_dir}\ndata: {sft_data}\nmax_seq_len: 128\nmax_target_tokens: 32\n"
@@ -229,7 +229,7 @@ def test_cli_recipe_sft_then_eval_and_summarize(tiny_model_dir, sft_data, tmp_pa
     done_line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("sft done:")]
     assert len(done_line) == 1 and "steps 3" in done_line[0]
     assert re.search(r"\d+ tokens/s \(training steps of this run\)", done_line[0]), done_line
-    saved = read_json(out / "sft_config.json")
+    saved = read_json_file(out / "sft_config.json")
     assert saved["lora_r"] == 8 and saved["steps"] == 3 and saved["lora"] is True  # flag beats recipe
     names = {r.get("step"): r for r in _metrics(out) if "val/loss" in r}
     assert sorted(names) == [0, 2, 3]  # before training, every 2 steps, after the last
@@ -244,7 +244,7 @@ def test_cli_recipe_sft_then_eval_and_summarize(tiny_model_dir, sft_data, tmp_pa
 
     assert main(["eval", "--model", str(out), "--data", str(sft_data), "--split", "test", "--limit", "2",
                  "--max-new-tokens", "8", "--no-semantic", "--n-bootstrap", "10", "--out", str(tmp_path / "ev")]) == 0
-    assert read_json(tmp_path / "ev" / "metrics.json")["n"] == 2
+    assert read_json_file(tmp_path / "ev" / "metrics.json")["n"] == 2
     assert main(["summarize", "--model", str(out), "--data", str(sft_data), "--split", "test", "--limit", "1",
                  "--max-new-tokens", "8", "--out", str(tmp_path / "s.jsonl")]) == 0
 

@@ -8,7 +8,6 @@ docs/data.md for the selection rules) and licensed by their authors as listed in
 from __future__ import annotations
 
 import gzip
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -77,8 +76,10 @@ def builtin_data_dir() -> Any:
 @lru_cache(maxsize=None)
 def _rows(file: str) -> tuple[dict, ...]:
     # Parsed once per process (ScisummNet is ~9 MB compressed); callers get fresh Examples.
-    with builtin_data_dir().joinpath(file).open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
-        return tuple(json.loads(line) for line in f if line.strip())
+    from sumrl.utils.io import iter_jsonl_bytes
+
+    with builtin_data_dir().joinpath(file).open("rb") as raw, gzip.open(raw, "rb") as f:
+        return tuple(row for _, row in iter_jsonl_bytes(f.read(), file=f"builtin_data/{file}"))
 
 
 def _examples(ds: BuiltinDataset, row: dict) -> list[Example]:

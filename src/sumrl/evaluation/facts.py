@@ -39,7 +39,6 @@ import bisect
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Iterable
 
 from sumrl.evaluation.text import sentence_spans
 
@@ -294,8 +293,3 @@ def fact_precision(summary: str, source: "str | FactIndex") -> tuple[float, int,
     if not facts:
         return 1.0, 0, 0
     return (len(facts) - n_bad) / len(facts), len(facts), n_bad
-
-
-def facts_by_kind(facts: Iterable[Fact], kind: str) -> list[Fact]:
-    """The facts of one kind ("number" or "name")."""
-    return [f for f in facts if f.kind == kind]

@@ -7,7 +7,6 @@ one run folder (see docs/architecture.md): ``predictions.jsonl``, ``metrics.json
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -145,9 +144,3 @@ def _fmt(v: dict) -> str:
         return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
 
     return f"{f(v['mean'])} [{f(v['ci_low'])}, {f(v['ci_high'])}]"
-
-
-def timed(fn, *a, **kw):
-    t = time.perf_counter()
-    r = fn(*a, **kw)
-    return r, time.perf_counter() - t

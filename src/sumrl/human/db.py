@@ -24,7 +24,6 @@ from sumrl.errors import SumrlError
 
 SCHEMA_VERSION = 1
 CRITERIA = ("accuracy", "coverage", "coherence", "readability")
-CHOICES = ("a", "b", "tie")
 
 SCHEMA = """
 CREATE TABLE meta (

@@ -47,8 +47,7 @@ class Judgment:
     system_b: str
     text_a: str
     text_b: str
-    summary_a: int
-    summary_b: int
+    summary_a: int  # the database id of summary a (its ratings are keyed by summary id)
     choice: str  # "a", "b" or "tie"
     comment: str
     ratings: dict[str, dict[str, int]] = field(default_factory=dict)  # "a"/"b" -> criterion -> 1..7
@@ -59,7 +58,7 @@ def load_judgments(conn: sqlite3.Connection) -> list[Judgment]:
     for r in conn.execute(
             "SELECT j.judgment_id, j.choice, j.comment, r.name AS rater, p.pair_id, d.id AS doc_id, d.document, "
             "d.query, sa.system AS system_a, sb.system AS system_b, sa.text AS text_a, sb.text AS text_b, "
-            "sa.summary_id AS summary_a, sb.summary_id AS summary_b "
+            "sa.summary_id AS summary_a "
             "FROM judgments j JOIN assignments a ON a.assignment_id = j.assignment_id "
             "JOIN raters r ON r.rater_id = a.rater_id JOIN pairs p ON p.pair_id = a.pair_id "
             "JOIN documents d ON d.doc_key = p.doc_key "
@@ -67,7 +66,7 @@ def load_judgments(conn: sqlite3.Connection) -> list[Judgment]:
             "ORDER BY j.judgment_id"):
         out[r["judgment_id"]] = Judgment(
             r["judgment_id"], r["rater"], r["pair_id"], r["doc_id"], r["document"], r["query"], r["system_a"],
-            r["system_b"], r["text_a"], r["text_b"], r["summary_a"], r["summary_b"], r["choice"], r["comment"],
+            r["system_b"], r["text_a"], r["text_b"], r["summary_a"], r["choice"], r["comment"],
             {"a": {}, "b": {}})
     for r in conn.execute("SELECT judgment_id, summary_id, criterion, value FROM ratings"):
         j = out[r["judgment_id"]]

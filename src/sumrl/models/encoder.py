@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from sumrl.errors import ModelNotFoundError
 
@@ -76,10 +75,6 @@ class SentenceEncoder:
             out.index_add_(0, torch.tensor(owner), embs)
         return torch.nn.functional.normalize(out, dim=-1)
 
-    def encode_windows(self, text: str, window_words: int = WINDOW_WORDS):
-        """(n_windows, 384) embeddings of consecutive word windows of one text."""
-        return self.encode(split_windows(text, window_words))
-
 
 def split_windows(text: str, window_words: int = WINDOW_WORDS) -> list[str]:
     """Consecutive windows of ``window_words`` whitespace words (the last one shorter)."""
@@ -104,8 +99,3 @@ def sample_windows(text: str, window_words: int = WINDOW_WORDS, max_windows: int
 def get_encoder(path: str | None = None) -> SentenceEncoder:
     """Process-wide shared encoder (loading takes ~1 s; reuse it across metrics and rewards)."""
     return SentenceEncoder(path)
-
-
-def cosine(a: Any, b: Any):
-    """Row-wise cosine of two (N, D) tensors of unit vectors."""
-    return (a * b).sum(-1)

@@ -28,7 +28,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -412,7 +411,7 @@ def load_model(spec: str, *, dtype: str | None = "float32", device: str | None =
         from peft import PeftModel
 
         if load_in_4bit is None and (Path(r.path) / SUMRL_MODEL_FILE).exists():
-            load_in_4bit = bool(json.loads((Path(r.path) / SUMRL_MODEL_FILE).read_text()).get("load_in_4bit"))
+            load_in_4bit = bool(read_model_meta(r.path).get("load_in_4bit"))
         if load_in_4bit and resolve(r.base).kind == "adapter":
             raise SumrlError(f"{spec}: a stacked adapter cannot be loaded on a 4-bit base (the adapter below it "
                              f"would be merged into 4-bit weights)")
@@ -478,13 +477,3 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, *, base_spec: st
         tokenizer.save_pretrained(tmp)
         meta = {"base": base_spec, **(extra or {})}
         (tmp / SUMRL_MODEL_FILE).write_text(json.dumps(meta, indent=2))
-
-
-def describe_models() -> str:
-    lines = [f"  {name:14s} {pm.description}" for name, pm in PACKAGED_MODELS.items()]
-    return "\n".join(lines)
-
-
-def clear_cache(name: str) -> None:
-    pm = PACKAGED_MODELS[ALIASES.get(name, name)]
-    shutil.rmtree(cache_dir() / "models" / pm.key, ignore_errors=True)

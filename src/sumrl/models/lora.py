@@ -69,9 +69,3 @@ def disable_dropout(model: Any) -> None:
             for attr in names:
                 if isinstance(getattr(c, attr, None), float):
                     setattr(c, attr, 0.0)
-
-
-def trainable_parameters(model: Any) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return train, total

@@ -96,12 +96,14 @@ def _cpu_decision() -> tuple[bool, str]:
     threads = torch.get_num_threads()
     key = hashlib.sha256(f"{name}|{flags}|{torch.__version__}|{threads}".encode()).hexdigest()[:16]
     path = _cache_file()
-    cache: dict = {}
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
+    from sumrl.errors import DataError
+    from sumrl.utils.io import read_json_file
+
+    try:  # a missing or damaged cache is measured again, never an error
+        cache = read_json_file(path)
+    except DataError:
+        cache = {}
+    if not isinstance(cache, dict):
         cache = {}
     entry = cache.get(key)
     how = "cached measurement"

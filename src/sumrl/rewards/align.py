@@ -58,28 +58,6 @@ def token_char_spans(tokenizer: Any, token_ids: Sequence[int], text: str | None 
     return spans
 
 
-def spans_to_token_mask(char_spans: Sequence[tuple[int, int]], token_spans: Sequence[tuple[int, int]]) -> list[bool]:
-    """True for every token whose character span overlaps one of ``char_spans``."""
-    return [bool(i) for i in spans_to_token_groups(char_spans, token_spans, flat=True)]
-
-
-def spans_to_token_groups(char_spans: Sequence[tuple[int, int]], token_spans: Sequence[tuple[int, int]],
-                          *, flat: bool = False) -> Any:
-    """For each char span, the indices of the tokens overlapping it (list of lists).
-
-    With ``flat=True``: a per-token count of overlapping spans instead. Empty token spans never
-    overlap anything (they carry no characters of the problem).
-    """
-    groups: list[list[int]] = []
-    counts = [0] * len(token_spans)
-    for a, b in char_spans:
-        idx = [k for k, (s, e) in enumerate(token_spans) if e > s and s < b and e > a]
-        groups.append(idx)
-        for k in idx:
-            counts[k] += 1
-    return counts if flat else groups
-
-
 def spread_penalties(n_tokens: int, token_spans: Sequence[tuple[int, int]],
                      penalties: Sequence[tuple[tuple[int, int], float]]) -> tuple[list[float], float]:
     """Spread each ``((start, end), value)`` evenly over the tokens that carry the span.

@@ -16,8 +16,6 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
@@ -43,7 +41,6 @@ __all__ = [
 
 KL_KINDS = ("k1", "k2", "k3")
 AGG_MODES = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "constant")
-AggMode = Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "constant"]
 
 
 # --------------------------------------------------------------------------------------------

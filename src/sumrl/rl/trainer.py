@@ -652,7 +652,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from sumrl.training.optim import build_optimizer, build_scheduler, trainable
     from sumrl.training.common import StepSampler
-    from sumrl.utils.io import read_json, write_json
+    from sumrl.utils.io import read_json_file, write_json
     from sumrl.utils.logging import MetricLogger
 
     out = Path(cfg.out)
@@ -668,7 +668,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     say = log.info if is_main else (lambda *a, **k: None)
     resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
     if resume_from is not None:
-        bad = _resume_mismatches(read_json(resume_from / "state.json").get("config", {}), cfg)
+        bad = _resume_mismatches(read_json_file(resume_from / "state.json").get("config", {}), cfg)
         if bad:
             raise ConfigError("--resume with settings that change the run: " + "; ".join(bad))
     set_seed(cfg.seed)

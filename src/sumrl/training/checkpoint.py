@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sumrl.errors import SumrlError
-from sumrl.utils.io import atomic_dir, atomic_write_text, read_json, write_json
+from sumrl.utils.io import atomic_dir, atomic_write_text, read_json_file, write_json
 
 LAST = "last"
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -140,7 +140,7 @@ def load_checkpoint(path: str | Path, *, model: Any, optimizer: Any | None = Non
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
     if restore_rng:
         set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))
-    return read_json(path / "state.json")
+    return read_json_file(path / "state.json")
 
 
 # ---------------------------------------------------------------------------------------------

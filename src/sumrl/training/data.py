@@ -33,7 +33,6 @@ class TrainSequence:
 
     input_ids: list[int]
     n_prompt: int
-    example_id: str
     kind: str = "none"  # none | truncate | map | reduce
 
     @property
@@ -125,7 +124,7 @@ def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_
         room = min(room, max_prompt_tokens)
     prompt, truncated = _fit_prompt(tokenizer, doc_ids, ex.query, instruction, room)
     if not truncated or strategy == "truncate":
-        return [TrainSequence(prompt + target, len(prompt), ex.id, "truncate" if truncated else "none")]
+        return [TrainSequence(prompt + target, len(prompt), "truncate" if truncated else "none")]
 
     # chunk: map sequences on aligned reference sentences + one reduce sequence.
     from sumrl.evaluation.text import sentences as split_sentences
@@ -145,10 +144,10 @@ def encode_example(tokenizer: Any, ex: Example, *, max_seq_len: int, max_target_
         t_ids = _target_ids(tokenizer, part, max_target_tokens)
         p_room = max_seq_len if seq2seq_prefix(tokenizer) is not None else max_seq_len - len(t_ids)
         p_ids, _ = _fit_prompt(tokenizer, w_ids, ex.query, CHUNK_INSTRUCTION, min(p_room, max_prompt_tokens or p_room))
-        out.append(TrainSequence(p_ids + t_ids, len(p_ids), ex.id, "map"))
+        out.append(TrainSequence(p_ids + t_ids, len(p_ids), "map"))
     joined_ids = tokenizer("\n".join(partials), add_special_tokens=False)["input_ids"]
     p_ids, _ = _fit_prompt(tokenizer, joined_ids, ex.query, REDUCE_INSTRUCTION, room)
-    out.append(TrainSequence(p_ids + target, len(p_ids), ex.id, "reduce"))
+    out.append(TrainSequence(p_ids + target, len(p_ids), "reduce"))
     return out
 
 

@@ -211,7 +211,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     from sumrl.training.loss import make_loss_module
     from sumrl.training.optim import DivergenceGuard, build_optimizer, build_scheduler, parameters_finite, trainable
     from sumrl.training.packing import n_target_tokens, plan_micro_batches
-    from sumrl.utils.io import read_json, write_json
+    from sumrl.utils.io import read_json_file, write_json
     from sumrl.utils.logging import MetricLogger
 
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
@@ -241,7 +241,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     out = Path(cfg.out)
     resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
     if resume_from is not None:
-        saved_cfg = read_json(resume_from / "state.json").get("config", {})
+        saved_cfg = read_json_file(resume_from / "state.json").get("config", {})
         bad = _resume_mismatches(saved_cfg, cfg)
         if bad:
             raise ConfigError("--resume with settings that change the run: " + "; ".join(bad))

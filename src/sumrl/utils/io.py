@@ -62,14 +62,6 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     )
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return read_json_file(path)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    return [obj for _, obj in iter_jsonl_file(path)]
-
-
 def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()
@@ -202,10 +194,18 @@ def iter_jsonl_file(path: str | os.PathLike, *, tolerate_torn_tail: bool = False
     in the middle of an append leaves; it is dropped (with a one-line notice on stderr) instead
     of failing. Writers here always write whole lines, so only the last line can be torn.
     """
+    p = Path(path)
+    yield from iter_jsonl_bytes(_user_file_bytes(p, "JSONL"), file=p, tolerate_torn_tail=tolerate_torn_tail)
+
+
+def iter_jsonl_bytes(data: bytes, *, file: str | os.PathLike, tolerate_torn_tail: bool = False
+                     ) -> Iterator[tuple[int, Any]]:
+    """The line reader behind :func:`iter_jsonl_file`, for JSONL that is not a plain file (the
+    decompressed built-in datasets); ``file`` names it in errors."""
     from sumrl.errors import DataError
 
-    p = Path(path)
-    lines = _user_file_bytes(p, "JSONL").split(b"\n")
+    p = Path(file)
+    lines = data.split(b"\n")
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
