@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sumrl.config import BF16_HELP, AutoBool, opt
 from sumrl.data.options import DataOptions
 from sumrl.errors import ConfigError
+from sumrl.training.checkpoint import RUN_OPTIONS_RESUME_MUTABLE, RunOptions
 
 ALGOS = ["ppo", "grpo", "rloo", "ppo++", "aggrevated", "d2lols"]
 CRITIC_ALGOS = ("ppo", "ppo++", "aggrevated", "d2lols")  # learn a value function, GAE advantages
@@ -21,14 +22,13 @@ GUIDED_ALGOS = ("ppo++", "aggrevated", "d2lols")
 # Options that may change between an interrupted run and its --resume without changing what the
 # steps already run would have computed. ``steps`` may change (to extend a run) only with a constant
 # learning rate (min_lr_ratio 1): a decaying schedule depends on the run length.
-RESUME_MUTABLE = {
-    "resume", "overwrite", "out", "progress", "tensorboard", "log_every", "sample_every", "n_samples",
-    "save_every", "keep_checkpoints", "steps", "max_kl", "eval_every", "val_split", "val_examples", "val_batch_size",
+RESUME_MUTABLE = RUN_OPTIONS_RESUME_MUTABLE | {
+    "out", "sample_every", "n_samples", "steps", "max_kl", "eval_every", "val_split", "val_examples", "val_batch_size",
 }
 
 
 @dataclass
-class RLConfig(DataOptions):
+class RLConfig(RunOptions, DataOptions):
     # DataOptions.split defaults to "test" (evaluation); RL trains on the train split.
     split: str = opt("train", "split whose documents are the RL prompts")
     algo: str = opt("ppo", "algorithm: ppo (critic, per-token rewards, GAE), grpo / rloo (group baselines, no "
@@ -180,15 +180,9 @@ class RLConfig(DataOptions):
     val_examples: int = opt(8, "held-out documents summarised at each evaluation")
     val_batch_size: int = opt(8, "generation batch size of the held-out evaluation")
     # --- logging, checkpoints
-    log_every: int = opt(1, "log metrics every N steps")
     sample_every: int = opt(10, "log a sample table (document excerpt, summary, reward components) every N steps")
     n_samples: int = opt(2, "rows per sample table")
-    save_every: int = opt(10, "write a checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = opt(1, "checkpoints kept (the newest)")
-    resume: bool = opt(False, "continue from the last checkpoint in --out")
-    overwrite: bool = opt(False, "start over in an --out that already has checkpoints")
-    progress: bool = opt(True, "show a progress bar with ETA")
-    tensorboard: bool = opt(True, "also log to OUT/tensorboard")
+    save_every: int = opt(10, "write a checkpoint every N steps (and at the end)")  # RunOptions' field, RL's default
 
     # ------------------------------------------------------------------ derived settings
     @property
@@ -263,8 +257,8 @@ class RLConfig(DataOptions):
         need(0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0, "--gamma and --lam must be in [0, 1]")
         need(self.clip_eps > 0 and self.value_clip >= 0, "--clip-eps must be > 0 and --value-clip >= 0")
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        need(self.save_every >= 1 and self.log_every >= 1 and self.sample_every >= 0, "--save-every and --log-every "
-             "must be at least 1, --sample-every at least 0")
+        self.check_run_options()
+        need(self.sample_every >= 0, f"--sample-every must be at least 0, got {self.sample_every}")
         need(self.eval_every >= 0 and self.val_examples >= 1 and self.val_batch_size >= 1,
              "--eval-every must be >= 0, --val-examples and --val-batch-size at least 1")
         need(self.group_size >= 1, f"--samples-per-prompt must be at least 1, got {self.samples_per_prompt}")
@@ -275,7 +269,6 @@ class RLConfig(DataOptions):
             need(bool(self.guide), f"--algo {self.algo} needs --guide MODEL (the guide LLM)")
         elif self.guide:
             raise ConfigError(f"--guide is only used by {', '.join(GUIDED_ALGOS)}, not by --algo {self.algo}")
-        need(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
         if isinstance(self.reward, str):
             need(bool(self.reward.strip()), "--reward must name at least one reward")
         elif isinstance(self.reward, list):

@@ -21,11 +21,40 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sumrl.errors import SumrlError
+from sumrl.config import opt
+from sumrl.errors import ConfigError, SumrlError
 from sumrl.utils.io import atomic_dir, atomic_write_text, read_json_file, write_json
+
+
+@dataclass
+class RunOptions:
+    """The options of a training run's logs and checkpoints, shared by every trainer's config (SFT,
+    RL): what :func:`resume_point`, :func:`save_checkpoint` and the metric logger are told. A
+    trainer may redeclare a field to change its default (RL checkpoints more often)."""
+
+    log_every: int = opt(1, "log metrics every N steps")
+    save_every: int = opt(50, "write a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = opt(1, "checkpoints kept (the newest)")
+    resume: bool = opt(False, "continue from the last checkpoint in --out")
+    overwrite: bool = opt(False, "start over in an --out that already has checkpoints")
+    progress: bool = opt(True, "show a progress bar with ETA")
+    tensorboard: bool = opt(True, "also log to OUT/tensorboard")
+
+    def check_run_options(self) -> None:
+        for name in ("log_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+
+
+# RunOptions never change what a run computes: they may differ between a run and its --resume.
+RUN_OPTIONS_RESUME_MUTABLE = frozenset({"log_every", "save_every", "keep_checkpoints", "resume", "overwrite",
+                                        "progress", "tensorboard"})
 
 LAST = "last"
 _STEP_RE = re.compile(r"^step-(\d+)$")

@@ -10,17 +10,17 @@ from sumrl.config import BF16_HELP, AutoBool, opt
 from sumrl.data.options import DataOptions
 from sumrl.errors import ConfigError
 from sumrl.rewards.negatives import NEGATIVE_CLASSES
+from sumrl.training.checkpoint import RUN_OPTIONS_RESUME_MUTABLE, RunOptions
 
 # Options that may change between an interrupted run and its ``--resume`` without changing the
 # trajectory (schedule length is *not* among them: the cosine schedule depends on it).
-RESUME_MUTABLE = {
-    "resume", "overwrite", "out", "progress", "tensorboard", "log_every", "eval_every", "save_every",
-    "keep_checkpoints", "val_generate", "val_max_new_tokens", "val_batch_size", "max_loss_ratio",
+RESUME_MUTABLE = RUN_OPTIONS_RESUME_MUTABLE | {
+    "out", "eval_every", "val_generate", "val_max_new_tokens", "val_batch_size", "max_loss_ratio",
 }
 
 
 @dataclass
-class SFTConfig(DataOptions):
+class SFTConfig(RunOptions, DataOptions):
     # DataOptions.split defaults to "test" (evaluation); training reads the train split.
     split: str = opt("train", "split to train on")
     model: str = opt("default", "model to fine-tune ('default', a packaged name, a model/adapter folder, .gguf, hub id)")
@@ -75,7 +75,6 @@ class SFTConfig(DataOptions):
     loss_chunk_size: int = opt(512, "summary positions per chunk of the cross-entropy (never full-vocabulary logits "
                                     "for the whole sequence)")
     # --- logging, validation, checkpoints
-    log_every: int = opt(1, "log train/* metrics every N steps")
     eval_every: int = opt(50, "validate every N steps (and before the first and after the last step); 0 = never")
     val_split: str = opt("val", "split used for validation")
     early_stopping_patience: int = opt(
@@ -87,12 +86,6 @@ class SFTConfig(DataOptions):
     val_generate: int = opt(4, "validation examples summarised for val/rouge*, val/pred_words (0 = none)")
     val_max_new_tokens: int = opt(256, "generation length for validation samples")
     val_batch_size: int = opt(4, "generation batch size for validation samples")
-    save_every: int = opt(50, "write a checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = opt(1, "checkpoints kept (the newest)")
-    resume: bool = opt(False, "continue from the last checkpoint in --out")
-    overwrite: bool = opt(False, "start over in an --out that already has checkpoints")
-    progress: bool = opt(True, "show a progress bar")
-    tensorboard: bool = opt(True, "also log to OUT/tensorboard")
 
     def validate(self) -> None:
         if self.load_in_4bit and not self.lora:
@@ -103,8 +96,9 @@ class SFTConfig(DataOptions):
             if v is not None and (v < 0 or (v == 0 and not allow_zero)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
-        for name in ("max_seq_len", "max_target_tokens", "batch_size", "lr", "loss_chunk_size", "log_every",
-                     "save_every", "keep_checkpoints", "lora_r", "lora_alpha", "epochs", "steps",
+        self.check_run_options()
+        for name in ("max_seq_len", "max_target_tokens", "batch_size", "lr", "loss_chunk_size", "lora_r",
+                     "lora_alpha", "epochs", "steps",
                      "micro_batch_tokens", "micro_batch_size", "max_prompt_tokens"):
             positive(name)
         for name in ("warmup_steps", "eval_every", "val_examples", "val_generate", "max_grad_norm", "weight_decay",
@@ -129,8 +123,6 @@ class SFTConfig(DataOptions):
             raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite exclude each other")
         if self.chunk_overlap >= self.max_seq_len // 2:
             raise ConfigError(f"--chunk-overlap ({self.chunk_overlap}) must be below half of --max-seq-len")
 
