@@ -461,9 +461,9 @@ def test_cli_stats_json_and_table(tmp_path, capsys):
 
 
 def test_cli_stats_with_model(tmp_path, capsys, monkeypatch):
-    import sumrl.data.cli as dcli
+    import sumrl.models.loading as loading
 
-    monkeypatch.setattr(dcli, "_load_tokenizer", lambda spec: make_tokenizer(5))
+    monkeypatch.setattr(loading, "load_tokenizer", lambda spec: make_tokenizer(5))
     p = write_jsonl(tmp_path / "d.jsonl", ROWS)
     assert main(["data", "stats", "--data", str(p), "--model", "tiny", "--max-input-tokens", "6", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
@@ -472,6 +472,29 @@ def test_cli_stats_with_model(tmp_path, capsys, monkeypatch):
     assert main(["data", "stats", "--data", str(p), "--model", "tiny", "--max-input-tokens", "6"]) == 0
     out = capsys.readouterr().out
     assert "longer than the context (5 tokens): 2 of 3" in out and "budget (6 tokens): 1 of 3" in out
+
+
+def test_data_jobs_called_directly(tmp_path, monkeypatch):
+    """The jobs behind `sumrl data stats|validate|show`, without the command line; the context
+    length falls back from --context-length to the tokenizer's to the model config's."""
+    import sumrl.models.loading as loading
+    from sumrl.data.inspect import DataShowConfig, DataValidateConfig, show_lines, validation_report
+    from sumrl.data.stats import DataStatsConfig, dataset_stats
+
+    p = str(write_jsonl(tmp_path / "d.jsonl", ROWS))
+    s = dataset_stats(DataStatsConfig(data=p))
+    assert (s["data"], s["n_examples"], s["n_skipped"], s["model"]) == (p, 3, 0, None) and "tokens" not in s
+    s = dataset_stats(DataStatsConfig(data=p, model="tiny"), tokenizer=make_tokenizer(5), context_length=6)
+    assert s["context_length"] == 6 and s["n_exceed_context"] == 1  # inputs of 6, 7 and 2 + 3 tokens
+    assert validation_report(DataValidateConfig(data=p))[0].startswith(f"OK {p}: 3 examples")
+    lines = show_lines(DataShowConfig(data=p, n=1, max_chars=10))
+    assert lines[0].startswith("== a (split") and lines[-1] == "(1 of 3 examples shown)"
+    monkeypatch.setattr(loading, "load_tokenizer", lambda spec: make_tokenizer(5))
+    monkeypatch.setattr(loading, "context_length_of_spec", lambda spec: 77)
+    assert loading.tokenizer_and_context("tiny", 9)[1] == 9
+    assert loading.tokenizer_and_context("tiny")[1] == 5
+    monkeypatch.setattr(loading, "load_tokenizer", lambda spec: make_tokenizer(10**30))  # no declared limit
+    assert loading.tokenizer_and_context("tiny")[1] == 77
 
 
 def test_cli_validate_ok_and_errors(tmp_path, capsys):

@@ -321,6 +321,24 @@ def human_export_pairs(path: str | Path) -> list[dict]:
     return rows
 
 
+def write_pairs(cfg: PairsConfig) -> tuple[int, str]:
+    """``sumrl data pairs``: convert, refuse an empty result (one line), write ``cfg.out``
+    atomically. Returns the number of pairs and "SPLIT N pairs / D documents, ..." per split."""
+    from sumrl.utils.io import write_jsonl
+
+    rows = convert(cfg)
+    if not rows:
+        raise DataError("no pairs produced (every candidate pair was a tie or below --min-diff)", field="min_diff")
+    write_jsonl(cfg.out, rows)
+    n_pairs: dict[str, int] = {}
+    docs: dict[str, set] = {}
+    for r in rows:
+        split = r["meta"]["split"]
+        n_pairs[split] = n_pairs.get(split, 0) + 1
+        docs.setdefault(split, set()).add(r["id"])
+    return len(rows), ", ".join(f"{k} {n_pairs[k]} pairs / {len(docs[k])} documents" for k in sorted(n_pairs))
+
+
 def convert(cfg: PairsConfig) -> list[dict]:
     if cfg.source == "human-export":
         rows = human_export_pairs(cfg.input)

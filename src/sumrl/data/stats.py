@@ -8,12 +8,37 @@ what a real prompt needs.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from sumrl.config import opt
+from sumrl.data.options import DataSourceConfig, load_source
 from sumrl.data.schema import Example
+from sumrl.errors import ConfigError
+
+
+@dataclass
+class DataStatsConfig(DataSourceConfig):
+    """``sumrl data stats``."""
+
+    model: str | None = opt(None, "also count lengths in this model's tokens and check its context length")
+    context_length: int | None = opt(None, "context length to check against (default: the tokenizer's "
+                                           "model_max_length)")
+    max_input_tokens: int | None = opt(None, "count documents (+ query) longer than this many tokens (needs --model)")
+    json: bool = opt(False, "print the statistics as JSON instead of a table")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_input_tokens is not None and self.max_input_tokens < 1:
+            raise ConfigError("--max-input-tokens must be at least 1")
+        if self.max_input_tokens is not None and not self.model:
+            raise ConfigError("--max-input-tokens needs --model (token counts come from the model's tokenizer)")
+        if self.context_length is not None and not self.model:
+            raise ConfigError("--context-length needs --model")
 
 # Tokenizers without a configured limit report a huge sentinel (int(1e30)) as model_max_length.
 _NO_LIMIT = 10**9
@@ -100,3 +125,55 @@ def compute_stats(examples: list[Example], *, tokenizer: Any = None, context_len
     stats["n_exceed_budget"] = (sum(1 for n in input_len if n > max_input_tokens)
                                 if max_input_tokens is not None else None)
     return stats
+
+
+def dataset_stats(cfg: DataStatsConfig, *, tokenizer: Any = None, context_length: int | None = None) -> dict:
+    """``sumrl data stats``: :func:`compute_stats` of ``cfg``'s data, with what was read. The caller
+    passes the model's tokenizer and context length (models sit above data in the layering:
+    :func:`sumrl.models.loading.tokenizer_and_context`)."""
+    examples, n_skipped, _ = load_source(cfg, require_summary=False)
+    stats = compute_stats(examples, tokenizer=tokenizer, context_length=context_length,
+                          max_input_tokens=cfg.max_input_tokens)
+    return {"data": cfg.data, "split": cfg.split, "model": cfg.model, "n_skipped": n_skipped, **stats}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if not v.is_integer() else f"{int(v):,}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def print_stats(stats: dict, file: Any = None) -> None:
+    """The statistics of :func:`dataset_stats` as a headline and a length table (rich), then the
+    context and budget counts when tokens were counted."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file or sys.stdout, highlight=False, markup=False, soft_wrap=False)
+    n_skipped = stats["n_skipped"]
+    splits = ", ".join(f"{k} {v:,}" for k, v in stats["splits"].items())
+    console.print(f"{stats['data']} (split {stats['split']}): {stats['n_examples']:,} examples ({splits}); "
+                  f"{stats['n_with_query']:,} with a query; {stats['n_references']:,} references"
+                  + (f"; {n_skipped:,} invalid rows skipped" if n_skipped else ""))
+    table = Table(show_header=True, header_style="bold")
+    for col in ("length", "unit", "n", "mean", "median", "p90", "max"):
+        table.add_column(col, justify="left" if col in ("length", "unit") else "right")
+    for unit in ("words", "tokens"):
+        for part in ("document", "summary", "query"):
+            d = stats.get(unit, {}).get(part)
+            if d:
+                table.add_row(part, unit, *(_fmt(d[k]) for k in ("n", "mean", "median", "p90", "max")))
+    console.print(table)
+    if "tokens" in stats:
+        n = stats["n_examples"]
+        ctx = stats["context_length"]
+        if ctx is None:
+            console.print("context length: unknown (neither the model config nor the tokenizer declares it; pass "
+                          "--context-length)")
+        else:
+            console.print(f"inputs longer than the context ({ctx:,} tokens): {stats['n_exceed_context']:,} of {n:,}")
+        if stats["max_input_tokens"] is not None:
+            console.print(f"inputs longer than the budget ({stats['max_input_tokens']:,} tokens): "
+                          f"{stats['n_exceed_budget']:,} of {n:,}")

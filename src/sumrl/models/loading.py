@@ -350,6 +350,17 @@ def prompt_capacity(model: Any, max_new_tokens: int) -> int:
     return ctx if is_encoder_decoder(model) else ctx - max_new_tokens
 
 
+def tokenizer_and_context(spec: str, context_length: int | None = None) -> tuple[Any, int | None]:
+    """A model's tokenizer and the context length to check inputs against (``sumrl data stats``):
+    ``context_length`` when given, else the tokenizer's model_max_length, else the model config's
+    declared length (the tokenizer often sets none); None when nothing declares one."""
+    from sumrl.data.stats import context_length_of
+
+    tokenizer = load_tokenizer(spec)
+    ctx = context_length_of(tokenizer, context_length)
+    return tokenizer, ctx if ctx is not None else context_length_of_spec(spec)
+
+
 def context_length_of_spec(spec: str) -> int | None:
     """The context length a model spec declares (``max_position_embeddings``), read from its config
     without loading weights; ``None`` when it cannot be read (e.g. a hub id while offline)."""
