@@ -62,3 +62,25 @@ def test_every_subcommand_has_help(capsys):
     out = capsys.readouterr().out
     for cmd in ["data", "summarize", "eval", "demo"]:
         assert cmd in out
+
+
+@pytest.mark.parametrize("cls_path", ["sumrl.training.config:SFTConfig", "sumrl.rl.config:RLConfig"])
+def test_run_options_are_one_contract_for_every_trainer(cls_path):
+    """The logging/checkpoint flags (training.checkpoint.RunOptions) are declared and checked once:
+    both trainers refuse the same bad values with the same line (RL did not check
+    --keep-checkpoints before), and a trainer may keep its own default."""
+    import importlib
+
+    from sumrl.errors import ConfigError
+    from sumrl.training.checkpoint import RUN_OPTIONS_RESUME_MUTABLE, RunOptions
+
+    mod, name = cls_path.split(":")
+    cls = getattr(importlib.import_module(mod), name)
+    assert issubclass(cls, RunOptions)
+    assert RUN_OPTIONS_RESUME_MUTABLE <= importlib.import_module(mod).RESUME_MUTABLE
+    for bad, line in [({"keep_checkpoints": 0}, "--keep-checkpoints must be at least 1, got 0"),
+                      ({"save_every": 0}, "--save-every must be at least 1, got 0"),
+                      ({"resume": True, "overwrite": True}, "--resume and --overwrite exclude each other")]:
+        with pytest.raises(ConfigError, match=line):
+            build_config(cls, bad).validate()
+    assert build_config(cls, {}).save_every == (10 if name == "RLConfig" else 50)

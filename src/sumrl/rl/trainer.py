@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 
 from sumrl.errors import ConfigError, SumrlError, TrainingDiverged
 from sumrl.rl.config import GROUP_ALGOS, GUIDED_ALGOS, RESUME_MUTABLE, RLConfig
-from sumrl.training.checkpoint import clear_previous_run, resume_point
+from sumrl.training.checkpoint import clear_previous_run, read_checkpoint_state, resume_mismatches, resume_point
 from sumrl.utils.console import get_logger
 from sumrl.utils.seeds import MINIBATCH, REFERENCE_ORDER, ROLLOUT, derive_seed
 
@@ -124,12 +124,10 @@ def build_policy(cfg: RLConfig) -> Policy:
 
 # ------------------------------------------------------------------------------------ output dir
 def _resume_mismatches(saved: dict, cfg: RLConfig) -> list[str]:
-    now = dataclasses.asdict(cfg)
     mutable = set(RESUME_MUTABLE)
     if cfg.min_lr_ratio != 1.0 or saved.get("min_lr_ratio", 1.0) != 1.0:
         mutable.discard("steps")  # a decaying schedule depends on the run length
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-            if k not in mutable and k in saved and saved[k] != now[k]]
+    return resume_mismatches(saved, cfg, mutable)
 
 
 def _fields(cfg: RLConfig):
@@ -652,7 +650,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from sumrl.training.optim import build_optimizer, build_scheduler, trainable
     from sumrl.training.common import StepSampler
-    from sumrl.utils.io import read_json_file, write_json
+    from sumrl.utils.io import write_json
     from sumrl.utils.logging import MetricLogger
 
     out = Path(cfg.out)
@@ -668,7 +666,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     say = log.info if is_main else (lambda *a, **k: None)
     resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
     if resume_from is not None:
-        bad = _resume_mismatches(read_json_file(resume_from / "state.json").get("config", {}), cfg)
+        bad = _resume_mismatches(read_checkpoint_state(resume_from).get("config", {}), cfg)
         if bad:
             raise ConfigError("--resume with settings that change the run: " + "; ".join(bad))
     set_seed(cfg.seed)

@@ -169,7 +169,23 @@ def load_checkpoint(path: str | Path, *, model: Any, optimizer: Any | None = Non
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
     if restore_rng:
         set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))
-    return read_json_file(path / "state.json")
+    return read_checkpoint_state(path)
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json`` (step, the run's config, the trainer's counters)."""
+    return read_json_file(Path(path) / "state.json")
+
+
+def resume_mismatches(saved_config: dict, cfg: Any, mutable: Any) -> list[str]:
+    """The options of ``cfg`` (a dataclass) that differ from the checkpoint's saved config, except
+    those in ``mutable`` (options that do not change what the steps already run computed); one
+    "name: checkpoint X, now Y" per option. Options the checkpoint does not have are new: not compared."""
+    import dataclasses
+
+    now = dataclasses.asdict(cfg)
+    return [f"{k}: checkpoint {saved_config.get(k)!r}, now {now[k]!r}" for k in now
+            if k not in mutable and k in saved_config and saved_config[k] != now[k]]
 
 
 # ---------------------------------------------------------------------------------------------

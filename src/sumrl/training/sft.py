@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sumrl.errors import ConfigError, TrainingDiverged
-from sumrl.training.checkpoint import clear_previous_run, resume_point
+from sumrl.training.checkpoint import clear_previous_run, read_checkpoint_state, resume_mismatches, resume_point
 from sumrl.training.common import StepSampler, publish_model
 from sumrl.training.config import RESUME_MUTABLE, SFTConfig
 from sumrl.utils.console import get_logger
@@ -175,12 +175,6 @@ def _to(batch: dict, device: Any) -> dict:
 
 
 # ------------------------------------------------------------------------------------ output dir
-def _resume_mismatches(saved: dict, cfg: SFTConfig) -> list[str]:
-    now = dataclasses.asdict(cfg)
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-            if k not in RESUME_MUTABLE and k in saved and saved[k] != now[k]]
-
-
 def early_stopping_update(best: float | None, bad: int, val_loss: float,
                           min_delta: float = 0.0) -> tuple[float, int, bool]:
     """One validation's effect on early stopping: ``(best, validations without improvement, improved)``.
@@ -211,7 +205,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     from sumrl.training.loss import make_loss_module
     from sumrl.training.optim import DivergenceGuard, build_optimizer, build_scheduler, parameters_finite, trainable
     from sumrl.training.packing import n_target_tokens, plan_micro_batches
-    from sumrl.utils.io import read_json_file, write_json
+    from sumrl.utils.io import write_json
     from sumrl.utils.logging import MetricLogger
 
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
@@ -241,8 +235,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     out = Path(cfg.out)
     resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
     if resume_from is not None:
-        saved_cfg = read_json_file(resume_from / "state.json").get("config", {})
-        bad = _resume_mismatches(saved_cfg, cfg)
+        bad = resume_mismatches(read_checkpoint_state(resume_from).get("config", {}), cfg, RESUME_MUTABLE)
         if bad:
             raise ConfigError("--resume with settings that change the run: " + "; ".join(bad))
     accelerator.wait_for_everyone()
