@@ -90,11 +90,17 @@ for stage in "$@"; do
     eval-rl-composite)
       evaluate rl-composite "$OUT/rl-composite" ;;
     rm)
-      # the last-mile token-level reward model (recipes/rm_lastmile.yaml), shared with reproduce_results.sh
-      [ -f runs/rm_lastmile/metrics.json ] || timed rm "${SUMRL_CMD[@]}" rm train --config recipes/rm_lastmile.yaml \
-        --out runs/rm_lastmile ;;
+      # the last-mile token-level reward model (recipes/rm_lastmile.yaml) trained for this experiment: one
+      # epoch of the 744 train papers (93 steps of 8 references + 8 synthetic negatives; the recipe's 22
+      # steps are a CPU demo size), held-out accuracy on 30 val papers (never test); then the last-mile RL
+      # recipe with this RM's path and the paper's length rule in its units (scripts/lastmile_recipe.py).
+      # Needs no SFT model: it can run beside the SFT stage (`scripts/rl_vs_sft.sh rm` in another shell).
+      [ -f "$OUT/rm_lastmile/metrics.json" ] || timed rm "${SUMRL_CMD[@]}" rm train --config recipes/rm_lastmile.yaml \
+        --out "$OUT/rm_lastmile" --steps 93 --eval-split val --seed "$SEED"
+      [ -f "$OUT/rl_lastmile.yaml" ] || "${PY_CMD[@]}" scripts/lastmile_recipe.py --rm "$OUT/rm_lastmile" \
+        --base-recipe recipes/rl_lastmile.yaml --out "$OUT/rl_lastmile.yaml" ;;
     rl-lastmile)
-      rl rl-lastmile recipes/rl_lastmile.yaml ;;
+      rl rl-lastmile "$OUT/rl_lastmile.yaml" ;;
     eval-rl-lastmile)
       evaluate rl-lastmile "$OUT/rl-lastmile" ;;
     report)

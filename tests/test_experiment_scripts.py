@@ -1,5 +1,5 @@
 """The helper scripts of the RL-vs-SFT experiment (scripts/rl_vs_sft.sh): the composite reward's
-weight rule and the Cohan-format converter."""
+weight rule, the Cohan-format converter and the last-mile recipe writer."""
 
 from __future__ import annotations
 
@@ -94,3 +94,39 @@ def test_composite_weights_bad_recipe_is_one_line(tmp_path, capsys):
                                               "--out", str(tmp_path / "o.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "wieght" in err
+
+
+def test_lastmile_length_terms_by_hand():
+    # the runs/rm_lastmile token statistics behind recipes/rl_lastmile.yaml's -8.67 / -3.08
+    per_token, short = _script("lastmile_recipe").length_terms(0.6561067606872131, 0.21267649909043929)
+    assert per_token == pytest.approx((-2.5 + 0.6561067606872131) / 0.21267649909043929)
+    assert per_token == pytest.approx(-8.66994, abs=1e-4)  # that RM's metrics.json paper_equivalent_length_penalty
+    assert short == pytest.approx(-3.08505, abs=1e-4)
+
+
+def test_lastmile_recipe_end_to_end(tmp_path, capsys):
+    import yaml
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "metrics.json").write_text(json.dumps({"token_normalization": {"mean": 0.5, "std": 0.25, "n": 10}}))
+    out = tmp_path / "rl_lastmile.yaml"
+    mod = _script("lastmile_recipe")
+    assert mod.main(["--rm", str(rm), "--base-recipe", str(ROOT / "recipes" / "rl_lastmile.yaml"), "--out", str(out)]) == 0
+    got = yaml.safe_load(out.read_text())
+    base = yaml.safe_load((ROOT / "recipes" / "rl_lastmile.yaml").read_text())
+    assert {k: v for k, v in got.items() if k != "reward"} == {k: v for k, v in base.items() if k != "reward"}
+    rm_entry, length = got["reward"]
+    assert rm_entry == {**base["reward"][0], "path": str(rm)}
+    assert length["per_token_penalty"] == -8.0 and length["short_penalty"] == -2.0  # (-2.5+.5)/.25, -.5/.25
+    # the written recipe is a valid RL recipe
+    from sumrl.config import build_config, load_recipe
+    from sumrl.rl.config import RLConfig
+
+    build_config(RLConfig, load_recipe(str(out)), source=str(out))
+    # an RM without token statistics: one line naming the file and field
+    (rm / "metrics.json").write_text(json.dumps({"normalization": {"mean": 0.5, "std": 0.2}}))
+    capsys.readouterr()
+    assert mod.main(["--rm", str(rm), "--base-recipe", str(ROOT / "recipes" / "rl_lastmile.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "token_normalization" in err and "metrics.json" in err
