@@ -76,3 +76,9 @@ def test_recipes_cli_list_and_show(capsys):
     assert capsys.readouterr().out == (RECIPES_DIR / "rl_grpo.yaml").read_text(encoding="utf-8")
     assert main(["recipes", "show", "nope"]) == 2
     assert "no packaged recipe 'nope'" in capsys.readouterr().err
+    from sumrl.recipes import recipe_about, recipe_text
+
+    assert recipe_text("rl_grpo.yaml") == recipe_text("rl_grpo")
+    # the first comment that is not the command line; no comment at all: empty
+    assert recipe_about("judge_factuality") == "Sized for the shared 2-core development CPU (see docs/rewards.md for the time it took)."
+    assert recipe_about("judge_coherence") == ""

@@ -529,3 +529,12 @@ def test_token_budget_micro_batches_and_checkpointing_change_nothing(tiny_model_
         # 1e-5, not exact: Adam divides each gradient by its own magnitude, so reassociation noise
         # in near-zero gradient entries reaches the weights as up to ~4e-6 after two steps at lr 0.01
         assert w.keys() == w1.keys() and all(torch.allclose(w[k], w1[k], atol=1e-5) for k in w1)
+
+
+def test_summary_line_is_pure():
+    from sumrl.rl.trainer import summary_line
+
+    s = {"steps": 4, "start_step": 0, "first": {"objective/reward": 0.1}, "last": {"objective/reward": 0.25,
+                                                                              "objective/kl": 0.01}}
+    assert summary_line(s) == "rl done: steps 4, objective/reward 0.1 -> 0.25, objective/kl 0.01"
+    assert summary_line({**s, "start_step": 2}) == "rl done: steps 4, objective/reward 0.25, objective/kl 0.01"

@@ -350,3 +350,12 @@ def test_early_stopping_needs_validation(tiny_model_dir, sft_data, tmp_path):
 
     with pytest.raises(ConfigError, match="early-stopping-patience"):
         _cfg(tiny_model_dir, sft_data, tmp_path, early_stopping_patience=2, eval_every=0)
+
+
+def test_summary_line_is_pure():
+    from sumrl.training.sft import summary_line
+
+    assert summary_line({"steps": 3, "train": {"train/loss": 1.23456}, "val": {"val/loss": 2.5, "val/x": 1},
+                         "tokens_per_s": 99.6}) == \
+        "sft done: steps 3, train/loss 1.2346, val/loss 2.5, 100 tokens/s (training steps of this run)"
+    assert summary_line({"steps": 0}) == "sft done: steps 0"

@@ -42,3 +42,20 @@ def recipe_path(name_or_path: str | Path) -> Path:
         return RECIPES_DIR / f"{stem}.yaml"
     raise ConfigError(f"{name_or_path}: recipe file not found (and not a packaged recipe: "
                       f"{', '.join(list_recipes())})")
+
+
+def recipe_text(name: str) -> str:
+    """A packaged recipe's YAML (``rl_grpo`` or ``rl_grpo.yaml``); ConfigError listing the names
+    when there is no such recipe (a path is not a packaged name: ``sumrl recipes show`` shows only those)."""
+    stem = name[:-5] if name.endswith(".yaml") else name
+    if stem not in list_recipes():
+        raise ConfigError(f"no packaged recipe {name!r}; choose from {', '.join(list_recipes())}")
+    return (RECIPES_DIR / f"{stem}.yaml").read_text(encoding="utf-8")
+
+
+def recipe_about(name: str) -> str:
+    """A packaged recipe's one-line description: its first comment line that is not the command."""
+    for line in recipe_text(name).splitlines():
+        if line.startswith("#") and not line.lstrip("# ").startswith("sumrl "):
+            return line.lstrip("# ").strip()
+    return ""

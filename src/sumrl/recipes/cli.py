@@ -19,28 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_show)
 
 
-def _first_comment(text: str) -> str:
-    for line in text.splitlines():
-        if line.startswith("#") and not line.lstrip("# ").startswith("sumrl "):
-            return line.lstrip("# ").strip()
-    return ""
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    from sumrl.recipes import RECIPES_DIR, command_of, list_recipes
+    from sumrl.recipes import command_of, list_recipes, recipe_about
 
     for name in list_recipes():
-        about = _first_comment((RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
-        print(f"{name:18s} {command_of(name):28s} {about}".rstrip())
+        print(f"{name:18s} {command_of(name):28s} {recipe_about(name)}".rstrip())
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from sumrl.errors import ConfigError
-    from sumrl.recipes import RECIPES_DIR, list_recipes
+    from sumrl.recipes import recipe_text
 
-    name = args.name[:-5] if args.name.endswith(".yaml") else args.name
-    if name not in list_recipes():
-        raise ConfigError(f"no packaged recipe {args.name!r}; choose from {', '.join(list_recipes())}")
-    print((RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8"), end="")
+    print(recipe_text(args.name), end="")
     return 0

@@ -26,17 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sumrl.rl.trainer import train
+    from sumrl.rl.trainer import summary_line, train
 
-    cfg = config_from_args(RLConfig, args)
-    summary = train(cfg)
-    if not summary.get("is_main", True):  # one summary line per run, not per process
-        return 0
-    first, last = summary.get("first") or {}, summary.get("last") or {}
-    parts = [f"steps {summary['steps']}"]
-    for k in ("objective/reward", "objective/kl", "completions/mean_length"):
-        if k in last:
-            parts.append(f"{k} {first.get(k, float('nan')):.4g} -> {last[k]:.4g}" if k in first and summary["start_step"] == 0
-                         else f"{k} {last[k]:.4g}")
-    print("rl done: " + ", ".join(parts))
+    summary = train(config_from_args(RLConfig, args))
+    if summary.get("is_main", True):  # one summary line per run, not per process
+        print(summary_line(summary))
     return 0

@@ -1015,3 +1015,15 @@ def _publish(tr: RLTrainer, out: Path, cfg: RLConfig, state_dict: dict | None = 
     publish_model(model, tr.tok, out, base_spec=None,
                   extra={**extra, "lora": False, "merged_from": tr.policy.merged_from})
     log.info(f"saved the full RL model to {out} (use --model {out})")
+
+
+def summary_line(summary: dict) -> str:
+    """The one line ``sumrl rl`` prints of :func:`train`'s summary: steps, and reward, KL and length
+    from the first to the last logged step (the last alone after a --resume)."""
+    first, last = summary.get("first") or {}, summary.get("last") or {}
+    parts = [f"steps {summary['steps']}"]
+    for k in ("objective/reward", "objective/kl", "completions/mean_length"):
+        if k in last:
+            parts.append(f"{k} {first[k]:.4g} -> {last[k]:.4g}" if k in first and summary["start_step"] == 0
+                         else f"{k} {last[k]:.4g}")
+    return "rl done: " + ", ".join(parts)

@@ -23,21 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sumrl.training.sft import train
+    from sumrl.training.sft import summary_line, train
 
-    cfg = config_from_args(SFTConfig, args)
-    summary = train(cfg)
-    if not summary.get("is_main", True):  # one summary line per run, not per process
-        return 0
-    val = summary.get("val") or {}
-    tr = summary.get("train") or {}
-    parts = [f"steps {summary['steps']}"]
-    if "train/loss" in tr:
-        parts.append(f"train/loss {tr['train/loss']:.4f}")
-    for k in ("val/loss", "val/rougeL", "val/pred_words", "val/ref_words"):
-        if k in val:
-            parts.append(f"{k} {val[k]:.4g}")
-    if summary.get("tokens_per_s"):
-        parts.append(f"{summary['tokens_per_s']:.0f} tokens/s (training steps of this run)")
-    print("sft done: " + ", ".join(parts))
+    summary = train(config_from_args(SFTConfig, args))
+    if summary.get("is_main", True):  # one summary line per run, not per process
+        print(summary_line(summary))
     return 0

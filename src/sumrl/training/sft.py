@@ -472,3 +472,17 @@ class _StateOf:
 
     def state_dict(self) -> dict:
         return self._state
+
+
+def summary_line(summary: dict) -> str:
+    """The one line ``sumrl sft`` prints of :func:`train`'s summary: steps, the last train/loss, the
+    last validation numbers and the throughput."""
+    val = summary.get("val") or {}
+    tr = summary.get("train") or {}
+    parts = [f"steps {summary['steps']}"]
+    if "train/loss" in tr:
+        parts.append(f"train/loss {tr['train/loss']:.4f}")
+    parts += [f"{k} {val[k]:.4g}" for k in ("val/loss", "val/rougeL", "val/pred_words", "val/ref_words") if k in val]
+    if summary.get("tokens_per_s"):
+        parts.append(f"{summary['tokens_per_s']:.0f} tokens/s (training steps of this run)")
+    return "sft done: " + ", ".join(parts)
