@@ -20,7 +20,6 @@ the validation references). Nothing else in the base recipe changes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -45,14 +44,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from sumrl.config import load_recipe
     from sumrl.errors import SumrlError
-    from sumrl.utils.io import atomic_write_text
+    from sumrl.utils.io import atomic_write_text, read_json_file
 
     try:
         raw = load_recipe(args.base_recipe)
         metrics_path = Path(args.rm) / "metrics.json"
         if not metrics_path.exists():
             raise SumrlError(f"{metrics_path}: no such file (train the RM first: sumrl rm train --out {args.rm})")
-        stats = json.loads(metrics_path.read_text()).get("token_normalization")
+        metrics = read_json_file(metrics_path)  # sumrl's strict reader: a bad file is one DataError line
+        stats = metrics.get("token_normalization") if isinstance(metrics, dict) else None
         if not isinstance(stats, dict) or not {"mean", "std"} <= stats.keys():
             raise SumrlError(f"{metrics_path}: field 'token_normalization' (mean, std) missing: not a token-level RM")
         per_token, short = length_terms(float(stats["mean"]), float(stats["std"]))

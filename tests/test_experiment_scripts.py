@@ -130,3 +130,10 @@ def test_lastmile_recipe_end_to_end(tmp_path, capsys):
     assert mod.main(["--rm", str(rm), "--base-recipe", str(ROOT / "recipes" / "rl_lastmile.yaml"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "token_normalization" in err and "metrics.json" in err
+    # a torn or non-object metrics.json: one line too, never a traceback
+    for text in ('{"token_normalization": ', '[1, 2]'):
+        (rm / "metrics.json").write_text(text)
+        assert mod.main(["--rm", str(rm), "--base-recipe", str(ROOT / "recipes" / "rl_lastmile.yaml"),
+                         "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "metrics.json" in err
