@@ -491,6 +491,27 @@ def test_policy_and_critic_gradients_are_clipped_separately(tiny_model_dir, rl_d
     assert "train/grad_norm" in row and "value/grad_norm" in row  # each measured (before clipping) on its own
 
 
+def test_ppo_value_head_micro_batches_without_checkpointing_change_nothing(tiny_model_dir, rl_data, tmp_path):
+    """`sumrl demo`'s PPO: 4 rows per step in micro-batches of 2 without activation checkpointing
+    train the same policy and shared-trunk value head as one checkpointed pass of 4 (its old path)."""
+    from safetensors.torch import load_file
+
+    from sumrl.rl.trainer import train
+
+    def run(name, **kw):
+        cfg = _cfg(tiny_model_dir, rl_data, tmp_path / name, algo="ppo", batch_size=4, steps=2, lr=0.01,
+                   eval_every=0, value_model="head", reference_kl=True, sample_every=1, **kw)
+        last = train(cfg)["last"]
+        return last, load_file(str(tmp_path / name / "adapter_model.safetensors"))
+
+    m1, w1 = run("one-pass", micro_batch_size=4, gradient_checkpointing=True)
+    m2, w2 = run("micro", micro_batch_size=2, gradient_checkpointing="auto")
+    assert any(float(w1[k].abs().max()) > 0 for k in w1 if "lora_B" in k)
+    for k in ("policy/loss", "value/loss", "train/grad_norm", "value/grad_norm", "objective/kl", "value/mean"):
+        assert m2[k] == pytest.approx(m1[k], rel=1e-5, abs=1e-7), k
+    assert w2.keys() == w1.keys() and all(torch.allclose(w2[k], w1[k], atol=1e-5) for k in w1)
+
+
 def test_token_budget_micro_batches_and_checkpointing_change_nothing(tiny_model_dir, rl_data, tmp_path):
     """Micro-batches cut by --micro-batch-tokens (each group alone) and activation checkpointing
     (on for every pass, or chosen by size) train the same weights as one pass without either."""

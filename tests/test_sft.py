@@ -140,13 +140,15 @@ def test_schedule_warmup_then_cosine():
 
 # ------------------------------------------------------------------------------ training engine
 def test_gradient_accumulation_equals_full_batch(tiny_model_dir, sft_data, tmp_path):
-    """One step over 4 sequences: one packed micro-batch == 4 accumulated micro-batches == padded."""
+    """One step over 4 sequences: one packed micro-batch == 4 accumulated micro-batches == padded ==
+    one micro-batch without activation checkpointing (as `sumrl demo` trains)."""
     from sumrl.training.sft import train
 
     runs = {
         "one": dict(micro_batch_tokens=4096),
         "accum": dict(micro_batch_size=1),
         "padded": dict(packing=False, micro_batch_size=2, micro_batch_tokens=4096),
+        "no-checkpointing": dict(micro_batch_tokens=4096, gradient_checkpointing=False),
     }
     params, rows = {}, {}
     for name, kw in runs.items():
@@ -158,7 +160,7 @@ def test_gradient_accumulation_equals_full_batch(tiny_model_dir, sft_data, tmp_p
         params[name], rows[name] = _last_trainable(out), _metrics(out)[-1]
     assert rows["one"]["train/micro_batches"] == 1 and rows["accum"]["train/micro_batches"] == 4
     assert rows["padded"]["train/micro_batches"] == 2
-    for name in ("accum", "padded"):
+    for name in ("accum", "padded", "no-checkpointing"):
         assert rows[name]["train/loss"] == pytest.approx(rows["one"]["train/loss"], rel=1e-6)
         assert rows[name]["train/grad_norm"] == pytest.approx(rows["one"]["train/grad_norm"], rel=1e-5)
         for k, v in params["one"].items():

@@ -49,3 +49,33 @@ def test_metric_and_reward_read_the_same_windows(monkeypatch):
     cache.source_windows(doc, window_words=180, max_windows=16)
     assert rec_metric.seen == rec_reward.seen == sample_windows(doc, 180, 16)
     assert rec_metric.seen[0].startswith("w0 ") and rec_metric.seen[-1].endswith(f"w{40 * 180 - 1}")
+
+
+def test_encode_long_remembers_a_call_exactly():
+    """`sumrl demo` scores six systems on the same papers: the sources' and references'
+    embeddings come from the remembered call, bit for bit what recomputing gives."""
+    from sumrl.models.encoder import LONG_MEMO_SIZE, get_encoder
+
+    enc = get_encoder()
+    enc.__dict__.pop("_long_memo", None)
+    texts = [_doc(5, 180), "a short summary of the paper", ""]
+    calls = []
+    real = enc.encode
+    enc.encode = lambda t: calls.append(len(t)) or real(t)
+    try:
+        first = enc.encode_long(texts, max_windows=3)
+        again = enc.encode_long(texts, max_windows=3)
+        assert len(calls) == 1  # the second call ran no encoder pass
+        assert torch.equal(first, again)
+        assert torch.equal(again, enc._encode_long(texts, 180, 3))  # = recomputing (one more pass)
+        again.zero_()  # a caller changing its tensor does not change the remembered one
+        assert torch.equal(enc.encode_long(texts, max_windows=3), first)
+        other = enc.encode_long(texts, max_windows=2)  # other settings: computed, not remembered
+        assert len(calls) == 3 and not torch.equal(other, first)
+        for k in range(LONG_MEMO_SIZE + 1):  # bounded: the oldest call is forgotten
+            enc.encode_long([f"text {k}"])
+        assert len(enc._long_memo) == LONG_MEMO_SIZE
+        enc.encode_long(texts, max_windows=3)
+        assert len(calls) == 3 + (LONG_MEMO_SIZE + 1) + 1
+    finally:
+        del enc.encode

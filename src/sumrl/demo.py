@@ -56,17 +56,23 @@ GRPO_RECIPE = RECIPES / "rl_grpo.yaml"
 # guard is applied by `sumrl eval` to *every* system alike (zero-shot, SFT, RL), never to RL only.
 # CPU presets truncate the documents to a prompt budget this machine handles quickly; `full` is
 # sized for one GPU and keeps the recipes' learning rates.
+# CPU presets also generate every test paper in one batch (decoding a 135M model on a CPU costs
+# about the same per step for 8 rows as for 16: the weights are read once per step either way) and
+# cap PPO's summaries at the evaluation's max_new_tokens (`ppo_cap`, see _ppo).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(n_test=6, max_input_tokens=384, max_new_tokens=64, batch_size=6, sft_steps=4, sft_batch=2,
-                  rm_steps=4, ppo_steps=3, ppo_batch=2, grpo_steps=2, grpo_batch=1, grpo_samples=4, bf16="auto",
-                  no_repeat_ngram=6, rl_lr=2e-4, sft_patience=2),
-    "default": dict(n_test=16, max_input_tokens=512, max_new_tokens=160, batch_size=8, sft_steps=30, sft_batch=2,
-                    rm_steps=20, ppo_steps=8, ppo_batch=4, grpo_steps=6, grpo_batch=1, grpo_samples=4, bf16="auto",
-                    no_repeat_ngram=6, rl_lr=2e-4, sft_patience=2),
+                  rm_steps=4, ppo_steps=3, ppo_batch=2, ppo_micro=2, ppo_cap="eval", grpo_steps=2, grpo_batch=1,
+                  grpo_samples=4, bf16="auto", no_repeat_ngram=6, rl_lr=2e-4, sft_patience=2),
+    "default": dict(n_test=16, max_input_tokens=512, max_new_tokens=160, batch_size=16, sft_steps=30, sft_batch=2,
+                    rm_steps=20, ppo_steps=8, ppo_batch=4, ppo_micro=2, ppo_cap="eval", grpo_steps=6, grpo_batch=1,
+                    grpo_samples=4, bf16="auto", no_repeat_ngram=6, rl_lr=2e-4, sft_patience=2),
     "full": dict(n_test=99, max_input_tokens=4096, max_new_tokens=256, batch_size=16, sft_steps=400, sft_batch=16,
-                 rm_steps=400, ppo_steps=200, ppo_batch=16, grpo_steps=200, grpo_batch=8, grpo_samples=8, bf16="auto",
-                 no_repeat_ngram=6, rl_lr=0.0, sft_patience=3),
+                 rm_steps=400, ppo_steps=200, ppo_batch=16, ppo_micro=16, ppo_cap="data", grpo_steps=200, grpo_batch=8,
+                 grpo_samples=8, bf16="auto", no_repeat_ngram=6, rl_lr=0.0, sft_patience=3),
 }
+# SFT sequences (prompt + summary) up to this many tokens train without activation checkpointing
+# (the RL trainer's default --checkpoint-tokens: LoRA fp32 activations ~2.3 GB per 1k positions)
+SFT_CHECKPOINT_TOKENS = 2048
 
 
 @dataclass
@@ -88,6 +94,11 @@ class DemoConfig:
     rm_steps: typing.Optional[int] = opt(None, "reward-model steps (default: preset)")
     ppo_steps: typing.Optional[int] = opt(None, "PPO outer steps (default: preset)")
     ppo_batch: typing.Optional[int] = opt(None, "PPO prompts per step (default: preset)")
+    ppo_micro: typing.Optional[int] = opt(None, "PPO rows per forward/backward pass; the step's gradient is "
+                                                "accumulated over them (default: preset)")
+    ppo_cap: typing.Optional[str] = opt(None, "PPO summary cap: data = the last-mile recipe's (95th percentile of "
+                                              "the training references + the end token), eval = --max-new-tokens, "
+                                              "the evaluation's cap (default: preset)", choices=["data", "eval"])
     grpo_steps: typing.Optional[int] = opt(None, "GRPO outer steps (default: preset)")
     grpo_batch: typing.Optional[int] = opt(None, "GRPO prompts per step (default: preset)")
     grpo_samples: typing.Optional[int] = opt(None, "GRPO completions per prompt (default: preset)")
@@ -119,6 +130,8 @@ class DemoConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+        if self.ppo_micro is not None and self.ppo_micro < 1:
+            raise ConfigError(f"--ppo-micro must be at least 1, got {self.ppo_micro}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -151,7 +164,8 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "sft": ("model", "data", "sft_steps", "sft_batch", "sft_patience", "max_input_tokens", "max_new_tokens", "bf16",
             "seed"),
     "rm": ("data", "rm_steps", "n_test", "seed"),
-    "ppo": ("model", "data", "ppo_steps", "ppo_batch", "rl_lr", "max_input_tokens", "max_new_tokens", "bf16", "seed"),
+    "ppo": ("model", "data", "ppo_steps", "ppo_batch", "ppo_micro", "ppo_cap", "rl_lr", "max_input_tokens",
+            "max_new_tokens", "bf16", "seed"),
     "grpo": ("model", "data", "grpo_steps", "grpo_batch", "grpo_samples", "rl_lr", "max_input_tokens",
              "max_new_tokens", "bf16", "seed"),
     "report": ("data", "n_test", "seed", "preset"),
@@ -455,9 +469,13 @@ def _sft(cfg: DemoConfig, folder: Path, resume_ok: bool = True) -> dict:
         model=cfg.model, data=cfg.data, split="train", out=str(folder), steps=cfg.sft_steps, batch_size=cfg.sft_batch,
         max_seq_len=cfg.max_input_tokens + cfg.max_new_tokens, max_target_tokens=cfg.max_new_tokens, lr=3e-4,
         warmup_steps=max(1, cfg.sft_steps // 10), bf16=cfg.bf16,
-        # validation loss up to six times in the run (at least 2 steps apart: each costs 8 forward
-        # passes), so that early stopping can pick the best weights
-        eval_every=max(2, cfg.sft_steps // 6), early_stopping_patience=cfg.sft_patience,
+        # no activation checkpointing: at the demo's sequence length (one sequence of at most
+        # max_input_tokens + max_new_tokens per micro-batch) LoRA's activations take ~2 GB without it,
+        # and recomputing them costs ~25% of every step (docs/benchmarks.md); same gradients either way
+        gradient_checkpointing=cfg.max_input_tokens + cfg.max_new_tokens > SFT_CHECKPOINT_TOKENS,
+        # validation loss up to four times in the run (at least 2 steps apart: each costs 8 forward
+        # passes, ~7 s on the 2-core CPU), so that early stopping can pick the best weights
+        eval_every=max(2, cfg.sft_steps // 3), early_stopping_patience=cfg.sft_patience,
         val_examples=8, val_generate=0, save_every=max(5, cfg.sft_steps // 3), seed=cfg.seed,
         **_resume_flags(folder, resume_ok)))
     s = train(sc)
@@ -473,9 +491,11 @@ def _rm(cfg: DemoConfig, folder: Path) -> dict:
     # the last-mile RM (recipes/rm_lastmile.yaml: the policy's base + LoRA, causal, as per-token
     # rewards need) on the demo's model; the held-out per-class accuracy and normalisation sets
     # scale with the preset (they cost RM passes)
+    # (the held-out accuracy is a diagnostic printed in rm/metrics.json: on the demo's n_test papers x 5
+    # negative classes it costs 6 RM passes per paper; the normalisation set feeds PPO's rewards)
     rc = build_config(RMTrainConfig, load_recipe(RM_LASTMILE_RECIPE),
                       overrides=dict(data=cfg.data, out=str(folder), model=cfg.model, steps=cfg.rm_steps,
-                                     seed=cfg.seed, eval_limit=max(12, 2 * cfg.n_test), norm_limit=max(8, cfg.n_test)))
+                                     seed=cfg.seed, eval_limit=max(12, cfg.n_test), norm_limit=max(8, cfg.n_test)))
     m = train_synthetic_rm(rc)
     return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
 
@@ -510,10 +530,19 @@ def _ppo(cfg: DemoConfig, folder: Path, policy: str, rm_dir: Path, resume_ok: bo
     pen = paper_length_penalties(read_reward_model_config(rm_dir)["token_normalization"])
     recipe["reward"] = [{**r, "path": str(rm_dir)} if r.get("name") == "rm" else {**r, **pen} if r.get("name") == "length"
                         else r for r in recipe["reward"]]
-    # The recipe's output cap from the data (whole references on reference steps), at demo sizes, with
-    # the shared-trunk value head (started from the RM's head) instead of a second LoRA trunk pass.
-    over = dict(policy=policy, steps=cfg.ppo_steps, batch_size=cfg.ppo_batch, micro_batch_size=cfg.ppo_batch,
+    # At demo sizes, with the shared-trunk value head (started from the RM's head) instead of a second
+    # LoRA trunk pass, and on CPU presets the evaluation's summary cap instead of the recipe's cap from
+    # the data (246 tokens on ScisummNet: ~35% more generation and ~11% more positions per pass for
+    # summaries that are then evaluated at max_new_tokens anyway); references longer than the cap are
+    # left out of reference batches (the trainer says how many).
+    # Micro-batches of ppo_micro rows keep each pass under the trainer's checkpointing threshold
+    # (--checkpoint-tokens), so no activations are recomputed; accumulation over micro-batches with
+    # the mini-batch's exact normaliser is the same update (tests/test_rl_trainer.py).
+    over = dict(policy=policy, steps=cfg.ppo_steps, batch_size=cfg.ppo_batch,
+                micro_batch_size=min(cfg.ppo_micro or cfg.ppo_batch, cfg.ppo_batch),
                 value_model="head", **_rl_lr(cfg), **_rl_common(cfg, folder, resume_ok))
+    if cfg.ppo_cap == "eval":
+        over["summary_cap_quantile"] = None
     rc = build_config(RLConfig, recipe, over)
     s = train(rc)
     return {"steps": s.get("steps")}

@@ -10,6 +10,7 @@ embeddings averaged, so any document length works.
 from __future__ import annotations
 
 import importlib.util
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from sumrl.errors import ModelNotFoundError
 
 WINDOW_WORDS = 180  # ~230 word pieces: stays inside the 256-token window of MiniLM
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's hidden size: the width of every sentence embedding
+# encode_long results kept per encoder: `sumrl demo` scores six systems on the same test papers,
+# and the sources' and references' embeddings (most of the scoring time) are the same each time
+LONG_MEMO_SIZE = 8
 
 
 def encoder_path() -> Path:
@@ -62,7 +66,24 @@ class SentenceEncoder:
         ``max_windows`` keeps at most that many evenly spaced windows per text
         (:func:`sample_windows`; a long source's
         centroid is well estimated by a sample, and embedding every window of an 8k-word document
-        dominates evaluation time on CPU). Returns (N, 384)."""
+        dominates evaluation time on CPU). Returns (N, 384).
+
+        The result for the same list of texts and settings is remembered (the last
+        ``LONG_MEMO_SIZE`` calls): the same call runs the same batches, so the remembered tensor is
+        exactly what recomputing gives (tests/test_metrics.py)."""
+        memo: OrderedDict[tuple, Any] = self.__dict__.setdefault("_long_memo", OrderedDict())
+        key = (tuple(texts), window_words, max_windows)
+        hit = memo.get(key)
+        if hit is not None:
+            memo.move_to_end(key)
+            return hit.clone()
+        out = self._encode_long(texts, window_words, max_windows)
+        memo[key] = out.clone()
+        while len(memo) > LONG_MEMO_SIZE:
+            memo.popitem(last=False)
+        return out
+
+    def _encode_long(self, texts: list[str], window_words: int, max_windows: int | None):
         torch = self._torch
         windows, owner = [], []
         for i, t in enumerate(texts):
