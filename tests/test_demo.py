@@ -156,3 +156,38 @@ def test_negative_settings_are_refused_in_one_line(tmp_path, capsys):
         assert err == f"error: {flag} must be >= 0, got -1" or err.startswith(f"error: {flag} must be >= 0"), err
     assert main(["eval", "--predictions", str(tmp_path / "p.jsonl"), "--no-repeat-ngram", "-2"]) == 2
     assert "--no-repeat-ngram must be >= 0" in capsys.readouterr().err
+
+
+def test_default_preset_runs_the_fast_paths(tmp_path, monkeypatch):
+    """What makes the default preset fit its 15-minute target (docs/results.md), as the stages
+    configure their commands: SFT without activation checkpointing, PPO passes of 2 rows under the
+    trainer's checkpointing threshold at the evaluation's summary cap, every test paper in one
+    generation batch, the RM's held-out accuracy on the n_test papers."""
+    from sumrl import demo
+    from sumrl.rl.config import RLConfig
+    from sumrl.rl import trainer
+    from sumrl.training import rm, sft
+
+    seen = {}
+    monkeypatch.setattr(sft, "train", lambda c: seen.setdefault("sft", c) and {})
+    monkeypatch.setattr(rm, "train_synthetic_rm", lambda c: seen.setdefault("rm", c) and {})
+    monkeypatch.setattr(trainer, "train", lambda c: seen.setdefault(c.algo, c) and {})
+    monkeypatch.setattr("sumrl.rewards.reward_model.read_reward_model_config",
+                        lambda p: {"token_normalization": {"mean": 0.5, "std": 0.25}})
+    cfg = demo.DemoConfig(bf16="false").resolved()
+    assert cfg.batch_size == cfg.n_test == 16
+    demo._sft(cfg, tmp_path / "sft", resume_ok=False)
+    demo._rm(cfg, tmp_path / "rm")
+    demo._ppo(cfg, tmp_path / "ppo", "default", tmp_path / "rm", resume_ok=False)
+    s, r, p = seen["sft"], seen["rm"], seen["ppo"]
+    assert s.gradient_checkpointing is False and s.max_seq_len == 672 and s.eval_every == 10
+    assert r.eval_limit == 16 and r.norm_limit == 16
+    assert p.micro_batch_size == 2 and p.summary_cap_quantile is None and p.max_new_tokens == 160
+    assert p.gradient_checkpointing == "auto" and 2 * (512 + 160) <= p.checkpoint_tokens
+    assert p.value_model == "head" and p.kl_coef == 0 and p.reference_kl  # the rest is the recipe's
+    # the full preset keeps the recipe's cap from the data and one pass per step
+    full = demo.DemoConfig(preset="full", bf16="false").resolved()
+    seen.clear()
+    demo._ppo(full, tmp_path / "ppo-full", "default", tmp_path / "rm", resume_ok=False)
+    assert seen["ppo"].summary_cap_quantile == 0.95 and seen["ppo"].micro_batch_size == 16
+    assert isinstance(seen["ppo"], RLConfig)
