@@ -162,7 +162,8 @@ def test_default_preset_runs_the_fast_paths(tmp_path, monkeypatch):
     """What makes the default preset fit its 15-minute target (docs/results.md), as the stages
     configure their commands: SFT without activation checkpointing, PPO passes of 2 rows under the
     trainer's checkpointing threshold at the evaluation's summary cap, every test paper in one
-    generation batch, the RM's held-out accuracy on the n_test papers."""
+    generation batch, the RM's held-out accuracy on the n_test papers and its summary window at
+    that cap."""
     from sumrl import demo
     from sumrl.rl.config import RLConfig
     from sumrl.rl import trainer
@@ -182,6 +183,8 @@ def test_default_preset_runs_the_fast_paths(tmp_path, monkeypatch):
     s, r, p = seen["sft"], seen["rm"], seen["ppo"]
     assert s.gradient_checkpointing is False and s.max_seq_len == 672 and s.eval_every == 10
     assert r.eval_limit == 16 and r.norm_limit == 16
+    # the RM reads as many summary tokens as PPO writes, with the recipe's document budget (384 - 256)
+    assert r.max_summary_tokens == 160 and r.max_length == 160 + 128
     assert p.micro_batch_size == 2 and p.summary_cap_quantile is None and p.max_new_tokens == 160
     assert p.gradient_checkpointing == "auto" and 2 * (512 + 160) <= p.checkpoint_tokens
     assert p.value_model == "head" and p.kl_coef == 0 and p.reference_kl  # the rest is the recipe's
@@ -190,4 +193,6 @@ def test_default_preset_runs_the_fast_paths(tmp_path, monkeypatch):
     seen.clear()
     demo._ppo(full, tmp_path / "ppo-full", "default", tmp_path / "rm", resume_ok=False)
     assert seen["ppo"].summary_cap_quantile == 0.95 and seen["ppo"].micro_batch_size == 16
+    demo._rm(full, tmp_path / "rm-full")
+    assert seen["rm"].max_summary_tokens == 256 and seen["rm"].max_length == 384
     assert isinstance(seen["ppo"], RLConfig)

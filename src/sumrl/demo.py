@@ -163,7 +163,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "eval": ("model", "data", "n_test", "max_input_tokens", "max_new_tokens", "batch_size", "no_repeat_ngram", "seed"),
     "sft": ("model", "data", "sft_steps", "sft_batch", "sft_patience", "max_input_tokens", "max_new_tokens", "bf16",
             "seed"),
-    "rm": ("data", "rm_steps", "n_test", "seed"),
+    "rm": ("model", "data", "rm_steps", "n_test", "ppo_cap", "max_new_tokens", "seed"),
     "ppo": ("model", "data", "ppo_steps", "ppo_batch", "ppo_micro", "ppo_cap", "rl_lr", "max_input_tokens",
             "max_new_tokens", "bf16", "seed"),
     "grpo": ("model", "data", "grpo_steps", "grpo_batch", "grpo_samples", "rl_lr", "max_input_tokens",
@@ -489,13 +489,20 @@ def _rm(cfg: DemoConfig, folder: Path) -> dict:
     from sumrl.config import load_recipe
 
     # the last-mile RM (recipes/rm_lastmile.yaml: the policy's base + LoRA, causal, as per-token
-    # rewards need) on the demo's model; the held-out per-class accuracy and normalisation sets
-    # scale with the preset (they cost RM passes)
-    # (the held-out accuracy is a diagnostic printed in rm/metrics.json: on the demo's n_test papers x 5
-    # negative classes it costs 6 RM passes per paper; the normalisation set feeds PPO's rewards)
-    rc = build_config(RMTrainConfig, load_recipe(RM_LASTMILE_RECIPE),
+    # rewards need) on the demo's model. The held-out per-class accuracy (a diagnostic in
+    # rm/metrics.json: 6 RM passes per paper) and the normalisation set (it scales PPO's rewards) use
+    # the preset's n_test papers. With PPO capped at max_new_tokens (`ppo_cap` eval) the RM reads that
+    # many summary tokens, no more (it never scores a longer summary), with the recipe's document
+    # budget unchanged: shorter rows for every training and evaluation pass.
+    recipe = load_recipe(RM_LASTMILE_RECIPE)
+    window = {}
+    if cfg.ppo_cap == "eval" and cfg.max_new_tokens < recipe["max_summary_tokens"]:
+        window = dict(max_summary_tokens=cfg.max_new_tokens,
+                      max_length=recipe["max_length"] - recipe["max_summary_tokens"] + cfg.max_new_tokens)
+    rc = build_config(RMTrainConfig, recipe,
                       overrides=dict(data=cfg.data, out=str(folder), model=cfg.model, steps=cfg.rm_steps,
-                                     seed=cfg.seed, eval_limit=max(12, cfg.n_test), norm_limit=max(8, cfg.n_test)))
+                                     seed=cfg.seed, eval_limit=max(12, cfg.n_test), norm_limit=max(8, cfg.n_test),
+                                     **window))
     m = train_synthetic_rm(rc)
     return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
 
