@@ -9,7 +9,10 @@ from sumrl.cli import main
 
 TINY = ["--n-test", "2", "--max-input-tokens", "160", "--max-new-tokens", "6", "--batch-size", "2",
         "--sft-steps", "2", "--sft-batch", "2", "--rm-steps", "2", "--ppo-steps", "1", "--ppo-batch", "2",
-        "--grpo-steps", "1", "--grpo-batch", "1", "--grpo-samples", "2", "--no-bf16"]
+        "--grpo-steps", "1", "--grpo-batch", "1", "--grpo-samples", "2", "--no-bf16",
+        # no tiny reference fits a 6-token cap whole: PPO takes the recipe's cap from the data here
+        # (the default preset's eval cap is checked in test_default_preset_runs_the_fast_paths)
+        "--ppo-cap", "data"]
 
 
 def _data(path):

@@ -56,15 +56,17 @@ GRPO_RECIPE = RECIPES / "rl_grpo.yaml"
 # guard is applied by `sumrl eval` to *every* system alike (zero-shot, SFT, RL), never to RL only.
 # CPU presets truncate the documents to a prompt budget this machine handles quickly; `full` is
 # sized for one GPU and keeps the recipes' learning rates.
-# CPU presets also generate every test paper in one batch (decoding a 135M model on a CPU costs
-# about the same per step for 8 rows as for 16: the weights are read once per step either way) and
-# cap PPO's summaries at the evaluation's max_new_tokens (`ppo_cap`, see _ppo).
+# CPU presets also generate every test paper in one batch (a decoding step of a 135M model on a CPU
+# reads all the weights whatever the batch, so one batch of 16 costs less than two of 8: the same
+# greedy summaries, ~20% less time); the default preset caps PPO's summaries at the evaluation's
+# max_new_tokens (`ppo_cap`, see _ppo; quick's 64 would leave almost no reference whole). The default preset's RM trains 12 steps (20 until 2026-11-30): with the
+# exact speed-ups alone the preset was still over its 15-minute target (docs/results.md section 1).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(n_test=6, max_input_tokens=384, max_new_tokens=64, batch_size=6, sft_steps=4, sft_batch=2,
-                  rm_steps=4, ppo_steps=3, ppo_batch=2, ppo_micro=2, ppo_cap="eval", grpo_steps=2, grpo_batch=1,
+                  rm_steps=4, ppo_steps=3, ppo_batch=2, ppo_micro=2, ppo_cap="data", grpo_steps=2, grpo_batch=1,
                   grpo_samples=4, bf16="auto", no_repeat_ngram=6, rl_lr=2e-4, sft_patience=2),
     "default": dict(n_test=16, max_input_tokens=512, max_new_tokens=160, batch_size=16, sft_steps=30, sft_batch=2,
-                    rm_steps=20, ppo_steps=8, ppo_batch=4, ppo_micro=2, ppo_cap="eval", grpo_steps=6, grpo_batch=1,
+                    rm_steps=12, ppo_steps=8, ppo_batch=4, ppo_micro=2, ppo_cap="eval", grpo_steps=6, grpo_batch=1,
                     grpo_samples=4, bf16="auto", no_repeat_ngram=6, rl_lr=2e-4, sft_patience=2),
     "full": dict(n_test=99, max_input_tokens=4096, max_new_tokens=256, batch_size=16, sft_steps=400, sft_batch=16,
                  rm_steps=400, ppo_steps=200, ppo_batch=16, ppo_micro=16, ppo_cap="data", grpo_steps=200, grpo_batch=8,
