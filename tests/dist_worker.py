@@ -4,7 +4,7 @@ its index among the identical prompts of the call, seed) -- not of the process t
 so one process and N processes produce the same episodes and their training can be compared
 number for number. Usage: python dist_worker.py SEED COMMANDS.json (a list of sumrl argument
 lists, run one after the other in the same process group: one launch for several runs; a list
-starting with "@real" samples with the real engine). SUMRL_TEST_FSDP2=1: Accelerate's FSDP2 path is
+starting with "@real" samples with the real engine; "@stop=K" stops an sft run after step K, as a kill would). SUMRL_TEST_FSDP2=1: Accelerate's FSDP2 path is
 forced (:func:`force_fsdp2`)."""
 
 from __future__ import annotations
@@ -85,12 +85,43 @@ def main() -> int:
     from sumrl.cli import main as cli
 
     for args in json.loads(Path(sys.argv[2]).read_text()):
-        # a command starting with "@real" samples with the HF engine itself
+        # a command starting with "@real" samples with the HF engine itself; "@stop=K": the run is
+        # interrupted on every process after step K (and its checkpoint), as a kill would stop it
         E.HFEngine.generate = real if args[:1] == ["@real"] else fixed
-        rc = cli(args[1:] if args[:1] == ["@real"] else args)
-        if rc:
+        stop = int(args[0].split("=")[1]) if args[0].startswith("@stop=") else None
+        with stopped_after(stop):
+            rc = cli(args[1:] if args[0].startswith("@") else args)
+        if rc and not (stop is not None and rc == 130):  # 130: the interruption asked for
             return rc
     return 0
+
+
+class stopped_after:
+    """``sumrl sft`` stops (KeyboardInterrupt, the CLI's exit 130) on every process after step ``k``:
+    its step callback, called after the step's checkpoint, raises."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def __enter__(self):
+        import sumrl.training.sft as S
+
+        self.saved = S.train
+        if self.k is not None:
+            def train(cfg, *, callbacks=None):
+                def stop(step, metrics):
+                    if step >= self.k:
+                        raise KeyboardInterrupt
+                return self.saved(cfg, callbacks=[*(callbacks or []), stop])
+
+            S.train = train
+        return self
+
+    def __exit__(self, *exc):
+        import sumrl.training.sft as S
+
+        S.train = self.saved
+        return False
 
 
 if __name__ == "__main__":

@@ -189,6 +189,107 @@ def two_fsdp(files, tiny_model_dir):
     return outs
 
 
+# full-weight RL under FSDP2: the reference a frozen copy sharded like the policy, the head critic on the
+# sharded trunk (PPO: critic, GAE, KL in the reward, 2 epochs x 2 mini-batches)
+RL_FULL = ["--no-lora", "--lr", "1e-3"]
+# SFT early stopping under FSDP2: validation every step; with these settings the 1-process run's best
+# validation is not its last step, so the best weights are gathered, saved and loaded back into the shards
+SFT_ES = ("--full", "--lr", "0.1", "--steps", "4", "--eval-every", "1", "--val-examples", "2", "--val-generate", "0",
+          "--early-stopping-patience", "2")
+
+
+def _with(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+def fsdp_resume_commands(files: Path, model: Path, outs: dict) -> list[list[str]]:
+    """Runs interrupted after step 1 and resumed under FSDP2 on the same 2 processes: full-weight PPO
+    (``--steps 1``, then ``--steps 2 --resume``) and LoRA SFT (stopped after its step-1 checkpoint,
+    as a kill would stop it, then ``--resume``)."""
+    rl = _rl(model, files / "rl.jsonl", outs["ppo-full-resumed"], "ppo") + RL_FULL
+    sft = _sft(model, files / "rl.jsonl", outs["sft-resumed"], "--save-every", "1")
+    return [_with(rl, "--steps", "1"), [*rl, "--resume"], ["@stop=1", *sft], [*sft, "--resume"]]
+
+
+@pytest.fixture(scope="module")
+def two_fsdp_more(files, tiny_model_dir):
+    outs = {k: files / f"fsdp-{k}" for k in ("ppo-full", "ppo-full-resumed", "sft-resumed", "sft-es")}
+    cmds = [_rl(tiny_model_dir, files / "rl.jsonl", outs["ppo-full"], "ppo") + RL_FULL]
+    cmds += fsdp_resume_commands(files, tiny_model_dir, outs)
+    cmds += [_sft(tiny_model_dir, files / "rl.jsonl", outs["sft-es"], *SFT_ES)]
+    p = torchrun(2, cmds, files, env={"SUMRL_TEST_FSDP2": "1"})
+    print(p.stdout[-4000:], p.stderr[-4000:])
+    return outs
+
+
+@pytest.fixture(scope="module")
+def one_ppo_full(files, tiny_model_dir, tmp_path_factory):
+    """Full-weight PPO in one process (the twin of the FSDP2 runs), with the deterministic engine."""
+    import sumrl.generation.engine as E
+    from dist_worker import install
+
+    saved = E.HFEngine.generate
+    install(0)
+    try:
+        out = tmp_path_factory.mktemp("one-ppo-full")
+        assert main(_rl(tiny_model_dir, files / "rl.jsonl", out, "ppo") + RL_FULL) == 0
+    finally:
+        E.HFEngine.generate = saved
+    return out
+
+
+def _same_run(one: Path, two: Path, drop: tuple = ("time/",), tol: float = 1e-5) -> None:
+    ma, mb = _metrics(one), _metrics(two)
+    assert [r["step"] for r in mb] == [r["step"] for r in ma] and ma
+    for ra, rb in zip(ma, mb):
+        _close({k: v for k, v in ra.items() if not k.startswith(drop)},
+               {k: v for k, v in rb.items() if not k.startswith(drop)}, where=f"step {ra['step']}")
+    assert_same_weights(one, two, tol)
+
+
+def test_full_weight_rl_under_fsdp2_equals_one_process(two_fsdp_more, one_ppo_full):
+    """The frozen reference copy sharded like the policy (every KL term reads it), the head critic on the
+    sharded trunk, all weights trained: the same metrics, sample tables and published model as one process."""
+    two = two_fsdp_more["ppo-full"]
+    _same_run(one_ppo_full, two)
+    samples = lambda out: (out / "samples.jsonl").read_text()
+    assert samples(one_ppo_full) == samples(two)
+    assert (two / "model.safetensors").exists() and not (two / "adapter_model.safetensors").exists()
+    assert "objective/kl" in _metrics(two)[-1] and "value/loss" in _metrics(two)[-1]
+
+
+@pytest.mark.parametrize("case", ["rl", "sft"])
+def test_an_fsdp2_run_resumed_equals_the_uninterrupted_run(case, request, two_fsdp_more, one_ppo_full):
+    """Stopped after step 1 and resumed under FSDP2: the whole weights and AdamW state of the checkpoint
+    go back into the shards (torch.distributed.checkpoint's state-dict helpers); steps are logged once
+    and the result equals the run that was never stopped."""
+    if case == "rl":  # full-weight PPO: against the uninterrupted one-process run
+        one, two = one_ppo_full, two_fsdp_more["ppo-full-resumed"]
+    else:  # LoRA SFT: against the uninterrupted FSDP2 run
+        one, two = request.getfixturevalue("two_fsdp")["sft"], two_fsdp_more["sft-resumed"]
+    _same_run(one, two, drop=("time/", "train/tokens_per_s", "perf/"))
+    assert (two / "checkpoints" / "step-00000002").is_dir()
+
+
+def test_sft_early_stopping_under_fsdp2_equals_one_process(two_fsdp_more, files, tiny_model_dir, tmp_path):
+    from sumrl.models.loading import read_model_meta
+
+    one = tmp_path / "one"
+    assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *SFT_ES)) == 0
+    two = two_fsdp_more["sft-es"]
+    meta = read_model_meta(one)
+    # the published weights are not the last ones, and the run stopped early
+    assert meta["best_step"] < max(r["step"] for r in _metrics(one)) and meta["stopped_at"] < 4
+    assert read_model_meta(two)["best_step"] == meta["best_step"]
+    # lr 0.1 (for the validation loss to rise within 4 steps): Adam moves every element by up to lr whatever
+    # its gradient's size, so embedding rows whose gradients are near Adam's eps (1e-8) turn the
+    # all-reduce's rounding into differences of ~1e-5 (1.6e-5 seen); 1e-4 is still 1/1000 of one step,
+    # and publishing the last instead of the best weights moves them by ~lr
+    _same_run(one, two, drop=("time/", "train/tokens_per_s", "perf/", "train/micro_batches"), tol=1e-4)
+
+
 @pytest.fixture
 def engine():
     """The worker's deterministic engine in this (1-process) run too."""

@@ -201,11 +201,12 @@ class RLTrainer:
         # only joins the (gloo) process group when told it runs on the CPU
         self.accelerator = Accelerator(**accelerator_kwargs(find_unused=cfg.algo == "d2lols"))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        # FSDP2 (recipes/accelerate/fsdp2.yaml): LoRA policies, the reference = adapters off
+        # FSDP2 (recipes/accelerate/fsdp2.yaml): LoRA (the reference = adapters off) or full weights (the
+        # reference = a frozen copy sharded like the policy), the head critic, the unguided algorithms
         self.fsdp = is_fsdp(self.accelerator)
-        if self.fsdp and (not cfg.lora or cfg.algo in GUIDED_ALGOS or cfg.value_model == "adapter"):
-            raise ConfigError("sumrl rl under FSDP needs --lora (the reference is the adapters-off policy), "
-                              "--value-model head and an unguided algorithm (ppo, grpo, rloo); see docs/scale.md")
+        if self.fsdp and (cfg.algo in GUIDED_ALGOS or cfg.value_model == "adapter"):
+            raise ConfigError("sumrl rl under FSDP needs --value-model head and an unguided algorithm (ppo, grpo, "
+                              "rloo): the guide and the value adapter are not sharded; see docs/scale.md")
         from sumrl.models.precision import precision_line, resolve_bf16
 
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
@@ -255,8 +256,14 @@ class RLTrainer:
         self.ref_module = None
         if self.policy.ref_model is not None:
             self.ref_module = PolicyValueModule(self.policy.ref_model, chunk_size=cfg.logprob_chunk_size,
-                                                bf16=self.use_bf16, share_prompt=cfg.share_prompt,
+                                                bf16=self.use_bf16, share_prompt=cfg.share_prompt and not self.fsdp,
                                                 prefill_chunk=cfg.prefill_chunk).to(self.device)
+            if self.fsdp:
+                # the frozen reference copy sharded like the policy (Accelerate's own FSDP2 preparation, the
+                # same plugin settings; no optimizer): each process holds 1/N of it, every forward gathers
+                from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+                self.ref_module = fsdp2_prepare_model(self.accelerator, self.ref_module)
         self.guide = None
         if cfg.algo in GUIDED_ALGOS:
             from sumrl.rl.guided import Guide
@@ -705,9 +712,6 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     params = trainable(tr.raw)
     optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     if tr.fsdp:
-        if resume_from is not None:
-            raise ConfigError("--resume under FSDP is not supported yet (the checkpoint is in the one-process "
-                              "format: resume it with recipes/accelerate/ddp.yaml or in one process)")
         # FSDP2 shards the module and re-points the optimizer at the shards (one prepare for both)
         tr.module, optimizer = tr.accelerator.prepare(tr.module, optimizer)
         params = trainable(tr.raw)
@@ -720,7 +724,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     start = 0
     advantage_scale: float | None = None  # advantage std of the last sampled batch (reference batches use it)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=tr.raw, optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(resume_from, model=tr.raw, optimizer=optimizer, scheduler=scheduler, sharded=tr.fsdp)
         start = int(state["step"])
         advantage_scale = state.get("advantage_scale")
     sampler = StepSampler(len(examples), cfg.batch_size, cfg.seed)
@@ -749,7 +753,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         now = rng_state() if rng is not None else None
         # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
         # writes them in the one-process format
-        opt_state = full_optimizer_state(optimizer) if tr.fsdp else None
+        opt_state = full_optimizer_state(tr.raw, optimizer) if tr.fsdp else None
         with full_weights(tr.raw, tr.fsdp):
             if not is_main:
                 return
@@ -1012,7 +1016,7 @@ def _publish(tr: RLTrainer, out: Path, cfg: RLConfig, state_dict: dict | None = 
                                                         f"which must stay at {base} relative to it)" if stacked else "")
               + f" (use --model {out})")
         return
-    publish_model(model, tr.tok, out, base_spec=None,
+    publish_model(model, tr.tok, out, base_spec=None, state_dict=state_dict,
                   extra={**extra, "lora": False, "merged_from": tr.policy.merged_from})
     log.info(f"saved the full RL model to {out} (use --model {out})")
 

@@ -140,11 +140,14 @@ def save_checkpoint(root: str | Path, step: int, *, model: Any, optimizer: Any |
 
 
 def load_checkpoint(path: str | Path, *, model: Any, optimizer: Any | None = None, scheduler: Any | None = None,
-                    restore_rng: bool = True) -> dict:
+                    restore_rng: bool = True, sharded: bool = False) -> dict:
     """Load a checkpoint into already-built objects; returns its ``state.json``.
 
     The trainable parameter names must match exactly (a LoRA checkpoint cannot be loaded into a
-    fully trainable model, or one with another rank / other target modules).
+    fully trainable model, or one with another rank / other target modules). ``sharded``: ``model``
+    and ``optimizer`` are sharded by FSDP2 and every process calls this (a collective): each keeps
+    its shard of the whole tensors the checkpoint holds (:func:`sumrl.training.parallel.load_whole_state`),
+    so a checkpoint resumes with any number of processes, sharded or not.
     """
     import torch
 
@@ -157,13 +160,21 @@ def load_checkpoint(path: str | Path, *, model: Any, optimizer: Any | None = Non
         missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
         raise SumrlError(f"{path}: checkpoint does not match the model's trainable parameters "
                          f"({len(missing)} missing, e.g. {missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})")
-    with torch.no_grad():
-        for n, p in params.items():
-            if saved[n].shape != p.shape:
-                raise SumrlError(f"{path}: parameter {n} has shape {tuple(saved[n].shape)}, model has {tuple(p.shape)}")
-            p.copy_(saved[n].to(p.device, p.dtype))
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    for n, p in params.items():  # a sharded parameter's shape is its whole shape
+        if saved[n].shape != p.shape:
+            raise SumrlError(f"{path}: parameter {n} has shape {tuple(saved[n].shape)}, model has {tuple(p.shape)}")
+    opt_state = (torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+                 if optimizer is not None else None)
+    if sharded:
+        from sumrl.training.parallel import load_whole_state
+
+        load_whole_state(model, optimizer, {n: saved[n].to(params[n].dtype) for n in params}, opt_state)
+    else:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n].to(p.device, p.dtype))
+        if optimizer is not None:
+            optimizer.load_state_dict(opt_state)
     if scheduler is not None and (path / "scheduler.pt").exists():
         # LambdaLR pickles its (object) lambdas: our own file, so a full unpickle is fine.
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from sumrl.errors import ConfigError
-from sumrl.models.sharding import whole_tensor
 
 
 # --------------------------------------------------------------------------------- collectives
@@ -88,11 +87,42 @@ def is_fsdp(accelerator: Any) -> bool:
     return accelerator.num_processes > 1 and getattr(accelerator.state, "fsdp_plugin", None) is not None
 
 
-def full_optimizer_state(optimizer: Any) -> dict:
-    """``optimizer.state_dict()`` with every sharded (DTensor) state gathered whole, in the same
-    order on every process (a collective): the one-process format."""
-    sd = optimizer.state_dict()
-    state = {}
-    for k in sorted(sd["state"]):
-        state[k] = {n: whole_tensor(v) if isinstance(v, Tensor) else v for n, v in sorted(sd["state"][k].items())}
-    return {**sd, "state": state}
+def full_optimizer_state(model: Any, optimizer: Any) -> dict:
+    """The optimizer state of a sharded ``model`` gathered whole, in the one-process format
+    (``optimizer.state_dict()``: parameters numbered in the optimizer's order), so that a checkpoint
+    written under FSDP resumes with any number of processes, sharded or not. A collective: every
+    process calls it; the state comes back on the main process (``{}`` on the others).
+
+    The gathering is torch's (``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``,
+    full state, offloaded to the CPU); its parameters are named by their FQNs in ``model``, which
+    are numbered back in the order its ``param_groups`` list them (the optimizer's own order)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not sd:
+        return {}
+    pid = {n: i for i, n in enumerate(n for g in sd["param_groups"] for n in g["params"])}
+    return {"state": {pid[n]: v for n, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [pid[n] for n in g["params"]]} for g in sd["param_groups"]]}
+
+
+def load_whole_state(model: Any, optimizer: Any | None, weights: dict[str, Tensor], opt_state: dict | None) -> None:
+    """Load a one-process checkpoint (whole trainable ``weights`` named as in ``model``; the
+    optimizer state numbered in the optimizer's order) into a model and optimizer sharded by FSDP2.
+    Every process reads the same whole tensors and keeps its own shard of each
+    (``torch.distributed.checkpoint.state_dict.set_model_state_dict`` /
+    ``set_optimizer_state_dict`` with ``full_state_dict``: ``distribute_tensor`` onto each
+    parameter's mesh and placement). A collective: every process calls it."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    # strict=False: the checkpoint holds the trainable parameters only (a frozen base is reloaded)
+    set_model_state_dict(model, dict(weights), options=StateDictOptions(full_state_dict=True, strict=False))
+    if optimizer is None or opt_state is None:
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    fqn = dict(enumerate(order))
+    state = {"state": {fqn[int(i)]: v for i, v in opt_state["state"].items()},
+             "param_groups": [{**g, "params": [fqn[int(i)] for i in g["params"]]} for g in opt_state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

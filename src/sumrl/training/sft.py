@@ -219,12 +219,6 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     # FSDP2 (recipes/accelerate/fsdp2.yaml): parameters, gradients and optimizer state sharded
     fsdp = is_fsdp(accelerator)
-    if fsdp and cfg.resume:
-        raise ConfigError("--resume under FSDP is not supported yet (the checkpoint is in the one-process format: "
-                          "resume it with recipes/accelerate/ddp.yaml or in one process)")
-    if fsdp and cfg.early_stopping_patience:
-        raise ConfigError("--early-stopping-patience under FSDP is not supported yet (the best weights would be "
-                          "loaded into sharded parameters): launch with recipes/accelerate/ddp.yaml")
     from sumrl.models.precision import precision_line, resolve_bf16
 
     use_bf16, why = resolve_bf16(cfg.bf16, accelerator.device)
@@ -293,7 +287,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     counters = {"tokens_seen": 0, "target_tokens_seen": 0}
     run_tokens, run_seconds = 0, 0.0  # this invocation's training steps only (no validation, no resume)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=raw_module.model, optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(resume_from, model=raw_module.model, optimizer=optimizer, scheduler=scheduler,
+                                sharded=fsdp)
         start = int(state["step"])
         counters.update(state.get("counters", {}))
     logger = MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None) if main else None
@@ -321,10 +316,16 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                     best, bad, improved = early_stopping_update(counters.get("best_val_loss"), counters.get("bad_evals", 0),
                                                                 vl, cfg.early_stopping_min_delta)
                     counters.update(best_val_loss=best, bad_evals=bad)
+                    if fsdp:  # every process validated; the main one's decision for all (the gathering is a collective)
+                        from accelerate.utils import broadcast_object_list
+
+                        improved = broadcast_object_list([improved])[0]
                     if improved:  # the weights published at the end, unless a later validation beats them
                         counters["best_step"] = step
-                        save_checkpoint(out / BEST_DIR, step, model=raw_module.model, optimizer=None,
-                                        state={"val_loss": vl}, keep=1)  # weights only: never resumed from
+                        with full_weights(loss_module, fsdp):  # FSDP: whole weights, the main process saves
+                            if main:
+                                save_checkpoint(out / BEST_DIR, step, model=raw_module.model, optimizer=None,
+                                                state={"val_loss": vl}, keep=1)  # weights only: never resumed from
                     metrics.update({"val/best_loss": best, "val/best_step": counters.get("best_step", -1)})
                     stop = bad >= patience
             # FSDP: generation calls the inner model, which skips the root unit's hooks: its own
@@ -353,7 +354,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                                    f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
         # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
         # writes them in the one-process format
-        opt_state = full_optimizer_state(optimizer) if fsdp else None
+        opt_state = full_optimizer_state(raw_module.model, optimizer) if fsdp else None
         with full_weights(loss_module, fsdp):
             if main:
                 save_checkpoint(out / CHECKPOINT_DIR, step, model=raw_module.model,
@@ -443,7 +444,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     extra = {"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps, "load_in_4bit": cfg.load_in_4bit}
     best_dir = last_checkpoint(out / BEST_DIR) if patience else None
     if best_dir is not None:  # every process loads it, so that they all return the same weights
-        best_state = load_checkpoint(best_dir, model=raw_module.model, restore_rng=False)
+        best_state = load_checkpoint(best_dir, model=raw_module.model, restore_rng=False, sharded=fsdp)
         extra.update(best_step=int(best_state["step"]), best_val_loss=float(best_state["val_loss"]),
                      stopped_at=counters.get("stopped_at"))
         if main:
