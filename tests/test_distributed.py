@@ -1,9 +1,10 @@
 """Data-parallel training on 2 CPU (gloo) processes under torchrun equals 1 process with the same
-global batch and seed: ``sumrl rl`` (GRPO; PPO with a critic), ``sumrl rm`` (synthetic and
-preference; data-parallel and FSDP2) and ``sumrl sft`` (LoRA data-parallel; LoRA and full under FSDP2).
+global batch and seed: ``sumrl rl`` (GRPO; PPO with a critic; full-weight PPO under FSDP2), ``sumrl rm``
+(synthetic and preference; data-parallel and FSDP2) and ``sumrl sft`` (LoRA data-parallel; LoRA and full
+under FSDP2, early stopping under FSDP2); and runs interrupted and resumed under FSDP2 = uninterrupted runs.
 
-The 2-process runs are launched once for the module (one ``torchrun`` running the four commands
-in turn: process start-up is most of the cost); each test runs its 1-process twin in-process and
+The 2-process runs are launched twice for the module (one ``torchrun`` for the data-parallel runs, one
+for the FSDP2 runs, each running its commands in turn: process start-up is most of the cost); each test runs its 1-process twin in-process and
 compares.
 
 Sampling is made comparable by a deterministic rollout engine (tests/dist_worker.py) installed in
@@ -138,6 +139,30 @@ SFT_FSDP = {"sft": (), "sft-full": ("--full", "--lr", "1e-3", "--eval-every", "1
                                     "--val-generate", "2", "--val-max-new-tokens", "4")}
 
 
+# full-weight RL under FSDP2: the reference a frozen copy sharded like the policy, the head critic on the
+# sharded trunk (PPO: critic, GAE, KL in the reward, 2 epochs x 2 mini-batches)
+RL_FULL = ["--no-lora", "--lr", "1e-3"]
+# SFT early stopping under FSDP2: validation every step; with these settings the 1-process run's best
+# validation is not its last step, so the best weights are gathered, saved and loaded back into the shards
+SFT_ES = ("--full", "--lr", "0.1", "--steps", "4", "--eval-every", "1", "--val-examples", "2", "--val-generate", "0",
+          "--early-stopping-patience", "2")
+
+
+def _with(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+def fsdp_resume_commands(files: Path, model: Path, outs: dict) -> list[list[str]]:
+    """Runs interrupted after step 1 and resumed under FSDP2 on the same 2 processes: full-weight PPO
+    (``--steps 1``, then ``--steps 2 --resume``) and LoRA SFT (stopped after its step-1 checkpoint,
+    as a kill would stop it, then ``--resume``)."""
+    rl = _rl(model, files / "rl.jsonl", outs["ppo-full-resumed"], "ppo") + RL_FULL
+    sft = _sft(model, files / "rl.jsonl", outs["sft-resumed"], "--save-every", "1")
+    return [_with(rl, "--steps", "1"), [*rl, "--resume"], ["@stop=1", *sft], [*sft, "--resume"]]
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     from test_reward_model import _docs
@@ -172,55 +197,29 @@ def two(files, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def two_fsdp(files, tiny_model_dir):
-    """The RL and RM runs again on 2 processes under FSDP2 (Accelerate's FSDP path forced on the CPU
-    group, tests/dist_worker.py): each decoder layer a shard unit, the optimizer prepared with the
-    model, the full weights gathered for checkpoints and the published model; plus one GRPO run that
-    samples with the real engine (generation kept in step over the sharded processes)."""
-    outs = {k: files / f"fsdp-{k}" for k in (*RL_CASES, "synthetic", "preference", "real", *SFT_FSDP)}
+    """The RL, RM and SFT runs again on 2 processes under FSDP2 (Accelerate's FSDP path forced on the
+    CPU group, tests/dist_worker.py): the optimizer prepared with the model, the full weights gathered
+    for checkpoints and the published model; plus one GRPO run that samples with the real engine
+    (generation kept in step over the sharded processes), full-weight PPO (the reference a sharded
+    frozen copy), runs interrupted and resumed, and SFT early stopping. One launch for all."""
+    outs = {k: files / f"fsdp-{k}" for k in (*RL_CASES, "synthetic", "preference", "real", *SFT_FSDP, "ppo-full",
+                                             "ppo-full-resumed", "sft-resumed", "sft-es")}
     cmds = [_rl(tiny_model_dir, files / "rl.jsonl", outs[c], c) for c in RL_CASES]
     cmds += [_rm("synthetic", files / "rm.jsonl", tiny_model_dir, outs["synthetic"]),
              _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"]),
              ["@real", *_rl(tiny_model_dir, files / "rl.jsonl", outs["real"], "grpo")]]
     cmds += [_sft(tiny_model_dir, files / "rl.jsonl", outs[k], *a) for k, a in SFT_FSDP.items()]
-    p = torchrun(2, cmds, files, env={"SUMRL_TEST_FSDP2": "1"})
-    assert (p.stdout + p.stderr).count("2 process(es); FSDP2") == len(SFT_FSDP), p.stdout + p.stderr
-    assert p.stdout.count("rm: 2 processes (FSDP2, parameters, gradients and optimizer state sharded)") == 2
-    assert p.stdout.count("prompts each; FSDP2") == len(RL_CASES) + 1
-    return outs
-
-
-# full-weight RL under FSDP2: the reference a frozen copy sharded like the policy, the head critic on the
-# sharded trunk (PPO: critic, GAE, KL in the reward, 2 epochs x 2 mini-batches)
-RL_FULL = ["--no-lora", "--lr", "1e-3"]
-# SFT early stopping under FSDP2: validation every step; with these settings the 1-process run's best
-# validation is not its last step, so the best weights are gathered, saved and loaded back into the shards
-SFT_ES = ("--full", "--lr", "0.1", "--steps", "4", "--eval-every", "1", "--val-examples", "2", "--val-generate", "0",
-          "--early-stopping-patience", "2")
-
-
-def _with(args: list[str], flag: str, value: str) -> list[str]:
-    args = list(args)
-    args[args.index(flag) + 1] = value
-    return args
-
-
-def fsdp_resume_commands(files: Path, model: Path, outs: dict) -> list[list[str]]:
-    """Runs interrupted after step 1 and resumed under FSDP2 on the same 2 processes: full-weight PPO
-    (``--steps 1``, then ``--steps 2 --resume``) and LoRA SFT (stopped after its step-1 checkpoint,
-    as a kill would stop it, then ``--resume``)."""
-    rl = _rl(model, files / "rl.jsonl", outs["ppo-full-resumed"], "ppo") + RL_FULL
-    sft = _sft(model, files / "rl.jsonl", outs["sft-resumed"], "--save-every", "1")
-    return [_with(rl, "--steps", "1"), [*rl, "--resume"], ["@stop=1", *sft], [*sft, "--resume"]]
-
-
-@pytest.fixture(scope="module")
-def two_fsdp_more(files, tiny_model_dir):
-    outs = {k: files / f"fsdp-{k}" for k in ("ppo-full", "ppo-full-resumed", "sft-resumed", "sft-es")}
-    cmds = [_rl(tiny_model_dir, files / "rl.jsonl", outs["ppo-full"], "ppo") + RL_FULL]
+    # full-weight RL, the interrupted-and-resumed runs, SFT early stopping
+    cmds += [_rl(tiny_model_dir, files / "rl.jsonl", outs["ppo-full"], "ppo") + RL_FULL]
     cmds += fsdp_resume_commands(files, tiny_model_dir, outs)
     cmds += [_sft(tiny_model_dir, files / "rl.jsonl", outs["sft-es"], *SFT_ES)]
     p = torchrun(2, cmds, files, env={"SUMRL_TEST_FSDP2": "1"})
-    print(p.stdout[-4000:], p.stderr[-4000:])
+    assert (p.stdout + p.stderr).count("2 process(es); FSDP2") == len(SFT_FSDP) + 3, p.stdout + p.stderr
+    assert p.stdout.count("rm: 2 processes (FSDP2, parameters, gradients and optimizer state sharded)") == 2
+    assert p.stdout.count("prompts each; FSDP2") == len(RL_CASES) + 4
+    assert p.stdout.count("resuming at step 1; 2 processes") == 1  # rl; sft says it in its own words
+    # each of the tiny model's 2 decoder layers its own unit, plus the root (embeddings, head, value head)
+    assert (p.stdout + p.stderr).count("FSDP2 (3 shard units;") == len(RL_CASES) + 4 + len(SFT_FSDP) + 3
     return outs
 
 
@@ -249,10 +248,10 @@ def _same_run(one: Path, two: Path, drop: tuple = ("time/",), tol: float = 1e-5)
     assert_same_weights(one, two, tol)
 
 
-def test_full_weight_rl_under_fsdp2_equals_one_process(two_fsdp_more, one_ppo_full):
+def test_full_weight_rl_under_fsdp2_equals_one_process(two_fsdp, one_ppo_full):
     """The frozen reference copy sharded like the policy (every KL term reads it), the head critic on the
     sharded trunk, all weights trained: the same metrics, sample tables and published model as one process."""
-    two = two_fsdp_more["ppo-full"]
+    two = two_fsdp["ppo-full"]
     _same_run(one_ppo_full, two)
     samples = lambda out: (out / "samples.jsonl").read_text()
     assert samples(one_ppo_full) == samples(two)
@@ -261,24 +260,24 @@ def test_full_weight_rl_under_fsdp2_equals_one_process(two_fsdp_more, one_ppo_fu
 
 
 @pytest.mark.parametrize("case", ["rl", "sft"])
-def test_an_fsdp2_run_resumed_equals_the_uninterrupted_run(case, request, two_fsdp_more, one_ppo_full):
+def test_an_fsdp2_run_resumed_equals_the_uninterrupted_run(case, request, two_fsdp, one_ppo_full):
     """Stopped after step 1 and resumed under FSDP2: the whole weights and AdamW state of the checkpoint
     go back into the shards (torch.distributed.checkpoint's state-dict helpers); steps are logged once
     and the result equals the run that was never stopped."""
     if case == "rl":  # full-weight PPO: against the uninterrupted one-process run
-        one, two = one_ppo_full, two_fsdp_more["ppo-full-resumed"]
+        one, two = one_ppo_full, two_fsdp["ppo-full-resumed"]
     else:  # LoRA SFT: against the uninterrupted FSDP2 run
-        one, two = request.getfixturevalue("two_fsdp")["sft"], two_fsdp_more["sft-resumed"]
+        one, two = request.getfixturevalue("two_fsdp")["sft"], two_fsdp["sft-resumed"]
     _same_run(one, two, drop=("time/", "train/tokens_per_s", "perf/"))
     assert (two / "checkpoints" / "step-00000002").is_dir()
 
 
-def test_sft_early_stopping_under_fsdp2_equals_one_process(two_fsdp_more, files, tiny_model_dir, tmp_path):
+def test_sft_early_stopping_under_fsdp2_equals_one_process(two_fsdp, files, tiny_model_dir, tmp_path):
     from sumrl.models.loading import read_model_meta
 
     one = tmp_path / "one"
     assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *SFT_ES)) == 0
-    two = two_fsdp_more["sft-es"]
+    two = two_fsdp["sft-es"]
     meta = read_model_meta(one)
     # the published weights are not the last ones, and the run stopped early
     assert meta["best_step"] < max(r["step"] for r in _metrics(one)) and meta["stopped_at"] < 4

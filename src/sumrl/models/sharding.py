@@ -1,7 +1,8 @@
 """Models sharded with FSDP2 (``accelerate launch`` with recipes/accelerate/fsdp2.yaml): whole
 parameters gathered around a call or for saving, and LoRA switched off for the reference pass
-without touching ``requires_grad``. Used by the RL trainer, the reward-model trainer and the
-rollout engine; nothing here runs without a sharded model."""
+without touching ``requires_grad``. Used by the trainers and the rollout engine; apart from
+:func:`no_split_modules` (read by every module that wraps a model), nothing here runs without a
+sharded model."""
 
 from __future__ import annotations
 
@@ -10,10 +11,24 @@ from typing import Any
 from torch import Tensor
 
 
+def no_split_modules(model: Any) -> list[str] | None:
+    """The model's transformer-layer classes (``_no_split_modules``, read through a peft wrapper), for a
+    module that wraps it: Accelerate's FSDP transformer wrap policy reads them from the module it
+    prepares, and without them the whole model would be one shard unit, gathered whole for every
+    forward (recipes/accelerate/fsdp2.yaml asks for each layer its own unit)."""
+    return list(getattr(model, "_no_split_modules", None) or []) or None
+
+
 def _fsdp_units(model: Any) -> list:
     from torch.distributed.fsdp import FSDPModule
 
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def shard_units(model: Any) -> int:
+    """How many FSDP units ``model`` is sharded into (the root and, with the transformer wrap policy,
+    one per decoder layer): each is gathered whole only around its own forward and backward."""
+    return len(_fsdp_units(model))
 
 
 class full_weights:
@@ -25,8 +40,11 @@ class full_weights:
     def __init__(self, model: Any, on: bool = True, *, root_only: bool = False):
         # root_only: the root unit's own parameters (the layers' units gather theirs in their hooks)
         self.units = ([model] if root_only else _fsdp_units(model)) if on else []
+        self.root = model if on else None
 
     def __enter__(self):
+        if self.root is not None:
+            root_initialized(self.root)
         for m in self.units:
             m.unshard()
         return self
@@ -35,6 +53,16 @@ class full_weights:
         for m in reversed(self.units):
             m.reshard()
         return False
+
+
+def root_initialized(model: Any) -> None:
+    """FSDP2 picks its root unit lazily, at the first forward, as the first unit to run one. Calls
+    into the inner model (generation, validation) reach the decoder layers' units first, which would
+    then each claim to be a root and the next forward through the real root fails ("requires
+    running forward through the root module first"): initialise the root before any such call (a
+    no-op once done; torch has no public call for it)."""
+    state = model._get_fsdp_state()
+    state._lazy_init()
 
 
 def whole_tensor(t: Tensor) -> Tensor:

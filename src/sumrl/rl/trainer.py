@@ -244,6 +244,9 @@ class RLTrainer:
                 self.rm_note = init_value_head_from_rm(value_head, self.reward)
             if cfg.algo == "d2lols":
                 guide_head = ValueHead(hidden_size(self.policy.model))
+        # Under FSDP the shared-prompt passes are off: they call each sharded decoder layer a data-dependent
+        # number of times (prompt chunks, the T == 1 shortcut, the plain fallback), while every call of a
+        # shard unit is an all-gather all processes must make in the same order (docs/scale.md)
         module = PolicyValueModule(self.policy.model, value_head, value_adapter=cfg.value_model == "adapter",
                                    chunk_size=cfg.logprob_chunk_size, bf16=self.use_bf16, guide_value_head=guide_head,
                                    share_prompt=cfg.share_prompt and not self.fsdp,
@@ -648,7 +651,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
 
     from sumrl.data import load_data, load_heldout
     from sumrl.rl import functional as F
-    from sumrl.models.sharding import full_weights, whole_tensor
+    from sumrl.models.sharding import full_weights, shard_units, whole_tensor
     from sumrl.rl.distributed import check_divisible, gather_step, shard, step_seed
     from sumrl.training.parallel import full_optimizer_state, process_state, refuse_sharded
     from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages,
@@ -738,7 +741,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
           f"{cfg.group_size} samples; trainable {n_train:,} / {n_all:,} parameters "
           f"({'LoRA' if cfg.lora else 'full'}); output {out}" + (f"; resuming at step {start}" if start else "")
           + (f"; {world} processes, {cfg.batch_size // world} prompts each" if world > 1 else "")
-          + ("; FSDP2 (parameters, gradients and optimizer state sharded)" if _sharded(tr.raw) else ""))
+          + (f"; FSDP2 ({shard_units(tr.raw)} shard units; parameters, gradients and optimizer state sharded)"
+             if _sharded(tr.raw) else ""))
     if tr.rm_note:
         say(f"rl: {tr.rm_note}")
     adv_settings = AdvantageSettings(kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, kl_in_reward=not cfg.kl_in_loss,

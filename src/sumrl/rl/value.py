@@ -214,6 +214,9 @@ class PolicyValueModule(torch.nn.Module):
         self.checkpoint_tokens = int(checkpoint_tokens)
         self.prefill_chunk = prefill_chunk  # no-grad passes: the prompt this many tokens at a time
         self.model = model
+        from sumrl.models.sharding import no_split_modules
+
+        self._no_split_modules = no_split_modules(model)  # FSDP: each decoder layer its own shard unit
         self.value_head = value_head
         # D2LOLS's separate guide critic (TRIL create_guide_critic): a second head on the same trunk
         self.guide_value_head = guide_value_head

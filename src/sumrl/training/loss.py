@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sumrl.models.logprobs import chunked_cross_entropy, model_hidden_states, output_head
+from sumrl.models.sharding import no_split_modules
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -31,6 +32,7 @@ class CausalLMLoss(torch.nn.Module):
         self.model = model
         self.chunk_size = int(chunk_size)
         self.bf16 = bool(bf16)
+        self._no_split_modules = no_split_modules(model)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +63,7 @@ class Seq2SeqLMLoss(torch.nn.Module):
         self.model = model
         self.chunk_size = int(chunk_size)
         self.bf16 = bool(bf16)
+        self._no_split_modules = no_split_modules(model)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

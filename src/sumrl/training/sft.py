@@ -16,7 +16,8 @@ chunked cross-entropy, :mod:`sumrl.training.loss`) is what gets wrapped by DDP; 
 validation and checkpoints happen on the main process while the others wait. Under FSDP2
 (recipes/accelerate/fsdp2.yaml) the loss module is sharded together with its optimizer, every
 process validates (each forward is a collective), and checkpoints and the published model are
-gathered whole in the one-process format (docs/scale.md).
+gathered whole in the one-process format; ``--resume`` and early stopping load them back into the
+shards (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
 
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
     # is a CPU run; without this, `torchrun --nproc_per_node N` would start N independent runs.
-    from sumrl.models.sharding import full_weights, whole_tensor
+    from sumrl.models.sharding import full_weights, shard_units, whole_tensor
     from sumrl.training.parallel import full_optimizer_state, is_fsdp, refuse_sharded
 
     refuse_sharded("sft")
@@ -297,7 +298,9 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     if main:
         log.info(f"sft: {len(examples)} examples -> {len(seqs)} sequences, {n_steps} steps of {cfg.batch_size}; "
               f"trainable {n_train:,} / {n_all:,} parameters ({'LoRA' if cfg.lora else 'full'}); "
-              f"{world} process(es)" + ("; FSDP2 (parameters, gradients and optimizer state sharded)" if fsdp else "")
+              f"{world} process(es)"
+              + (f"; FSDP2 ({shard_units(loss_module)} shard units; parameters, gradients and optimizer state sharded)"
+                 if fsdp else "")
               + f"; output {out}" + (f"; resuming at step {start}" if start else ""))
 
     last_val: dict = {}
