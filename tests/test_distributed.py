@@ -257,6 +257,25 @@ def test_full_weight_rl_under_fsdp2_equals_one_process(two_fsdp, one_ppo_full):
     assert samples(one_ppo_full) == samples(two)
     assert (two / "model.safetensors").exists() and not (two / "adapter_model.safetensors").exists()
     assert "objective/kl" in _metrics(two)[-1] and "value/loss" in _metrics(two)[-1]
+    # the AdamW state gathered from the shards is the one-process optimizer.pt: same numbering, same groups
+    opt = lambda out: torch.load(out / "checkpoints" / "step-00000002" / "optimizer.pt")
+    a, b = opt(one_ppo_full), opt(two)
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys() and a["state"]
+    for i in a["state"]:
+        for k, v in a["state"][i].items():
+            assert type(b["state"][i][k]) is torch.Tensor and b["state"][i][k].shape == v.shape, (i, k)
+            assert float((v - b["state"][i][k]).abs().max()) <= 1e-5 * max(float(v.abs().max()), 1e-3), (i, k)
+
+
+def test_an_fsdp2_checkpoint_resumes_in_one_process(two_fsdp, tiny_model_dir, files, tmp_path, engine, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(two_fsdp["ppo-full"], run)  # 2 steps on 2 FSDP2 processes, checkpoint at step 2
+    args = _with(_rl(tiny_model_dir, files / "rl.jsonl", run, "ppo") + RL_FULL, "--steps", "3")
+    assert main([*args, "--resume"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("case", ["rl", "sft"])
