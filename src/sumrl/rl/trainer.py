@@ -674,7 +674,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         raise ConfigError("--target-coef runs in one process only (the reference rows of a mini-batch are not "
                           "split evenly over processes)")
     say = log.info if is_main else (lambda *a, **k: None)
-    resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
+    resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR,
+                               clean=is_main)  # the main process alone writes the folder
     if resume_from is not None:
         bad = _resume_mismatches(read_checkpoint_state(resume_from).get("config", {}), cfg)
         if bad:

@@ -203,13 +203,17 @@ def resume_mismatches(saved_config: dict, cfg: Any, mutable: Any) -> list[str]:
 # Output-folder handling shared by the SFT and RL trainers.
 
 
-def resume_point(out: Path, *, resume: bool, overwrite: bool, checkpoint_dir: str = "checkpoints") -> Path | None:
-    """The checkpoint to resume from (or None); refuses to clobber an earlier run silently."""
+def resume_point(out: Path, *, resume: bool, overwrite: bool, checkpoint_dir: str = "checkpoints",
+                 clean: bool = True) -> Path | None:
+    """The checkpoint to resume from (or None); refuses to clobber an earlier run silently.
+    ``clean``: remove what killed writes left (only the process that writes the folder may: with
+    several processes another one would delete the main process's writes in flight)."""
     from sumrl.errors import SumrlError
 
     ckpt = last_checkpoint(out / checkpoint_dir)
     if resume:
-        _clean_killed_writes(out, checkpoint_dir)
+        if clean:
+            _clean_killed_writes(out, checkpoint_dir)
         if ckpt is None:
             raise SumrlError(f"{out}: no checkpoint to resume from (run without --resume to start)")
         return ckpt

@@ -228,7 +228,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     if cfg.batch_size < world:
         raise ConfigError(f"--batch-size ({cfg.batch_size}) must be at least the number of processes ({world})")
     out = Path(cfg.out)
-    resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR)
+    resume_from = resume_point(out, resume=cfg.resume, overwrite=cfg.overwrite, checkpoint_dir=CHECKPOINT_DIR,
+                               clean=main)
     if resume_from is not None:
         bad = resume_mismatches(read_checkpoint_state(resume_from).get("config", {}), cfg, RESUME_MUTABLE)
         if bad:
