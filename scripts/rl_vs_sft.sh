@@ -75,6 +75,9 @@ for stage in "$@"; do
         --max-target-tokens $CAP --batch-size 4 --steps 372 --lr 2e-4 --warmup-steps 10 \
         --eval-every 20 --val-examples 24 --val-generate 0 --early-stopping-patience 3 \
         --save-every 10 --no-progress $(again "$OUT/sft") ;;
+    eval-base)
+      # needs no SFT model: it can run beside the SFT stage (`scripts/rl_vs_sft.sh eval-base` in another shell)
+      evaluate zero-shot default ;;
     eval-sft)
       evaluate zero-shot default
       evaluate sft "$OUT/sft"
@@ -118,7 +121,7 @@ for stage in "$@"; do
           --out "$OUT/report_$set.html" --markdown "$OUT/report_$set.md"
       done ;;
     *)
-      echo "unknown stage $stage (all, data, sft, eval-sft, weights, rl-composite, eval-rl-composite, rm, rl-lastmile, eval-rl-lastmile, report)" >&2
+      echo "unknown stage $stage (all, data, sft, eval-base, eval-sft, weights, rl-composite, eval-rl-composite, rm, rl-lastmile, eval-rl-lastmile, report)" >&2
       exit 2 ;;
   esac
 done
