@@ -13,8 +13,10 @@ token beyond the reference length. In normalised units that is
     short_penalty     = -mean_tok / std_tok              per missing reference token (the +1 the
                                                          normalisation took away)
 
-with ``mean_tok`` / ``std_tok`` = the RM's ``token_normalization`` in its metrics.json (every token of
-the validation references). Nothing else in the base recipe changes.
+with ``mean_tok`` / ``std_tok`` = the RM's ``token_normalization`` (its config.json: every token of
+the validation references). The rule is ``sumrl.rewards.reward_model.paper_length_penalties`` (the
+one ``sumrl demo`` uses); this script only writes it into a recipe. Nothing else in the base recipe
+changes.
 """
 
 from __future__ import annotations
@@ -22,16 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-PAPER_BEYOND_REFERENCE = -2.5  # the paper's reward per token beyond the reference length
-PAPER_REFERENCE_TOKEN = 1.0    # ... and per reference-like token
-
-
-def length_terms(mean_tok: float, std_tok: float) -> tuple[float, float]:
-    """(per_token_penalty, short_penalty) of the paper's length rule in the RM's normalised units."""
-    if not std_tok > 0:
-        raise ValueError(f"token std must be positive, got {std_tok}")
-    return (PAPER_BEYOND_REFERENCE + mean_tok) / std_tok, -PAPER_REFERENCE_TOKEN * mean_tok / std_tok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,18 +36,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from sumrl.config import load_recipe
     from sumrl.errors import SumrlError
-    from sumrl.utils.io import atomic_write_text, read_json_file
+    from sumrl.rewards.reward_model import paper_length_penalties, read_reward_model_config
+    from sumrl.utils.io import atomic_write_text
 
     try:
         raw = load_recipe(args.base_recipe)
-        metrics_path = Path(args.rm) / "metrics.json"
-        if not metrics_path.exists():
-            raise SumrlError(f"{metrics_path}: no such file (train the RM first: sumrl rm train --out {args.rm})")
-        metrics = read_json_file(metrics_path)  # sumrl's strict reader: a bad file is one DataError line
-        stats = metrics.get("token_normalization") if isinstance(metrics, dict) else None
+        rm_config = Path(args.rm) / "config.json"
+        stats = read_reward_model_config(args.rm).get("token_normalization")  # the one reader of an RM folder
         if not isinstance(stats, dict) or not {"mean", "std"} <= stats.keys():
-            raise SumrlError(f"{metrics_path}: field 'token_normalization' (mean, std) missing: not a token-level RM")
-        per_token, short = length_terms(float(stats["mean"]), float(stats["std"]))
+            raise SumrlError(f"{rm_config}: field 'token_normalization' (mean, std) missing: not a token-level RM")
+        pen = paper_length_penalties(stats)
         entries = [dict(e) for e in raw.get("reward", [])]
         names = [e.get("name") for e in entries]
         if names.count("rm") != 1 or names.count("length") != 1:
@@ -64,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             if e["name"] == "rm":
                 e["path"] = str(args.rm)
             else:
-                e["per_token_penalty"], e["short_penalty"] = round(per_token, 4), round(short, 4)
-    except (SumrlError, ValueError) as e:
+                e.update({k: round(v, 4) for k, v in pen.items()})
+    except SumrlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    per_token, short = pen["per_token_penalty"], pen["short_penalty"]
     header = (f"# Written by scripts/lastmile_recipe.py from {args.base_recipe} for the RM {args.rm}: its token\n"
               f"# statistics mean {stats['mean']:.4f}, std {stats['std']:.4f} give per_token_penalty = (-2.5 + mean) / std\n"
               f"# = {per_token:.4f} and short_penalty = -mean / std = {short:.4f} (the paper's length rule).\n")

@@ -96,23 +96,41 @@ def test_composite_weights_bad_recipe_is_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1 and "wieght" in err
 
 
-def test_lastmile_length_terms_by_hand():
-    # the runs/rm_lastmile token statistics behind recipes/rl_lastmile.yaml's -8.67 / -3.08
-    per_token, short = _script("lastmile_recipe").length_terms(0.6561067606872131, 0.21267649909043929)
-    assert per_token == pytest.approx((-2.5 + 0.6561067606872131) / 0.21267649909043929)
-    assert per_token == pytest.approx(-8.66994, abs=1e-4)  # that RM's metrics.json paper_equivalent_length_penalty
-    assert short == pytest.approx(-3.08505, abs=1e-4)
+def _rm_folder(path: Path, token_normalization) -> Path:
+    """A reward-model folder as far as the recipe writer reads it (config.json; the weights file exists)."""
+    path.mkdir()
+    cfg = {"format": "sumrl-reward-model", "version": 1, "arch": {"backbone": "policy"},
+           "normalization": {"mean": 0.6, "std": 0.1}}
+    if token_normalization is not None:
+        cfg["token_normalization"] = token_normalization
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
+def _write_lastmile(mod, rm: Path, out: Path) -> int:
+    return mod.main(["--rm", str(rm), "--base-recipe", str(ROOT / "recipes" / "rl_lastmile.yaml"), "--out", str(out)])
+
+
+def test_lastmile_recipe_by_hand(tmp_path):
+    import yaml
+
+    # the shared runs/rm_lastmile's token statistics, behind recipes/rl_lastmile.yaml's -8.67 / -3.08:
+    # per_token_penalty = (-2.5 + mean) / std, short_penalty = -mean / std
+    rm = _rm_folder(tmp_path / "rm", {"mean": 0.6561067606872131, "std": 0.21267649909043929})
+    assert _write_lastmile(_script("lastmile_recipe"), rm, tmp_path / "r.yaml") == 0
+    length = yaml.safe_load((tmp_path / "r.yaml").read_text())["reward"][1]
+    assert length["per_token_penalty"] == pytest.approx(-8.6699, abs=1e-4)  # that RM's paper_equivalent_length_penalty
+    assert length["short_penalty"] == pytest.approx(-3.0850, abs=1e-4)
 
 
 def test_lastmile_recipe_end_to_end(tmp_path, capsys):
     import yaml
 
-    rm = tmp_path / "rm"
-    rm.mkdir()
-    (rm / "metrics.json").write_text(json.dumps({"token_normalization": {"mean": 0.5, "std": 0.25, "n": 10}}))
+    rm = _rm_folder(tmp_path / "rm", {"mean": 0.5, "std": 0.25, "n": 10})
     out = tmp_path / "rl_lastmile.yaml"
     mod = _script("lastmile_recipe")
-    assert mod.main(["--rm", str(rm), "--base-recipe", str(ROOT / "recipes" / "rl_lastmile.yaml"), "--out", str(out)]) == 0
+    assert _write_lastmile(mod, rm, out) == 0
     got = yaml.safe_load(out.read_text())
     base = yaml.safe_load((ROOT / "recipes" / "rl_lastmile.yaml").read_text())
     assert {k: v for k, v in got.items() if k != "reward"} == {k: v for k, v in base.items() if k != "reward"}
@@ -124,16 +142,12 @@ def test_lastmile_recipe_end_to_end(tmp_path, capsys):
     from sumrl.rl.config import RLConfig
 
     build_config(RLConfig, load_recipe(str(out)), source=str(out))
-    # an RM without token statistics: one line naming the file and field
-    (rm / "metrics.json").write_text(json.dumps({"normalization": {"mean": 0.5, "std": 0.2}}))
     capsys.readouterr()
-    assert mod.main(["--rm", str(rm), "--base-recipe", str(ROOT / "recipes" / "rl_lastmile.yaml"), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "token_normalization" in err and "metrics.json" in err
-    # a torn or non-object metrics.json: one line too, never a traceback
-    for text in ('{"token_normalization": ', '[1, 2]'):
-        (rm / "metrics.json").write_text(text)
-        assert mod.main(["--rm", str(rm), "--base-recipe", str(ROOT / "recipes" / "rl_lastmile.yaml"),
-                         "--out", str(out)]) == 2
+    # an RM without token statistics, a torn config.json, a folder that is no RM: one line each
+    bad = [_rm_folder(tmp_path / "no_tok", None), _rm_folder(tmp_path / "torn", None), tmp_path / "empty"]
+    (tmp_path / "torn" / "config.json").write_text('{"token_normalization": ')
+    bad[2].mkdir()
+    for folder, word in zip(bad, ("token_normalization", "config.json", "not a reward model folder")):
+        assert _write_lastmile(mod, folder, out) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1 and "metrics.json" in err
+        assert err.startswith("error: ") and err.count("\n") == 1 and word in err, err

@@ -59,8 +59,10 @@ GRPO_RECIPE = RECIPES / "rl_grpo.yaml"
 # CPU presets also generate every test paper in one batch (a decoding step of a 135M model on a CPU
 # reads all the weights whatever the batch, so one batch of 16 costs less than two of 8: the same
 # greedy summaries, ~20% less time); the default preset caps PPO's summaries at the evaluation's
-# max_new_tokens (`ppo_cap`, see _ppo; quick's 64 would leave almost no reference whole). The default preset's RM trains 12 steps (20 until 2026-11-30): with the
-# exact speed-ups alone the preset was still over its 15-minute target (docs/results.md section 1).
+# max_new_tokens (`ppo_cap`, see _ppo; quick's 64 would leave almost no reference whole). The default
+# preset's RM trains 12 steps (20 until 2026-11-30): with the exact speed-ups alone the preset was
+# still over its 15-minute target (docs/results.md section 1). SFT sequences (prompt + summary) up to
+# the RL trainer's --checkpoint-tokens train without activation checkpointing (see _sft).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(n_test=6, max_input_tokens=384, max_new_tokens=64, batch_size=6, sft_steps=4, sft_batch=2,
                   rm_steps=4, ppo_steps=3, ppo_batch=2, ppo_micro=2, ppo_cap="data", grpo_steps=2, grpo_batch=1,
@@ -72,9 +74,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                  rm_steps=400, ppo_steps=200, ppo_batch=16, ppo_micro=16, ppo_cap="data", grpo_steps=200, grpo_batch=8,
                  grpo_samples=8, bf16="auto", no_repeat_ngram=6, rl_lr=0.0, sft_patience=3),
 }
-# SFT sequences (prompt + summary) up to this many tokens train without activation checkpointing
-# (the RL trainer's default --checkpoint-tokens: LoRA fp32 activations ~2.3 GB per 1k positions)
-SFT_CHECKPOINT_TOKENS = 2048
 
 
 @dataclass
@@ -464,6 +463,7 @@ def _resume_flags(folder: Path, resume_ok: bool = True) -> dict:
 
 
 def _sft(cfg: DemoConfig, folder: Path, resume_ok: bool = True) -> dict:
+    from sumrl.rl.config import CHECKPOINT_TOKENS
     from sumrl.training.config import SFTConfig
     from sumrl.training.sft import train
 
@@ -474,7 +474,7 @@ def _sft(cfg: DemoConfig, folder: Path, resume_ok: bool = True) -> dict:
         # no activation checkpointing: at the demo's sequence length (one sequence of at most
         # max_input_tokens + max_new_tokens per micro-batch) LoRA's activations take ~2 GB without it,
         # and recomputing them costs ~25% of every step (docs/benchmarks.md); same gradients either way
-        gradient_checkpointing=cfg.max_input_tokens + cfg.max_new_tokens > SFT_CHECKPOINT_TOKENS,
+        gradient_checkpointing=cfg.max_input_tokens + cfg.max_new_tokens > CHECKPOINT_TOKENS,
         # validation loss up to four times in the run (at least 2 steps apart: each costs 8 forward
         # passes, ~7 s on the 2-core CPU), so that early stopping can pick the best weights
         eval_every=max(2, cfg.sft_steps // 3), early_stopping_patience=cfg.sft_patience,

@@ -70,8 +70,8 @@ class SentenceEncoder:
 
         The result for the same list of texts and settings is remembered (the last
         ``LONG_MEMO_SIZE`` calls): the same call runs the same batches, so the remembered tensor is
-        exactly what recomputing gives (tests/test_metrics.py)."""
-        memo: OrderedDict[tuple, Any] = self.__dict__.setdefault("_long_memo", OrderedDict())
+        exactly what recomputing gives (tests/test_windows.py)."""
+        memo: OrderedDict = self.__dict__.setdefault("_long_memo", OrderedDict())
         key = (tuple(texts), window_words, max_windows)
         hit = memo.get(key)
         if hit is not None:

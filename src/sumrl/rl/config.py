@@ -26,6 +26,10 @@ RESUME_MUTABLE = RUN_OPTIONS_RESUME_MUTABLE | {
     "out", "sample_every", "n_samples", "steps", "max_kl", "eval_every", "val_split", "val_examples", "val_batch_size",
 }
 
+# Positions per pass under gradient above which activations are recomputed (--checkpoint-tokens): LoRA fp32
+# activations grow ~2.3 GB per 1k positions (docs/benchmarks.md), so a pass below it stays under ~5 GB.
+CHECKPOINT_TOKENS = 2048
+
 
 @dataclass
 class RLConfig(RunOptions, DataOptions):
@@ -159,9 +163,9 @@ class RLConfig(RunOptions, DataOptions):
     gradient_checkpointing: AutoBool = opt("auto", "recompute activations in backward (less memory, slower); auto = "
                                                    "per forward pass, on when it runs more than "
                                                    "--checkpoint-tokens positions under gradient")
-    checkpoint_tokens: int = opt(2048, "--gradient-checkpointing auto: the positions per pass above which activations "
-                                       "are recomputed (docs/benchmarks.md: memory and time per 1k tokens with and "
-                                       "without)")
+    checkpoint_tokens: int = opt(CHECKPOINT_TOKENS, "--gradient-checkpointing auto: the positions per pass above "
+                                                    "which activations are recomputed (docs/benchmarks.md: memory "
+                                                    "and time per 1k tokens with and without)")
     prefill_chunk: int = opt(1024, "no-grad passes and generation run long prompts this many tokens at a time "
                                    "(bounded activations; exact)")
     load_in_4bit: bool = opt(False, "QLoRA: load the policy's base frozen in 4-bit NF4 (bitsandbytes; pip install "
