@@ -463,17 +463,56 @@ def test_sampling_seeds_differ_by_process_and_step_and_repeat():
     assert step_seed(3, 7, 1) == step_seed(3, 7, 1)
 
 
-def test_deepspeed_configs_are_refused_with_one_line(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
-    # sft, rl and rm run data-parallel and under FSDP2; nothing runs under DeepSpeed yet: such a launch stops
-    # before any work (on a CPU Accelerate would silently run data-parallel instead)
+def test_a_deepspeed_launch_without_deepspeed_is_one_line(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    """sft, rm and rl run under DeepSpeed ZeRO-2 (tests/test_deepspeed.py, where DeepSpeed is installed); launched
+    with a DeepSpeed config where it is not, every command stops before any work with one line."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("DeepSpeed is installed here")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert main(["sft", "--model", str(tiny_model_dir), "--data", str(files / "rl.jsonl"), "--out", str(tmp_path / "s"),
                  "--steps", "1", "--max-target-tokens", "16", "--max-seq-len", "96", "--no-bf16"]) == 2
     assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "grpo")) == 2
     assert main(_rm("preference", files / "pairs.jsonl", tiny_model_dir, tmp_path / "rm")) == 2
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
-    assert len(err) == 3 and all("does not run under DeepSpeed" in l and "recipes/accelerate/fsdp2.yaml" in l for l in err)
+    assert len(err) == 3 and all("DeepSpeed is not installed" in l and "docs/scale.md" in l for l in err), err
     assert not (tmp_path / "s").exists()
+
+
+def _ds_accelerator(stage=2, **config):
+    from types import SimpleNamespace
+
+    cfg = {"zero_optimization": {"stage": stage, "offload_optimizer": {"device": "none"}}, **config}
+    return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage, deepspeed_config=cfg)))
+
+
+@pytest.mark.parametrize("acc,resume,match", [
+    (_ds_accelerator(3), False, "ZeRO-1/2 only, not ZeRO-3"),
+    (_ds_accelerator(bf16={"enabled": True}), False, "mixed_precision: 'no'"),
+    (_ds_accelerator(optimizer={"type": "Adam"}), False, "remove the 'optimizer' section"),
+    (_ds_accelerator(zero_optimization={"stage": 2, "offload_optimizer": {"device": "cpu"}}), False, "does not offload"),
+    (_ds_accelerator(), True, "--resume does not run under DeepSpeed"),
+])
+def test_what_does_not_run_under_deepspeed_is_one_line(acc, resume, match):
+    """Settings whose maths sumrl cannot keep under DeepSpeed stop before any work (no DeepSpeed needed)."""
+    from sumrl.errors import ConfigError
+    from sumrl.training.parallel import check_deepspeed
+
+    check_deepspeed(_ds_accelerator(), "sft", resume=False)  # ZeRO-2 as shipped: accepted
+    with pytest.raises(ConfigError, match=match):
+        check_deepspeed(acc, "sft", resume=resume)
+
+
+def test_rl_with_a_critic_under_deepspeed_is_one_line(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    """DeepSpeed clips one global norm; PPO clips policy and critic separately: refused, not changed."""
+    import sumrl.training.parallel as par
+
+    monkeypatch.setattr(par, "is_deepspeed", lambda acc: True)
+    monkeypatch.setattr(par, "check_deepspeed", lambda *a, **k: None)
+    assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "ppo")) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "--algo ppo does not run under DeepSpeed" in err[0] and "clips one global" in err[0]
 
 
 def test_accelerate_recipes_are_valid_configs():

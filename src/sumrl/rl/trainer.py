@@ -185,7 +185,6 @@ class RLTrainer:
 
     def __init__(self, cfg: RLConfig):
         import torch
-        from accelerate import Accelerator
 
         from sumrl.generation.summarize import eos_ids
         from sumrl.models.logprobs import output_head
@@ -194,12 +193,13 @@ class RLTrainer:
         from sumrl.rl.value import (PolicyValueModule, ValueHead, hidden_size, init_value_adapter_from_rm,
                                     init_value_head_from_rm)
 
-        from sumrl.training.parallel import accelerator_kwargs, is_fsdp
+        from sumrl.training.parallel import (accelerator_kwargs, check_deepspeed, is_deepspeed, is_fsdp,
+                                             make_accelerator)
 
         self.cfg = cfg
         # data-parallel under accelerate launch / torchrun (sumrl.rl.distributed); on CPU, Accelerate
         # only joins the (gloo) process group when told it runs on the CPU
-        self.accelerator = Accelerator(**accelerator_kwargs(find_unused=cfg.algo == "d2lols"))
+        self.accelerator = make_accelerator(**accelerator_kwargs(find_unused=cfg.algo == "d2lols"))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         # FSDP2 (recipes/accelerate/fsdp2.yaml): LoRA (the reference = adapters off) or full weights (the
         # reference = a frozen copy sharded like the policy), the head critic, the unguided algorithms
@@ -207,6 +207,16 @@ class RLTrainer:
         if self.fsdp and (cfg.algo in GUIDED_ALGOS or cfg.value_model == "adapter"):
             raise ConfigError("sumrl rl under FSDP needs --value-model head and an unguided algorithm (ppo, grpo, "
                               "rloo): the guide and the value adapter are not sharded; see docs/scale.md")
+        # DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml): the engine driven step by step
+        # (sumrl.training.parallel, "DeepSpeed"); LoRA or full weights, critic-free algorithms
+        self.ds = is_deepspeed(self.accelerator)
+        if self.ds:
+            check_deepspeed(self.accelerator, "rl", resume=cfg.resume)
+            if cfg.uses_critic or cfg.algo in GUIDED_ALGOS or cfg.target_coef > 0:
+                raise ConfigError(f"sumrl rl --algo {cfg.algo} does not run under DeepSpeed: DeepSpeed clips one global "
+                                  f"gradient norm, sumrl clips the policy's and the critic's separately (and the guided "
+                                  f"algorithms and --target-coef are untested there); use --algo grpo or rloo, or "
+                                  f"recipes/accelerate/fsdp2.yaml -- see docs/scale.md")
         from sumrl.models.precision import precision_line, resolve_bf16
 
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
@@ -252,8 +262,9 @@ class RLTrainer:
                                    share_prompt=cfg.share_prompt and not self.fsdp,
                                    checkpointing=cfg.gradient_checkpointing,
                                    checkpoint_tokens=cfg.checkpoint_tokens, prefill_chunk=cfg.prefill_chunk)
-        # under FSDP the module is sharded in train(), prepared together with its optimizer
-        self.module = module if self.fsdp else self.accelerator.prepare(module)
+        # under FSDP / DeepSpeed the module is prepared in train(), together with its optimizer (DeepSpeed:
+        # the engine wraps this very module, so self.raw stays it)
+        self.module = module if self.fsdp or self.ds else self.accelerator.prepare(module)
         self.raw = self.accelerator.unwrap_model(self.module)
         self.device = self.accelerator.device
         self.ref_module = None
@@ -439,7 +450,7 @@ class RLTrainer:
 
         if self.ref_module is not None:
             yield self.ref_module
-        elif self.fsdp:
+        elif self.fsdp or self.ds:  # DeepSpeed: ZeRO's gradient hooks are on these parameters; leave requires_grad
             from sumrl.models.sharding import lora_bypassed
 
             with lora_bypassed(self.raw.model):
@@ -499,7 +510,9 @@ class RLTrainer:
 
         from sumrl.rl import functional as F
         from sumrl.rl.distributed import shard
-        from sumrl.training.parallel import reduce_sums, reduce_tensor_sum
+        from sumrl.training.parallel import (deepspeed_backward, deepspeed_grad_norm, deepspeed_step,
+                                             deepspeed_zero_grad, max_over_processes, reduce_sums,
+                                             reduce_tensor_sum)
 
         cfg, acc = self.cfg, self.accelerator
         N = len(batch)
@@ -541,7 +554,10 @@ class RLTrainer:
                 norm = normaliser(mini, n_act)
                 vnorm = normaliser(mini, n_val)
                 mine = shard(range(len(mini)), self.rank, self.world)  # this process's rows of the mini-batch
-                for part in self.micro_batches(mini.select(mine)):
+                parts = list(self.micro_batches(mini.select(mine)))
+                # ZeRO-2 reduces on every backward: each process makes as many as the busiest (idle ones add 0)
+                n_passes = max_over_processes(acc, len(parts)) if self.ds else len(parts)
+                for k_part, part in enumerate(parts):
                     sub = [mine[k] for k in part]
                     mt = mini.select(sub).to(self.device)
                     amask = mt.action_mask
@@ -584,7 +600,16 @@ class RLTrainer:
                     if not math.isfinite(lv):
                         raise TrainingDiverged(self._diverged_msg(f"the loss is {lv}", step))
                     # the processes' gradients are averaged: times world, their sum is the mini-batch's
-                    acc.backward(loss * self.world if self.world > 1 else loss)
+                    if self.ds:  # DeepSpeed averages too; the last micro-batch is the accumulation boundary
+                        deepspeed_backward(self.module, loss * self.world if self.world > 1 else loss,
+                                           boundary=k_part == n_passes - 1)
+                    else:
+                        acc.backward(loss * self.world if self.world > 1 else loss)
+                for k_idle in range(len(parts), n_passes):  # DeepSpeed: idle passes, exact zeros
+                    mt = mini.select([mine[k] for k in parts[0]]).to(self.device)
+                    out = self.module(mt.query_ids, mt.query_mask, mt.response_ids, mt.response_mask,
+                                      temperature=self.temperature, critic=mt.critic, prefix_len=mt.prefix_len)
+                    deepspeed_backward(self.module, out["logprobs"].sum() * 0.0, boundary=k_idle == n_passes - 1)
                 if cfg.target_coef > 0 and examples is not None:
                     # TRIL: the references of the mini-batch's rows (one per row, as in its buffer)
                     ex_rows = [int(i) for i in mini.example_index.tolist()]
@@ -601,7 +626,13 @@ class RLTrainer:
                 # policy and critic clipped separately: returns in the hundreds give value gradients
                 # whose norm would otherwise shrink the policy's update to nothing under one global clip
                 limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                for group, key in (("policy", "train/grad_norm"), ("critic", "value/grad_norm")):
+                if self.ds:  # no critic here: the engine's one global clip is the policy's (before the step: checked)
+                    gn = deepspeed_grad_norm(self.module)
+                    if not math.isfinite(gn):
+                        deepspeed_zero_grad(self.module)
+                        raise TrainingDiverged(self._diverged_msg(f"the policy gradient norm is {gn}", step))
+                    add("train/grad_norm", gn, 1.0)
+                for group, key in () if self.ds else (("policy", "train/grad_norm"), ("critic", "value/grad_norm")):
                     if not params.get(group):
                         continue
                     gn = float(acc.clip_grad_norm_(params[group], limit))
@@ -609,7 +640,7 @@ class RLTrainer:
                         optimizer.zero_grad(set_to_none=True)
                         raise TrainingDiverged(self._diverged_msg(f"the {group} gradient norm is {gn}", step))
                     add(key, gn, 1.0)
-                optimizer.step()
+                deepspeed_step(self.module) if self.ds else optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
@@ -653,7 +684,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.rl import functional as F
     from sumrl.models.sharding import full_weights, shard_units, whole_tensor
     from sumrl.rl.distributed import check_divisible, gather_step, shard, step_seed
-    from sumrl.training.parallel import full_optimizer_state, process_state, refuse_sharded
+    from sumrl.training.parallel import deepspeed_optimizer_state, full_optimizer_state, prepare_deepspeed, process_state
     from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages,
                                   score_rollout)
     from sumrl.rl.trajectory import TrainBatch
@@ -664,7 +695,6 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.utils.logging import MetricLogger
 
     out = Path(cfg.out)
-    refuse_sharded("rl")
     # several processes (accelerate launch / torchrun): the main one alone writes the run folder
     ps = process_state()
     rank, world, is_main = ps.process_index, ps.num_processes, ps.is_main_process
@@ -715,15 +745,20 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
                           f"--batch-size {cfg.batch_size}: raise the cap (e.g. --summary-cap-quantile 0.95)")
     params = trainable(tr.raw)
     optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    sched_optimizer = optimizer
+    opt_groups = [list(g["params"]) for g in optimizer.param_groups]  # the one-process numbering of checkpoints
     if tr.fsdp:
         # FSDP2 shards the module and re-points the optimizer at the shards (one prepare for both)
         tr.module, optimizer = tr.accelerator.prepare(tr.module, optimizer)
         params = trainable(tr.raw)
+        sched_optimizer = optimizer
+    elif tr.ds:  # the engine wraps tr.raw; the LR schedule stays on the torch optimizer DeepSpeed steps
+        tr.module, optimizer = prepare_deepspeed(tr.accelerator, tr.module, optimizer, max_grad_norm=cfg.max_grad_norm)
     policy_trained = {n for n, p in tr.raw.model.named_parameters() if p.requires_grad}  # what _publish saves
     param_groups = critic_split(params)
     N = cfg.batch_size * cfg.group_size  # episodes per outer step
     per_step = cfg.ppo_epochs * math.ceil(N / min(cfg.mini_batch_size or N, N))
-    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps * per_step,
+    scheduler = build_scheduler(sched_optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps * per_step,
                                 min_lr_ratio=cfg.min_lr_ratio)
     start = 0
     advantage_scale: float | None = None  # advantage std of the last sampled batch (reference batches use it)
@@ -743,7 +778,9 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
           f"({'LoRA' if cfg.lora else 'full'}); output {out}" + (f"; resuming at step {start}" if start else "")
           + (f"; {world} processes, {cfg.batch_size // world} prompts each" if world > 1 else "")
           + (f"; FSDP2 ({shard_units(tr.raw)} shard units; parameters, gradients and optimizer state sharded)"
-             if _sharded(tr.raw) else ""))
+             if _sharded(tr.raw) else "")
+          + (f"; DeepSpeed ZeRO-{tr.accelerator.state.deepspeed_plugin.zero_stage} (gradients and optimizer state "
+             f"partitioned)" if tr.ds else ""))
     if tr.rm_note:
         say(f"rl: {tr.rm_note}")
     adv_settings = AdvantageSettings(kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, kl_in_reward=not cfg.kl_in_loss,
@@ -758,7 +795,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         now = rng_state() if rng is not None else None
         # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
         # writes them in the one-process format
-        opt_state = full_optimizer_state(tr.raw, optimizer) if tr.fsdp else None
+        opt_state = (full_optimizer_state(tr.raw, optimizer) if tr.fsdp else
+                     deepspeed_optimizer_state(opt_groups, sched_optimizer) if tr.ds else None)
         with full_weights(tr.raw, tr.fsdp):
             if not is_main:
                 return

@@ -1,6 +1,7 @@
 """Process-level pieces every data-parallel trainer shares (SFT, the reward models, RL) under
 ``accelerate launch`` / ``torchrun``: the Accelerator's arguments, the process state, collectives
-that gather or sum per-process values, and the refusal of sharded launch configs. RL's own parts
+that gather or sum per-process values, FSDP2 checkpoints, and the DeepSpeed engine driven step by
+step (ZeRO-2; what does not run under it stops with one line). RL's own parts
 (which rows a process owns, putting a step back together) are :mod:`sumrl.rl.distributed`."""
 
 from __future__ import annotations
@@ -68,17 +69,12 @@ def process_state() -> Any:
     return PartialState(cpu=not _has_accelerator())
 
 
-def refuse_sharded(command: str) -> None:
-    """One line instead of an Accelerate traceback when a run is launched with a DeepSpeed config
-    (recipes/accelerate/deepspeed_zero*.yaml): no command runs under DeepSpeed yet (docs/scale.md says
-    what was tried). FSDP2 (recipes/accelerate/fsdp2.yaml) runs in sft, rm and rl. On a CPU,
-    Accelerate would even ignore the config silently and run data-parallel."""
+def deepspeed_requested() -> bool:
+    """Whether the run was launched with a DeepSpeed config (``accelerate launch --config_file
+    recipes/accelerate/deepspeed_zero*.yaml`` sets ``ACCELERATE_USE_DEEPSPEED``)."""
     import os
 
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1"):
-        raise ConfigError(f"sumrl {command} does not run under DeepSpeed yet (recipes/accelerate/deepspeed_zero*.yaml); "
-                          f"launch it with recipes/accelerate/fsdp2.yaml (sharded) or recipes/accelerate/ddp.yaml "
-                          f"(data-parallel) -- see docs/scale.md")
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1")
 
 
 # ------------------------------------------------------------------------------------ FSDP2
@@ -126,3 +122,175 @@ def load_whole_state(model: Any, optimizer: Any | None, weights: dict[str, Tenso
     state = {"state": {fqn[int(i)]: v for i, v in opt_state["state"].items()},
              "param_groups": [{**g, "params": [fqn[int(i)] for i in g["params"]]} for g in opt_state["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+# --------------------------------------------------------------------------------- DeepSpeed
+# sumrl drives the DeepSpeed engine itself instead of through ``accelerator.backward``: Accelerate's
+# wrapper runs the engine's whole step (clip, AdamW, zero-grad) inside the last micro-batch's
+# backward, while sumrl checks the loss and the gradient norm *before* the step, normalises by the
+# exact token count of the step over a varying number of micro-batches, and steps its own LR
+# scheduler. What is kept from DeepSpeed: its gradient reduction and partitioning (ZeRO-2), its
+# clipping (same formula as torch's, one global norm) and its optimizer step on the partitions.
+
+
+def make_accelerator(**kwargs: Any) -> Any:
+    """``Accelerator(**kwargs)`` (see :func:`accelerator_kwargs`), with DeepSpeed in place when the run
+    was launched with a DeepSpeed config. Accelerate maps every run without a GPU to ``MULTI_CPU`` and
+    silently drops a DeepSpeed config there (it only joins a DeepSpeed group on an accelerator); on
+    the CPU this puts the DeepSpeed plugin Accelerate read from the launcher's environment in place
+    on the gloo group, after which ``prepare`` calls ``deepspeed.initialize`` as it does on GPUs
+    (DeepSpeed picks its CPU accelerator, gloo for communication). With one process nothing changes."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    if deepspeed_requested():
+        _require_deepspeed()  # one line, before Accelerate's own ImportError
+    acc = Accelerator(**kwargs)
+    if deepspeed_requested() and acc.num_processes > 1 and acc.distributed_type == DistributedType.MULTI_CPU:
+        plugin = DeepSpeedPlugin()  # read from the environment accelerate launch set (zero stage, clipping...)
+        plugin.set_mixed_precision(acc.state._mixed_precision)
+        plugin.select(_from_accelerator_state=True)
+        acc.state.distributed_type = DistributedType.DEEPSPEED
+        acc.state.deepspeed_plugins = plugin
+        acc.state._mixed_precision = "no"  # as AcceleratorState does under DeepSpeed (the engine casts, if asked)
+    elif deepspeed_requested() and acc.num_processes == 1 and not is_deepspeed(acc) and acc.is_main_process:
+        from sumrl.utils.console import get_logger
+
+        get_logger(__name__).info("launched with a DeepSpeed config in one process without a GPU: nothing to "
+                                  "partition, running without DeepSpeed")
+    return acc
+
+
+def _require_deepspeed() -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError("launched with a DeepSpeed config, but DeepSpeed is not installed: see docs/scale.md "
+                          "(\"DeepSpeed install\") for the install steps, or launch with recipes/accelerate/fsdp2.yaml")
+
+
+def is_deepspeed(accelerator: Any) -> bool:
+    """Whether ``prepare`` wraps models in a DeepSpeed engine (recipes/accelerate/deepspeed_zero*.yaml)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def check_deepspeed(accelerator: Any, command: str, *, resume: bool) -> None:
+    """One line for what sumrl does not run under DeepSpeed: ZeRO-3, DeepSpeed's own mixed precision,
+    optimizer/scheduler sections, CPU offload and ``--resume``. Call only when :func:`is_deepspeed`."""
+    plugin = accelerator.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    stage = int(plugin.zero_stage)
+    where = "recipes/accelerate/deepspeed_zero2.yaml; see docs/scale.md"
+    if stage not in (1, 2):
+        raise ConfigError(f"sumrl {command} runs under DeepSpeed ZeRO-1/2 only, not ZeRO-{stage} (its parameters "
+                          f"are partitioned, which sumrl's generation, checkpoints and no-grad passes do not gather "
+                          f"yet): use {where}, or recipes/accelerate/fsdp2.yaml to shard parameters")
+    for key in ("fp16", "bf16"):
+        if str(ds.get(key, {}).get("enabled", False)).lower() == "true":
+            raise ConfigError(f"sumrl {command} under DeepSpeed needs mixed_precision: 'no' in the Accelerate config "
+                              f"(DeepSpeed's {key} keeps {key} weights; sumrl keeps fp32 weights and casts its own "
+                              f"compute with --bf16): {where}")
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ConfigError(f"sumrl {command} under DeepSpeed uses its own AdamW and LR schedule: remove the "
+                              f"'{key}' section from the DeepSpeed config ({where})")
+    zero = ds.get("zero_optimization", {})
+    for key in ("offload_optimizer", "offload_param"):
+        if str(zero.get(key, {}).get("device", "none")).lower() not in ("none", ""):
+            raise ConfigError(f"sumrl {command} under DeepSpeed does not offload ({key} must be none: its step runs "
+                              f"DeepSpeed's own CPU Adam, not sumrl's AdamW): {where}")
+    if resume:
+        raise ConfigError(f"sumrl {command} --resume does not run under DeepSpeed yet (a fresh ZeRO engine has no "
+                          f"optimizer state to load the checkpoint's into before its first step); resume the "
+                          f"checkpoint data-parallel (recipes/accelerate/ddp.yaml), under FSDP2 or in one process -- "
+                          f"see docs/scale.md")
+
+
+def prepare_deepspeed(accelerator: Any, module: Any, optimizer: Any, *, max_grad_norm: float) -> tuple[Any, Any]:
+    """``accelerator.prepare(module, optimizer)`` under DeepSpeed: the engine and its optimizer. The
+    engine's settings that sumrl owns are set first: its clipping is sumrl's ``--max-grad-norm`` (0:
+    none), one nominal micro-batch per process and no accumulation (sumrl marks the accumulation
+    boundary itself and the engine does not divide the loss: :func:`deepspeed_backward`); the config's
+    own values of these are not used. The LR scheduler stays sumrl's, built on the torch optimizer
+    (DeepSpeed steps that optimizer on its partitions, keeping its ``param_groups``)."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["gradient_clipping"] = float(max_grad_norm) if max_grad_norm > 0 else 0.0
+    ds["train_micro_batch_size_per_gpu"] = 1
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = accelerator.num_processes
+    ds["zero_allow_untested_optimizer"] = True  # a torch AdamW (DeepSpeed's fused Adam needs CUDA)
+    return accelerator.prepare(module, optimizer)
+
+
+def max_over_processes(accelerator: Any, n: int) -> int:
+    """The largest ``n`` of all processes. Under ZeRO-2 every backward pass reduces gradients (a
+    collective), so every process must make as many as the busiest one: the others add idle passes
+    (a forward and a backward of ``0 x`` a loss, which add exact zeros to the gradients)."""
+    return max(gather_parts(accelerator, int(n)))
+
+
+def deepspeed_backward(engine: Any, loss: Any, *, boundary: bool) -> None:
+    """Back-propagate one micro-batch's ``loss`` through the engine, unscaled (``scale_wrt_gas=False``:
+    sumrl's losses already carry the step's exact normaliser). ``boundary``: the last micro-batch
+    before the optimizer step, where ZeRO finishes reducing the gradients into each process's
+    partition (ZeRO-2 also reduces on the others; the sum is the same)."""
+    engine.set_gradient_accumulation_boundary(boundary)
+    engine.backward(loss, scale_wrt_gas=False)
+
+
+def deepspeed_grad_norm(engine: Any) -> float:
+    """The global gradient norm over every process's partition, before the step (a collective): what
+    the engine's step clips by, and what sumrl checks before letting the step reach the weights.
+    DeepSpeed reports a non-finite norm as -1 (``mask_nan_or_inf_with_val_inplace``); returned as
+    ``inf`` here so that the divergence check sees it."""
+    import math
+
+    opt = engine.optimizer
+    if not hasattr(opt, "scaled_global_norm"):
+        raise ConfigError("this DeepSpeed version's ZeRO optimizer has no scaled_global_norm(): see docs/scale.md "
+                          "for the DeepSpeed version sumrl was tested with")
+    norm = float(opt.scaled_global_norm()) / float(getattr(opt, "loss_scale", 1.0) or 1.0)
+    return norm if norm >= 0 and math.isfinite(norm) else math.inf
+
+
+def deepspeed_step(engine: Any) -> None:
+    """The engine's optimizer step at the boundary marked by the last :func:`deepspeed_backward`:
+    clipping to ``--max-grad-norm`` (DeepSpeed divides by ``max(1, (norm + 1e-6) / max_norm)``, the
+    same factor as ``torch.nn.utils.clip_grad_norm_``), AdamW on each process's partition, the
+    updated partitions gathered into every process's whole parameters, gradients zeroed."""
+    engine.step()
+
+
+def deepspeed_zero_grad(engine: Any) -> None:
+    """Drop the accumulated gradients without stepping (a diverged step)."""
+    engine.optimizer.zero_grad(set_to_none=True)
+
+
+def deepspeed_optimizer_state(groups: list[list[Any]], torch_optimizer: Any) -> dict:
+    """The AdamW state of a ZeRO engine gathered whole, in the one-process format
+    (``optimizer.state_dict()``: parameters numbered in the order of ``groups``, the torch optimizer's
+    param groups as built before ``prepare``), so that a checkpoint written under DeepSpeed resumes in
+    one process, data-parallel or under FSDP2. Each parameter's moments come from DeepSpeed's own
+    ``deepspeed.utils.safe_get_full_optimizer_state`` (a collective: every process calls it); the
+    step count from the partition's state (one per group, the same for all its parameters)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    state: dict[int, dict] = {}
+    out_groups = []
+    i = 0
+    for params, group in zip(groups, torch_optimizer.param_groups):
+        flat = group["params"][0]  # ZeRO replaced the group's parameters by this process's flat partition
+        part = torch_optimizer.state.get(flat, {})
+        ids = []
+        for p in params:
+            if part:
+                state[i] = {k: (safe_get_full_optimizer_state(p, k).detach().cpu().clone()
+                                if torch.is_tensor(v) and v.shape == flat.shape else
+                                (v.detach().cpu().clone() if torch.is_tensor(v) else v))
+                            for k, v in part.items()}
+            ids.append(i)
+            i += 1
+        out_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+    return {"state": state, "param_groups": out_groups}

@@ -87,16 +87,20 @@ class _Parallel:
     process's step on the whole batch. Only the main process saves."""
 
     def __init__(self, model: "RewardModel", opt: Any):
-        from accelerate import Accelerator
+        from sumrl.training import parallel as par
 
-        from sumrl.training.parallel import accelerator_kwargs
-
-        self.acc = Accelerator(**accelerator_kwargs())
+        self.acc = par.make_accelerator(**par.accelerator_kwargs())
         self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
         self.fsdp = self.world > 1 and getattr(self.acc.state, "fsdp_plugin", None) is not None
+        # DeepSpeed ZeRO-2: the engine driven step by step (sumrl.training.parallel, "DeepSpeed"); clipping 1.0
+        self.ds = par.is_deepspeed(self.acc)
         self.opt = opt
+        if self.ds:
+            par.check_deepspeed(self.acc, "rm", resume=False)
         if self.fsdp:  # FSDP2: the optimizer is prepared with the model (its parameters become shards)
             self.module, self.opt = self.acc.prepare(model, opt)
+        elif self.ds:
+            self.module, self.opt = par.prepare_deepspeed(self.acc, model, opt, max_grad_norm=1.0)
         else:
             self.module = self.acc.prepare(model) if self.world > 1 else model
         self.raw = model
@@ -105,11 +109,36 @@ class _Parallel:
             from torch.distributed.fsdp import FSDPModule
 
             how = ("FSDP2, parameters, gradients and optimizer state sharded" if isinstance(self.module, FSDPModule)
-                   else "data-parallel")
+                   else f"DeepSpeed ZeRO-{self.acc.state.deepspeed_plugin.zero_stage}, gradients and optimizer state "
+                        f"partitioned" if self.ds else "data-parallel")
             _log(f"rm: {self.world} processes ({how})")
 
+    def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
+        """Back-propagate this process's share of the loss (``last``: its last micro-batch of the step,
+        DeepSpeed's accumulation boundary)."""
+        if self.ds:
+            from sumrl.training.parallel import deepspeed_backward
+
+            deepspeed_backward(self.module, loss, boundary=last)
+        else:
+            loss.backward()
+
+    def step(self) -> None:
+        """The optimizer step (DeepSpeed: the engine's, which clips to the 1.0 :meth:`clip` reports)."""
+        if self.ds:
+            from sumrl.training.parallel import deepspeed_step
+
+            deepspeed_step(self.module)
+        else:
+            self.opt.step()
+
     def clip(self, max_norm: float) -> float:
-        """The global gradient norm (clipped to ``max_norm``); FSDP: over all shards."""
+        """The global gradient norm (clipped to ``max_norm``); FSDP: over all shards; DeepSpeed: over all
+        partitions, before the step (which clips by the engine's own 1.0: :func:`prepare_deepspeed`)."""
+        if self.ds:
+            from sumrl.training.parallel import deepspeed_grad_norm
+
+            return deepspeed_grad_norm(self.module)
         if self.fsdp:
             return float(self.acc.clip_grad_norm_(self.params, max_norm))
         return float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
@@ -167,10 +196,10 @@ def _optimizer_step(loss: torch.Tensor, opt: Any, params: list, history: list[fl
         raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
     opt.zero_grad()
     world = par.world if par is not None else 1
-    (loss * world).backward()  # processes' gradients are averaged
+    par.backward(loss * world) if par is not None else loss.backward()  # processes' gradients are averaged
     value = par.total(float(loss.item())) if par is not None else float(loss.item())
     guard.check(value, par.clip(1.0) if par is not None else float(torch.nn.utils.clip_grad_norm_(params, 1.0)), step)
-    opt.step()
+    par.step() if par is not None else opt.step()
     history.append(value)
     if step % max(1, steps // 10) == 0 or step == steps:
         _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
@@ -190,19 +219,22 @@ def _accumulated_step(items: list[tuple[str, str, str | None, float]], model: An
     chunks = [order[s:s + micro] for s in range(0, len(order), micro)] if micro > 0 else [order]
     opt.zero_grad()
     total = 0.0
-    for ch in chunks:
+    for k, ch in enumerate(chunks):
         d, sm, q, tg = zip(*(items[i] for i in ch))
         values, mask, _ = model(list(d), list(sm), list(q))
         loss = token_mse_loss(values, mask, torch.tensor(tg, device=values.device)) * (len(ch) / len(items))
         if not torch.isfinite(loss):
             raise SumrlError(f"reward-model training diverged at step {step} (loss {loss.item()}); lower --lr")
-        (loss * world).backward()  # processes' gradients are averaged
+        if par is not None:  # processes' gradients are averaged
+            par.backward(loss * world, last=k == len(chunks) - 1)
+        else:
+            loss.backward()
         total += loss.item()
     if par is not None:
         total = par.total(total)
     guard.check(total, par.clip(1.0) if par is not None else float(torch.nn.utils.clip_grad_norm_(params, 1.0)),
                 step)  # before the step
-    opt.step()
+    par.step() if par is not None else opt.step()
     history.append(total)
     if step == 1 or step % max(1, steps // 20) == 0 or step == steps:
         _log(f"step {step}/{steps} loss {sum(history[-10:]) / len(history[-10:]):.4f} ({time.time() - t0:.0f}s)")
@@ -257,9 +289,6 @@ def train_synthetic_rm(cfg: Any) -> dict[str, Any]:
     from sumrl.data import load_data
     from sumrl.rewards.negatives import make_negatives
 
-    from sumrl.training.parallel import refuse_sharded
-
-    refuse_sharded("rm")
     _set_seed(cfg.seed)
     classes = list(cfg.classes)  # checked against NEGATIVE_CLASSES by RMTrainConfig.validate
     t0 = time.time()
@@ -352,9 +381,6 @@ def train_preference_rm(cfg: Any) -> dict[str, Any]:
     """Bradley-Terry: ``-log sigmoid(s(chosen) - s(rejected) - margin_scale * margin)`` (margin term
     only with ``--margin``; null margins count 0). Held out by document: pairs of ``test``
     documents are never trained on and give the reported pairwise accuracy."""
-    from sumrl.training.parallel import refuse_sharded
-
-    refuse_sharded("rm")
     _set_seed(cfg.seed)
     if not cfg.pairs:
         raise ConfigError("--kind preference needs --pairs FILE (pairs.jsonl from `sumrl data pairs` or `sumrl human export`)")

@@ -212,14 +212,18 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
     # is a CPU run; without this, `torchrun --nproc_per_node N` would start N independent runs.
     from sumrl.models.sharding import full_weights, shard_units, whole_tensor
-    from sumrl.training.parallel import full_optimizer_state, is_fsdp, refuse_sharded
+    from sumrl.training import parallel as par
+    from sumrl.training.parallel import full_optimizer_state, is_fsdp
 
-    refuse_sharded("sft")
-    mps = getattr(torch.backends, "mps", None)
-    accelerator = Accelerator(cpu=not (torch.cuda.is_available() or (mps is not None and mps.is_available())))
+    accelerator = par.make_accelerator(**par.accelerator_kwargs())
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     # FSDP2 (recipes/accelerate/fsdp2.yaml): parameters, gradients and optimizer state sharded
     fsdp = is_fsdp(accelerator)
+    # DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml): gradients and optimizer state partitioned,
+    # the engine driven step by step (sumrl.training.parallel, "DeepSpeed")
+    ds = par.is_deepspeed(accelerator)
+    if ds:
+        par.check_deepspeed(accelerator, "sft", resume=cfg.resume)
     from sumrl.models.precision import precision_line, resolve_bf16
 
     use_bf16, why = resolve_bf16(cfg.bf16, accelerator.device)
@@ -277,13 +281,23 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
         raw_module = loss_module
         params = trainable(raw_module.model)  # the shards
+        sched_optimizer = optimizer
+    elif ds:  # the engine replaces the module; the LR schedule stays on the torch optimizer DeepSpeed steps
+        sched_optimizer = build_optimizer(trainable(loss_module.model), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          betas=(cfg.adam_beta1, cfg.adam_beta2))
+        opt_groups = [list(g["params"]) for g in sched_optimizer.param_groups]  # the one-process numbering
+        loss_module, optimizer = par.prepare_deepspeed(accelerator, loss_module, sched_optimizer,
+                                                       max_grad_norm=cfg.max_grad_norm)
+        raw_module = accelerator.unwrap_model(loss_module)
+        params = trainable(raw_module.model)
     else:
         loss_module = accelerator.prepare(loss_module)
         raw_module = accelerator.unwrap_model(loss_module)
         params = trainable(raw_module.model)
         optimizer = build_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     betas=(cfg.adam_beta1, cfg.adam_beta2))
-    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=n_steps,
+        sched_optimizer = optimizer
+    scheduler = build_scheduler(sched_optimizer, warmup_steps=cfg.warmup_steps, total_steps=n_steps,
                                 min_lr_ratio=cfg.min_lr_ratio)
     start = 0
     counters = {"tokens_seen": 0, "target_tokens_seen": 0}
@@ -302,6 +316,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
               f"{world} process(es)"
               + (f"; FSDP2 ({shard_units(loss_module)} shard units; parameters, gradients and optimizer state sharded)"
                  if fsdp else "")
+              + (f"; DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage} (gradients and optimizer state "
+                 f"partitioned)" if ds else "")
               + f"; output {out}" + (f"; resuming at step {start}" if start else ""))
 
     last_val: dict = {}
@@ -358,7 +374,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                                    f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
         # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
         # writes them in the one-process format
-        opt_state = full_optimizer_state(raw_module.model, optimizer) if fsdp else None
+        opt_state = (full_optimizer_state(raw_module.model, optimizer) if fsdp else
+                     par.deepspeed_optimizer_state(opt_groups, sched_optimizer) if ds else None)
         with full_weights(loss_module, fsdp):
             if main:
                 save_checkpoint(out / CHECKPOINT_DIR, step, model=raw_module.model,
@@ -390,26 +407,39 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
             scale = world / n_step_targets
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             local_tokens = sum(len(s) for s in local)
-            for k, g in enumerate(groups):
+            # ZeRO-2 reduces on every backward: each process makes as many as the busiest (idle ones add 0)
+            n_passes = par.max_over_processes(accelerator, len(groups)) if ds else len(groups)
+            for k in range(n_passes):
+                g = groups[min(k, len(groups) - 1)]
                 batch = _to(raw_module.collate([local[i] for i in g], packing=packing, pad_id=tok.pad_token_id),
                             device)
                 # gradients are all-reduced once per step, on the last micro-batch
-                sync = k == len(groups) - 1
-                with nullcontext() if sync or fsdp else accelerator.no_sync(loss_module):
+                sync = k == n_passes - 1
+                if ds:  # the engine reduces into each process's partition; no division by its accumulation steps
                     loss_sum, _ = loss_module(**batch)
-                    accelerator.backward(loss_sum * scale)
+                    idle = k >= len(groups)
+                    par.deepspeed_backward(loss_module, loss_sum * (0.0 if idle else scale), boundary=sync)
+                    if idle:
+                        continue
+                else:
+                    with nullcontext() if sync or fsdp else accelerator.no_sync(loss_module):
+                        loss_sum, _ = loss_module(**batch)
+                        accelerator.backward(loss_sum * scale)
                 local_loss += loss_sum.detach().double()
-            grad_norm = accelerator.clip_grad_norm_([p for _, p in params],
-                                                    cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            if ds:  # the norm over all partitions, before the step; the engine's step clips by it
+                grad_norm = par.deepspeed_grad_norm(loss_module)
+            else:
+                grad_norm = accelerator.clip_grad_norm_([p for _, p in params],
+                                                        cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
             loss = float(accelerator.reduce(local_loss, reduction="sum")) / n_step_targets
             n_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=device), reduction="sum"))
             try:  # before the step: a diverged step never reaches the weights (same on every process)
                 guard.check(loss, float(grad_norm), step + 1)
             except TrainingDiverged:
-                optimizer.zero_grad(set_to_none=True)
+                par.deepspeed_zero_grad(loss_module) if ds else optimizer.zero_grad(set_to_none=True)
                 raise
             counters["first_loss"] = guard.reference
-            optimizer.step()
+            par.deepspeed_step(loss_module) if ds else optimizer.step()
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,121 @@
+"""DeepSpeed ZeRO-2 through Accelerate on 2 CPU (gloo) processes equals 1 process with the same global
+batch and seed: ``sumrl sft`` (LoRA; full fine-tuning with validation), ``sumrl rl --algo grpo``
+(LoRA, the reference = adapters off; full weights, the reference = a frozen copy) and ``sumrl rm``
+(synthetic and preference, policy backbone) -- the same logged
+metrics (gradient norms taken before the step included), sample tables, published weights and
+AdamW state (gathered from the partitions into the one-process ``optimizer.pt``).
+
+DeepSpeed is not a sumrl dependency (docs/scale.md, "DeepSpeed install": it needs by-hand install
+steps and a C++ compiler at run time), so ``make test`` skips this file; it runs in a venv with
+DeepSpeed installed:
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 /work/venv-ds/bin/python -m pytest -q tests/test_deepspeed.py
+
+The 2-process runs are launched once (``torchrun`` with the environment ``accelerate launch
+--config_file recipes/accelerate/deepspeed_zero2.yaml`` sets; on a machine without a GPU sumrl puts
+Accelerate's DeepSpeed plugin in place itself, :func:`sumrl.training.parallel.make_accelerator`), with
+the deterministic rollout engine of tests/dist_worker.py; each test runs its 1-process twin in-process.
+Tolerances as in tests/test_distributed.py (rel 1e-4 / abs 1e-6 on metrics, 1e-5 of the scale on
+weights): the runs differ by rounding only (ZeRO-2 reduces each micro-batch's gradients into
+partitions, the one-process run accumulates them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (not a sumrl dependency; docs/scale.md, "
+                                        "'DeepSpeed install')")
+
+from sumrl.cli import main  # noqa: E402
+from test_distributed import (RL_FULL, SFT_FSDP, _close, _metrics, _rl, _rm, _sft, _weights,  # noqa: E402,F401
+                              assert_same_weights, engine, files, torchrun)
+
+# what `accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml` puts in the environment
+ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_MIXED_PRECISION": "no",
+         "ACCELERATE_GRADIENT_CLIPPING": "1.0", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1",
+         "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"}
+SFT_CASES = {"sft": (), "sft-full": SFT_FSDP["sft-full"]}
+RL_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL)}
+RM_CASES = ("synthetic", "preference")
+DS_LINE = "DeepSpeed ZeRO-2 (gradients and optimizer state partitioned)"
+
+
+@pytest.fixture(scope="module")
+def two_ds(files, tiny_model_dir):
+    outs = {k: files / f"ds-{k}" for k in (*SFT_CASES, *RL_CASES, *RM_CASES)}
+    cmds = [_sft(tiny_model_dir, files / "rl.jsonl", outs[k], *a) for k, a in SFT_CASES.items()]
+    cmds += [_rl(tiny_model_dir, files / "rl.jsonl", outs[k], "grpo") + list(a) for k, a in RL_CASES.items()]
+    cmds += [_rm(k, files / ("rm.jsonl" if k == "synthetic" else "pairs.jsonl"), tiny_model_dir, outs[k])
+             for k in RM_CASES]
+    p = torchrun(2, cmds, files, env=ZERO2)
+    text = p.stdout + p.stderr
+    assert text.count(DS_LINE) == len(SFT_CASES) + len(RL_CASES), text[-3000:]
+    assert text.count("rm: 2 processes (DeepSpeed ZeRO-2, gradients and optimizer state partitioned)") == 2
+    return outs
+
+
+def _same_optimizer_state(one, two):
+    """optimizer.pt of the last checkpoint: same numbering and groups, moments within 1e-5 of their scale."""
+    opt = lambda out: torch.load(sorted((out / "checkpoints").glob("step-*"))[-1] / "optimizer.pt")
+    a, b = opt(one), opt(two)
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys() and a["state"]
+    for i in a["state"]:
+        assert a["state"][i].keys() == b["state"][i].keys(), i
+        for k, v in a["state"][i].items():
+            assert type(b["state"][i][k]) is torch.Tensor and b["state"][i][k].shape == v.shape, (i, k)
+            assert float((v - b["state"][i][k]).abs().max()) <= 1e-5 * max(float(v.abs().max()), 1e-3), (i, k)
+
+
+@pytest.mark.parametrize("case", list(SFT_CASES))
+def test_sft_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir, tmp_path):
+    one = tmp_path / "one"
+    assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *SFT_CASES[case])) == 0
+    ma, mb = _metrics(one), _metrics(two_ds[case])
+    assert [r["step"] for r in mb] == [r["step"] for r in ma] and ma
+    if case == "sft-full":
+        assert any("val/loss" in r for r in mb) and any("val/rouge1" in r for r in mb)
+    drop = ("time/", "train/tokens_per_s", "perf/", "train/micro_batches")  # per-process counts and speeds
+    for ra, rb in zip(ma, mb):
+        _close({k: v for k, v in ra.items() if not k.startswith(drop)},
+               {k: v for k, v in rb.items() if not k.startswith(drop)}, where=f"sft step {ra['step']}")
+    assert_same_weights(one, two_ds[case])
+    _same_optimizer_state(one, two_ds[case])
+
+
+@pytest.mark.parametrize("case", list(RL_CASES))
+def test_grpo_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir, tmp_path, engine):
+    one = tmp_path / "one"
+    assert main(_rl(tiny_model_dir, files / "rl.jsonl", one, "grpo") + list(RL_CASES[case])) == 0
+    ma, mb = _metrics(one), _metrics(two_ds[case])
+    assert [r["step"] for r in mb] == [0, 1, 2] and "eval/reward" in mb[-1] and "objective/kl" in mb[1]
+    samples = lambda out: [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples(one) == samples(two_ds[case])  # training and held-out sample tables
+    for ra, rb in zip(ma, mb):
+        _close({k: v for k, v in ra.items() if not k.startswith("time/")},
+               {k: v for k, v in rb.items() if not k.startswith("time/")}, where=f"step {ra['step']}")
+    assert_same_weights(one, two_ds[case])
+    _same_optimizer_state(one, two_ds[case])
+    full = case == "grpo-full"
+    assert (two_ds[case] / "model.safetensors").exists() == full
+    assert (two_ds[case] / "adapter_model.safetensors").exists() == (not full)
+
+
+@pytest.mark.parametrize("kind", RM_CASES)
+def test_rm_under_zero2_equals_one_process(kind, two_ds, files, tiny_model_dir, tmp_path):
+    one = tmp_path / "one"
+    assert main(_rm(kind, files / ("rm.jsonl" if kind == "synthetic" else "pairs.jsonl"), tiny_model_dir, one)) == 0
+    ma = json.loads((one / "metrics.json").read_text())
+    mb = json.loads((two_ds[kind] / "metrics.json").read_text())
+    ma.pop("seconds"), mb.pop("seconds")
+    skip = ()
+    if kind == "preference":  # the head bias's true gradient is 0: see tests/test_distributed.py
+        db = float(_weights(two_ds[kind])["head.bias"] - _weights(one)["head.bias"])
+        assert abs(db) <= 1e-2 * 2
+        for k in ("normalization", "token_normalization"):
+            ma[k]["mean"] += db
+        skip = ("head.bias",)
+    _close(ma, mb, where=kind)
+    assert_same_weights(one, two_ds[kind], skip=skip)
