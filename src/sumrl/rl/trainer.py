@@ -796,7 +796,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
         # writes them in the one-process format
         opt_state = (full_optimizer_state(tr.raw, optimizer) if tr.fsdp else
-                     deepspeed_optimizer_state(opt_groups, sched_optimizer) if tr.ds else None)
+                     deepspeed_optimizer_state(tr.module, opt_groups, sched_optimizer) if tr.ds else None)
         with full_weights(tr.raw, tr.fsdp):
             if not is_main:
                 return

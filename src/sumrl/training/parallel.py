@@ -140,7 +140,7 @@ def make_accelerator(**kwargs: Any) -> Any:
     the CPU this puts the DeepSpeed plugin Accelerate read from the launcher's environment in place
     on the gloo group, after which ``prepare`` calls ``deepspeed.initialize`` as it does on GPUs
     (DeepSpeed picks its CPU accelerator, gloo for communication). With one process nothing changes."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import DeepSpeedPlugin, DistributedType
 
     if deepspeed_requested():
@@ -150,6 +150,9 @@ def make_accelerator(**kwargs: Any) -> Any:
         plugin = DeepSpeedPlugin()  # read from the environment accelerate launch set (zero stage, clipping...)
         plugin.set_mixed_precision(acc.state._mixed_precision)
         plugin.select(_from_accelerator_state=True)
+        # both shared states, as Accelerate's own DeepSpeed launch leaves them (every later AcceleratorState()
+        # copies the process state's distributed type over its own)
+        PartialState().distributed_type = DistributedType.DEEPSPEED
         acc.state.distributed_type = DistributedType.DEEPSPEED
         acc.state.deepspeed_plugins = plugin
         acc.state._mixed_precision = "no"  # as AcceleratorState does under DeepSpeed (the engine casts, if asked)
@@ -268,14 +271,26 @@ def deepspeed_zero_grad(engine: Any) -> None:
     engine.optimizer.zero_grad(set_to_none=True)
 
 
-def deepspeed_optimizer_state(groups: list[list[Any]], torch_optimizer: Any) -> dict:
+def deepspeed_optimizer_state(engine: Any, groups: list[list[Any]], torch_optimizer: Any) -> dict:
     """The AdamW state of a ZeRO engine gathered whole, in the one-process format
     (``optimizer.state_dict()``: parameters numbered in the order of ``groups``, the torch optimizer's
     param groups as built before ``prepare``), so that a checkpoint written under DeepSpeed resumes in
     one process, data-parallel or under FSDP2. Each parameter's moments come from DeepSpeed's own
     ``deepspeed.utils.safe_get_full_optimizer_state`` (a collective: every process calls it); the
-    step count from the partition's state (one per group, the same for all its parameters)."""
+    step count from the partition's state (one per group, the same for all its parameters).
+
+    DeepSpeed 0.19.8 links each parameter to its slice of the partition's optimizer state once, right
+    after the *first* group's first step, when the other groups have no state yet: their parameters
+    then have no state to gather (``exp_avg not found in optimizer state fragment`` -- sumrl's AdamW
+    has two groups, with and without weight decay). The links are made again here, for every group,
+    with DeepSpeed's own ``lazy_init_hp_params_optimizer_state``."""
     from deepspeed.utils import safe_get_full_optimizer_state
+    from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
+
+    zero = engine.optimizer
+    for i, flat in enumerate(zero.single_partition_of_fp32_groups):
+        if flat in zero.optimizer.state:
+            lazy_init_hp_params_optimizer_state(zero.bit16_groups[i], flat, zero.optimizer.state)
 
     state: dict[int, dict] = {}
     out_groups = []

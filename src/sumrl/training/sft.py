@@ -375,7 +375,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
         # writes them in the one-process format
         opt_state = (full_optimizer_state(raw_module.model, optimizer) if fsdp else
-                     par.deepspeed_optimizer_state(opt_groups, sched_optimizer) if ds else None)
+                     par.deepspeed_optimizer_state(loss_module, opt_groups, sched_optimizer) if ds else None)
         with full_weights(loss_module, fsdp):
             if main:
                 save_checkpoint(out / CHECKPOINT_DIR, step, model=raw_module.model,
