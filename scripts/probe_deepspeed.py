@@ -1,7 +1,7 @@
-"""DeepSpeed ZeRO on the CPU, outside sumrl's trainers (docs/scale.md, "DeepSpeed probe"): two
-optimizer steps of the tiny test Llama under ``deepspeed.initialize`` with gloo. DeepSpeed is not a
-sumrl dependency; install it by hand first (``pip install --no-deps --no-build-isolation deepspeed
-hjson ninja py-cpuinfo msgpack einops``). Usage, from the repository root:
+"""DeepSpeed ZeRO on the CPU, outside sumrl's trainers (docs/scale.md, "DeepSpeed ZeRO-2", the probe
+at its end): two optimizer steps of the tiny test Llama under ``deepspeed.initialize`` with gloo. The
+trainers themselves run under ZeRO-2 (tests/test_deepspeed.py). DeepSpeed is not a sumrl dependency;
+install it by hand first (docs/scale.md, "DeepSpeed install"). Usage, from the repository root:
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python -m torch.distributed.run --nproc_per_node 2 scripts/probe_deepspeed.py 2
 
