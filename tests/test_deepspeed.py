@@ -30,8 +30,8 @@ pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (not a sumrl
                                         "'DeepSpeed install')")
 
 from sumrl.cli import main  # noqa: E402
-from test_distributed import (RL_FULL, SFT_FSDP, _close, _metrics, _rl, _rm, _sft, _weights,  # noqa: E402,F401
-                              assert_same_weights, engine, files, torchrun)
+from test_distributed import (RL_FULL, SFT_FSDP, _close, _metrics, _rl, _rm, _same_run, _sft,  # noqa: E402,F401
+                              _weights, _with, assert_same_weights, engine, files, torchrun)
 
 # what `accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml` puts in the environment
 ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_MIXED_PRECISION": "no",
@@ -58,17 +58,31 @@ def _uneven_file(files):
     return f
 
 
+# interrupted after step 1 and resumed under ZeRO-2 (two AdamW groups: with and without weight decay)
+RL_RESUME = [*RL_FULL, "--eval-every", "0"]
+SFT_RESUME = ("--full", "--lr", "1e-3", "--save-every", "1")
+
+
+def resume_commands(files, model, outs):
+    rl = _rl(model, files / "rl.jsonl", outs["grpo-resumed"], "grpo") + RL_RESUME
+    sft = _sft(model, files / "rl.jsonl", outs["sft-resumed"], *SFT_RESUME)
+    return [_with(rl, "--steps", "1"), [*rl, "--resume"], ["@stop=1", *sft], [*sft, "--resume"]]
+
+
 @pytest.fixture(scope="module")
 def two_ds(files, tiny_model_dir):
-    outs = {k: files / f"ds-{k}" for k in (*SFT_CASES, *RL_CASES, *RM_CASES, "sft-uneven")}
+    outs = {k: files / f"ds-{k}" for k in (*SFT_CASES, *RL_CASES, *RM_CASES, "sft-uneven", "grpo-resumed",
+                                           "sft-resumed")}
     cmds = [_sft(tiny_model_dir, files / "rl.jsonl", outs[k], *a) for k, a in SFT_CASES.items()]
     cmds += [_sft(tiny_model_dir, _uneven_file(files), outs["sft-uneven"], *UNEVEN)]
     cmds += [_rl(tiny_model_dir, files / "rl.jsonl", outs[k], "grpo") + list(a) for k, a in RL_CASES.items()]
     cmds += [_rm(k, files / ("rm.jsonl" if k == "synthetic" else "pairs.jsonl"), tiny_model_dir, outs[k])
              for k in RM_CASES]
+    cmds += resume_commands(files, tiny_model_dir, outs)
     p = torchrun(2, cmds, files, env=ZERO2)
     text = p.stdout + p.stderr
-    assert text.count(DS_LINE) == len(SFT_CASES) + 1 + len(RL_CASES), text[-3000:]
+    assert text.count(DS_LINE) == len(SFT_CASES) + 1 + len(RL_CASES) + 4, text[-3000:]
+    assert text.count("resuming at step 1; 2 processes") == 1  # rl; sft says it in its own words
     assert text.count("rm: 2 processes (DeepSpeed ZeRO-2, gradients and optimizer state partitioned)") == 2
     return outs
 
@@ -165,3 +179,34 @@ def test_sft_with_idle_passes_under_zero2_equals_one_process(two_ds, files, tiny
     # is near 0; ZeRO-2 sums micro-batches in another order than one process): 1.3e-5 seen at lr 1e-2, 1/1000 of
     # one step, as in the FSDP2 early-stopping test; an idle pass that added its loss moves them by ~lr
     assert_same_weights(one, two_ds["sft-uneven"], tol=1e-4)
+
+
+def test_a_zero2_checkpoint_resumes_in_one_process(two_ds, files, tiny_model_dir, tmp_path, engine, capsys):
+    """The checkpoint a ZeRO-2 run writes (whole weights, AdamW state gathered from the partitions) is the
+    one-process format: one process continues it."""
+    import shutil
+
+    from test_distributed import _with
+
+    run = tmp_path / "run"
+    shutil.copytree(two_ds["grpo-full"], run)  # 2 steps on 2 ZeRO-2 processes, checkpoint at step 2
+    args = _with(_rl(tiny_model_dir, files / "rl.jsonl", run, "grpo") + list(RL_CASES["grpo-full"]), "--steps", "3")
+    assert main([*args, "--resume"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert [r["step"] for r in _metrics(run)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("case", ["rl", "sft"])
+def test_a_zero2_run_resumed_equals_the_uninterrupted_run(case, two_ds, files, tiny_model_dir, tmp_path, engine):
+    """Stopped after step 1 and resumed under ZeRO-2: the checkpoint's whole weights go into the module and the
+    engine's fp32 master copy, its AdamW state into each process's partition; the result equals one process
+    that was never stopped (metrics, weights, optimizer.pt)."""
+    one = tmp_path / "one"
+    if case == "rl":
+        assert main(_rl(tiny_model_dir, files / "rl.jsonl", one, "grpo") + RL_RESUME) == 0
+        two = two_ds["grpo-resumed"]
+    else:
+        assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *SFT_RESUME)) == 0
+        two = two_ds["sft-resumed"]
+    _same_run(one, two, drop=("time/", "train/tokens_per_s", "perf/", "train/micro_batches"))
+    _same_optimizer_state(one, two)

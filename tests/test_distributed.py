@@ -487,21 +487,20 @@ def _ds_accelerator(stage=2, **config):
     return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage, deepspeed_config=cfg)))
 
 
-@pytest.mark.parametrize("acc,resume,match", [
-    (_ds_accelerator(3), False, "ZeRO-1/2 only, not ZeRO-3"),
-    (_ds_accelerator(bf16={"enabled": True}), False, "mixed_precision: 'no'"),
-    (_ds_accelerator(optimizer={"type": "Adam"}), False, "remove the 'optimizer' section"),
-    (_ds_accelerator(zero_optimization={"stage": 2, "offload_optimizer": {"device": "cpu"}}), False, "does not offload"),
-    (_ds_accelerator(), True, "--resume does not run under DeepSpeed"),
+@pytest.mark.parametrize("acc,match", [
+    (_ds_accelerator(3), "ZeRO-1/2 only, not ZeRO-3"),
+    (_ds_accelerator(bf16={"enabled": True}), "mixed_precision: 'no'"),
+    (_ds_accelerator(optimizer={"type": "Adam"}), "remove the 'optimizer' section"),
+    (_ds_accelerator(zero_optimization={"stage": 2, "offload_optimizer": {"device": "cpu"}}), "does not offload"),
 ])
-def test_what_does_not_run_under_deepspeed_is_one_line(acc, resume, match):
+def test_what_does_not_run_under_deepspeed_is_one_line(acc, match):
     """Settings whose maths sumrl cannot keep under DeepSpeed stop before any work (no DeepSpeed needed)."""
     from sumrl.errors import ConfigError
     from sumrl.training.parallel import check_deepspeed
 
-    check_deepspeed(_ds_accelerator(), "sft", resume=False)  # ZeRO-2 as shipped: accepted
+    check_deepspeed(_ds_accelerator(), "sft")  # ZeRO-2 as shipped: accepted
     with pytest.raises(ConfigError, match=match):
-        check_deepspeed(acc, "sft", resume=resume)
+        check_deepspeed(acc, "sft")
 
 
 def test_rl_with_a_critic_under_deepspeed_is_one_line(tiny_model_dir, files, tmp_path, monkeypatch, capsys):

@@ -211,7 +211,7 @@ class RLTrainer:
         # (sumrl.training.parallel, "DeepSpeed"); LoRA or full weights, critic-free algorithms
         self.ds = is_deepspeed(self.accelerator)
         if self.ds:
-            check_deepspeed(self.accelerator, "rl", resume=cfg.resume)
+            check_deepspeed(self.accelerator, "rl")
             if cfg.uses_critic or cfg.algo in GUIDED_ALGOS or cfg.target_coef > 0:
                 raise ConfigError(f"sumrl rl --algo {cfg.algo} does not run under DeepSpeed: DeepSpeed clips one global "
                                   f"gradient norm, sumrl clips the policy's and the critic's separately (and the guided "
@@ -684,7 +684,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     from sumrl.rl import functional as F
     from sumrl.models.sharding import full_weights, shard_units, whole_tensor
     from sumrl.rl.distributed import check_divisible, gather_step, shard, step_seed
-    from sumrl.training.parallel import deepspeed_optimizer_state, full_optimizer_state, prepare_deepspeed, process_state
+    from sumrl.training.parallel import (deepspeed_load_state, deepspeed_optimizer_state, full_optimizer_state,
+                                         prepare_deepspeed, process_state)
     from sumrl.rl.rollout import (AdvantageSettings, critic_advantages, group_advantages,
                                   score_rollout)
     from sumrl.rl.trajectory import TrainBatch
@@ -763,7 +764,10 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     start = 0
     advantage_scale: float | None = None  # advantage std of the last sampled batch (reference batches use it)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=tr.raw, optimizer=optimizer, scheduler=scheduler, sharded=tr.fsdp)
+        state = load_checkpoint(resume_from, model=tr.raw, optimizer=None if tr.ds else optimizer, scheduler=scheduler,
+                                sharded=tr.fsdp)
+        if tr.ds:  # the engine's fp32 master copy and AdamW partitions
+            deepspeed_load_state(tr.module, opt_groups, tr.raw, resume_from)
         start = int(state["step"])
         advantage_scale = state.get("advantage_scale")
     sampler = StepSampler(len(examples), cfg.batch_size, cfg.seed)

@@ -179,9 +179,9 @@ def is_deepspeed(accelerator: Any) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def check_deepspeed(accelerator: Any, command: str, *, resume: bool) -> None:
+def check_deepspeed(accelerator: Any, command: str) -> None:
     """One line for what sumrl does not run under DeepSpeed: ZeRO-3, DeepSpeed's own mixed precision,
-    optimizer/scheduler sections, CPU offload and ``--resume``. Call only when :func:`is_deepspeed`."""
+    optimizer/scheduler sections and CPU offload. Call only when :func:`is_deepspeed`."""
     plugin = accelerator.state.deepspeed_plugin
     ds = plugin.deepspeed_config
     stage = int(plugin.zero_stage)
@@ -204,11 +204,6 @@ def check_deepspeed(accelerator: Any, command: str, *, resume: bool) -> None:
         if str(zero.get(key, {}).get("device", "none")).lower() not in ("none", ""):
             raise ConfigError(f"sumrl {command} under DeepSpeed does not offload ({key} must be none: its step runs "
                               f"DeepSpeed's own CPU Adam, not sumrl's AdamW): {where}")
-    if resume:
-        raise ConfigError(f"sumrl {command} --resume does not run under DeepSpeed yet (a fresh ZeRO engine has no "
-                          f"optimizer state to load the checkpoint's into before its first step); resume the "
-                          f"checkpoint data-parallel (recipes/accelerate/ddp.yaml), under FSDP2 or in one process -- "
-                          f"see docs/scale.md")
 
 
 def prepare_deepspeed(accelerator: Any, module: Any, optimizer: Any, *, max_grad_norm: float) -> tuple[Any, Any]:
@@ -309,3 +304,43 @@ def deepspeed_optimizer_state(engine: Any, groups: list[list[Any]], torch_optimi
             i += 1
         out_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
     return {"state": state, "param_groups": out_groups}
+
+
+def deepspeed_load_state(engine: Any, groups: list[list[Any]], model: Any, path: Any) -> None:
+    """Put a one-process checkpoint (``path``: whole trainable weights, AdamW state numbered in the
+    order of ``groups``) into a freshly prepared ZeRO-1/2 engine, after :func:`load_checkpoint` copied
+    the weights into the module's parameters (and restored the scheduler and RNG): the fp32 master
+    copy of each parameter (DeepSpeed's ``safe_set_full_fp32_param``) and its AdamW state
+    (``safe_set_full_optimizer_state``). A fresh engine has no AdamW state before its first step:
+    each group's partition gets it here first, shaped as torch's AdamW makes it at a first step
+    (zeros, the step count from the checkpoint), linked to the parameters with DeepSpeed's own
+    ``lazy_init_hp_params_optimizer_state``. Every process loads its own partition (no collective)."""
+    from pathlib import Path
+
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+    from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
+
+    path = Path(path)
+    weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+    opt_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [p for g in groups for p in g]  # the checkpoint's numbering
+    for p in order:
+        safe_set_full_fp32_param(p, weights[names[id(p)]].to(torch.float32))
+    zero = engine.optimizer
+    # the groups' hyperparameters (lr as the scheduler left it, ...), as torch's load_state_dict restores them:
+    # the scheduler's own state does not touch the optimizer's lr
+    for group, saved in zip(zero.optimizer.param_groups, opt_state["param_groups"]):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+    first = 0
+    for i, (params, flat) in enumerate(zip(groups, zero.single_partition_of_fp32_groups)):
+        saved = opt_state["state"].get(first)
+        if saved is not None:
+            zero.optimizer.state[flat] = {k: (torch.zeros_like(flat) if torch.is_tensor(v) and v.dim() > 0 else
+                                              v.clone() if torch.is_tensor(v) else v) for k, v in saved.items()}
+            lazy_init_hp_params_optimizer_state(zero.bit16_groups[i], flat, zero.optimizer.state)
+        first += len(params)
+    for idx, p in enumerate(order):
+        for k, v in opt_state["state"].get(idx, {}).items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                safe_set_full_optimizer_state(p, v.to(torch.float32), k)

@@ -96,7 +96,7 @@ class _Parallel:
         self.ds = par.is_deepspeed(self.acc)
         self.opt = opt
         if self.ds:
-            par.check_deepspeed(self.acc, "rm", resume=False)
+            par.check_deepspeed(self.acc, "rm")
         if self.fsdp:  # FSDP2: the optimizer is prepared with the model (its parameters become shards)
             self.module, self.opt = self.acc.prepare(model, opt)
         elif self.ds:

@@ -223,7 +223,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     # the engine driven step by step (sumrl.training.parallel, "DeepSpeed")
     ds = par.is_deepspeed(accelerator)
     if ds:
-        par.check_deepspeed(accelerator, "sft", resume=cfg.resume)
+        par.check_deepspeed(accelerator, "sft")
     from sumrl.models.precision import precision_line, resolve_bf16
 
     use_bf16, why = resolve_bf16(cfg.bf16, accelerator.device)
@@ -303,8 +303,10 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     counters = {"tokens_seen": 0, "target_tokens_seen": 0}
     run_tokens, run_seconds = 0, 0.0  # this invocation's training steps only (no validation, no resume)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=raw_module.model, optimizer=optimizer, scheduler=scheduler,
-                                sharded=fsdp)
+        state = load_checkpoint(resume_from, model=raw_module.model, optimizer=None if ds else optimizer,
+                                scheduler=scheduler, sharded=fsdp)
+        if ds:  # the engine's fp32 master copy and AdamW partitions
+            par.deepspeed_load_state(loss_module, opt_groups, raw_module.model, resume_from)
         start = int(state["step"])
         counters.update(state.get("counters", {}))
     logger = MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None) if main else None
