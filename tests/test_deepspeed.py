@@ -30,8 +30,9 @@ pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (not a sumrl
                                         "'DeepSpeed install')")
 
 from sumrl.cli import main  # noqa: E402
-from test_distributed import (RL_FULL, SFT_FSDP, _close, _metrics, _rl, _rm, _same_run, _sft,  # noqa: E402,F401
-                              _weights, _with, assert_same_weights, engine, files, torchrun)
+from test_distributed import (RL_FULL, SFT_FSDP, UNEVEN, _close, _metrics, _rl, _rm, _same_run,  # noqa: E402,F401
+                              _sft, _weights, _with, assert_same_weights, engine, files, torchrun, uneven_counts,
+                              uneven_file)
 
 # what `accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml` puts in the environment
 ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_MIXED_PRECISION": "no",
@@ -41,21 +42,6 @@ SFT_CASES = {"sft": (), "sft-full": SFT_FSDP["sft-full"]}
 RL_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL)}
 RM_CASES = ("synthetic", "preference")
 DS_LINE = "DeepSpeed ZeRO-2 (gradients and optimizer state partitioned)"
-
-
-# LoRA SFT on documents of uneven length: at step 2 packing gives one process 2 micro-batches and the other 1
-# (checked in the test), so the second runs an idle pass to keep ZeRO-2's per-backward reductions in step
-UNEVEN = ("--max-seq-len", "256")
-
-
-def _uneven_file(files):
-    from conftest import CORPUS
-
-    rows = [{"id": f"u{i}", "document": f"Paper {i}. " + " ".join(CORPUS[i:i + 1 + (i * 5) % 7]),
-             "summary": CORPUS[i].split(".")[0] + ".", "split": "train"} for i in range(8)]
-    f = files / "uneven.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return f
 
 
 # interrupted after step 1 and resumed under ZeRO-2 (two AdamW groups: with and without weight decay)
@@ -74,7 +60,7 @@ def two_ds(files, tiny_model_dir):
     outs = {k: files / f"ds-{k}" for k in (*SFT_CASES, *RL_CASES, *RM_CASES, "sft-uneven", "grpo-resumed",
                                            "sft-resumed")}
     cmds = [_sft(tiny_model_dir, files / "rl.jsonl", outs[k], *a) for k, a in SFT_CASES.items()]
-    cmds += [_sft(tiny_model_dir, _uneven_file(files), outs["sft-uneven"], *UNEVEN)]
+    cmds += [_sft(tiny_model_dir, uneven_file(files), outs["sft-uneven"], *UNEVEN)]
     cmds += [_rl(tiny_model_dir, files / "rl.jsonl", outs[k], "grpo") + list(a) for k, a in RL_CASES.items()]
     cmds += [_rm(k, files / ("rm.jsonl" if k == "synthetic" else "pairs.jsonl"), tiny_model_dir, outs[k])
              for k in RM_CASES]
@@ -153,21 +139,8 @@ def test_rm_under_zero2_equals_one_process(kind, two_ds, files, tiny_model_dir, 
 
 def test_sft_with_idle_passes_under_zero2_equals_one_process(two_ds, files, tiny_model_dir, tmp_path):
     """Processes with fewer micro-batches than the busiest add idle passes (0 x a loss): the result is unchanged."""
-    from sumrl.training.common import StepSampler
-    from sumrl.training.config import SFTConfig
-    from sumrl.training.packing import plan_micro_batches
-    from sumrl.training.sft import _fields, encode_for
-    from sumrl.data import load_data
-    from transformers import AutoTokenizer
-
     data = files / "uneven.jsonl"
-    cfg = SFTConfig(model=str(tiny_model_dir), data=str(data), out="x", steps=2, batch_size=4, max_seq_len=256,
-                    max_target_tokens=16, seed=2)
-    seqs = encode_for(cfg, AutoTokenizer.from_pretrained(tiny_model_dir),
-                      load_data(cfg.data, cfg.split, fields=_fields(cfg), require_summary=True, seed=cfg.seed))
-    sampler = StepSampler(len(seqs), cfg.batch_size, cfg.seed)
-    counts = [[len(plan_micro_batches([len(x) for x in [seqs[i] for i in sampler.indices(step)][r::2]],
-                                      cfg.tokens_per_micro_batch, packing=True)) for r in range(2)] for step in range(2)]
+    counts = uneven_counts(data, tiny_model_dir)
     assert any(a != b for a, b in counts), counts  # the case does exercise idle passes
     one = tmp_path / "one"
     assert main(_sft(tiny_model_dir, data, one, *UNEVEN)) == 0

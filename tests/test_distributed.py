@@ -148,6 +148,40 @@ SFT_ES = ("--full", "--lr", "0.1", "--steps", "4", "--eval-every", "1", "--val-e
           "--early-stopping-patience", "2")
 
 
+# LoRA SFT on documents of uneven length: at step 2 packing gives one process 2 micro-batches and the other 1
+# (checked by uneven_counts), so under FSDP2 / ZeRO-2 the second runs an idle pass to keep the collectives in step
+UNEVEN = ("--max-seq-len", "256")
+
+
+def uneven_file(files: Path) -> Path:
+    from conftest import CORPUS
+
+    rows = [{"id": f"u{i}", "document": f"Paper {i}. " + " ".join(CORPUS[i:i + 1 + (i * 5) % 7]),
+             "summary": CORPUS[i].split(".")[0] + ".", "split": "train"} for i in range(8)]
+    f = files / "uneven.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f
+
+
+def uneven_counts(data: Path, model: Path) -> list[list[int]]:
+    """Micro-batches per step and process (2 processes) of the uneven-length SFT run, as sumrl sft plans them."""
+    from transformers import AutoTokenizer
+
+    from sumrl.data import load_data
+    from sumrl.training.common import StepSampler
+    from sumrl.training.config import SFTConfig
+    from sumrl.training.packing import plan_micro_batches
+    from sumrl.training.sft import _fields, encode_for
+
+    cfg = SFTConfig(model=str(model), data=str(data), out="x", steps=2, batch_size=4, max_seq_len=256,
+                    max_target_tokens=16, seed=2)
+    seqs = encode_for(cfg, AutoTokenizer.from_pretrained(model),
+                      load_data(cfg.data, cfg.split, fields=_fields(cfg), require_summary=True, seed=cfg.seed))
+    sampler = StepSampler(len(seqs), cfg.batch_size, cfg.seed)
+    return [[len(plan_micro_batches([len(x) for x in [seqs[i] for i in sampler.indices(step)][r::2]],
+                                    cfg.tokens_per_micro_batch, packing=True)) for r in range(2)] for step in range(2)]
+
+
 def _with(args: list[str], flag: str, value: str) -> list[str]:
     args = list(args)
     args[args.index(flag) + 1] = value
@@ -203,7 +237,7 @@ def two_fsdp(files, tiny_model_dir):
     (generation kept in step over the sharded processes), full-weight PPO (the reference a sharded
     frozen copy), runs interrupted and resumed, and SFT early stopping. One launch for all."""
     outs = {k: files / f"fsdp-{k}" for k in (*RL_CASES, "synthetic", "preference", "real", *SFT_FSDP, "ppo-full",
-                                             "ppo-full-resumed", "sft-resumed", "sft-es")}
+                                             "ppo-full-resumed", "sft-resumed", "sft-es", "sft-uneven")}
     cmds = [_rl(tiny_model_dir, files / "rl.jsonl", outs[c], c) for c in RL_CASES]
     cmds += [_rm("synthetic", files / "rm.jsonl", tiny_model_dir, outs["synthetic"]),
              _rm("preference", files / "pairs.jsonl", tiny_model_dir, outs["preference"]),
@@ -213,13 +247,14 @@ def two_fsdp(files, tiny_model_dir):
     cmds += [_rl(tiny_model_dir, files / "rl.jsonl", outs["ppo-full"], "ppo") + RL_FULL]
     cmds += fsdp_resume_commands(files, tiny_model_dir, outs)
     cmds += [_sft(tiny_model_dir, files / "rl.jsonl", outs["sft-es"], *SFT_ES)]
+    cmds += [_sft(tiny_model_dir, uneven_file(files), outs["sft-uneven"], *UNEVEN)]
     p = torchrun(2, cmds, files, env={"SUMRL_TEST_FSDP2": "1"})
-    assert (p.stdout + p.stderr).count("2 process(es); FSDP2") == len(SFT_FSDP) + 3, p.stdout + p.stderr
+    assert (p.stdout + p.stderr).count("2 process(es); FSDP2") == len(SFT_FSDP) + 4, p.stdout + p.stderr
     assert p.stdout.count("rm: 2 processes (FSDP2, parameters, gradients and optimizer state sharded)") == 2
     assert p.stdout.count("prompts each; FSDP2") == len(RL_CASES) + 4
     assert p.stdout.count("resuming at step 1; 2 processes") == 1  # rl; sft says it in its own words
     # each of the tiny model's 2 decoder layers its own unit, plus the root (embeddings, head, value head)
-    assert (p.stdout + p.stderr).count("FSDP2 (3 shard units;") == len(RL_CASES) + 4 + len(SFT_FSDP) + 3
+    assert (p.stdout + p.stderr).count("FSDP2 (3 shard units;") == len(RL_CASES) + 4 + len(SFT_FSDP) + 4
     return outs
 
 
@@ -525,3 +560,17 @@ def test_accelerate_recipes_are_valid_configs():
         cfg = ClusterConfig.from_yaml_file(str(root / name))  # Accelerate's own reader (unknown keys fail)
         assert cfg.mixed_precision in ("no", "bf16") and cfg.num_processes == 8, name
     assert yaml.safe_load((root / "fsdp2.yaml").read_text())["fsdp_config"]["fsdp_version"] == 2
+
+
+def test_sft_with_idle_passes_under_fsdp2_equals_one_process(two_fsdp, files, tiny_model_dir, tmp_path):
+    """Packing gives the processes different numbers of micro-batches (2 and 1 at step 2); under FSDP2 every
+    forward and backward is a collective, so the one with fewer runs an idle pass (0 x a loss): it used to hang
+    there. The result equals one process."""
+    data = files / "uneven.jsonl"
+    counts = uneven_counts(data, tiny_model_dir)
+    assert any(a != b for a, b in counts), counts  # the case does exercise idle passes
+    one = tmp_path / "one"
+    assert main(_sft(tiny_model_dir, data, one, *UNEVEN)) == 0
+    # Adam turns rounding noise in near-zero LoRA gradients into steps of up to lr (see test_deepspeed.py)
+    _same_run(one, two_fsdp["sft-uneven"], drop=("time/", "train/tokens_per_s", "perf/", "train/micro_batches"),
+              tol=1e-4)

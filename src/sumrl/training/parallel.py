@@ -223,9 +223,10 @@ def prepare_deepspeed(accelerator: Any, module: Any, optimizer: Any, *, max_grad
 
 
 def max_over_processes(accelerator: Any, n: int) -> int:
-    """The largest ``n`` of all processes. Under ZeRO-2 every backward pass reduces gradients (a
-    collective), so every process must make as many as the busiest one: the others add idle passes
-    (a forward and a backward of ``0 x`` a loss, which add exact zeros to the gradients)."""
+    """The largest ``n`` of all processes. Under ZeRO-2 every backward pass reduces gradients, under
+    FSDP2 every forward and backward gathers or reduces (collectives), so every process must make as
+    many as the busiest one: the others add idle passes (a forward and a backward of ``0 x`` a loss,
+    which add exact zeros to the gradients)."""
     return max(gather_parts(accelerator, int(n)))
 
 

@@ -409,25 +409,25 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
             scale = world / n_step_targets
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             local_tokens = sum(len(s) for s in local)
-            # ZeRO-2 reduces on every backward: each process makes as many as the busiest (idle ones add 0)
-            n_passes = par.max_over_processes(accelerator, len(groups)) if ds else len(groups)
+            # ZeRO-2 and FSDP2 make collectives on every forward/backward, while packing gives each process its
+            # own number of micro-batches: each makes as many passes as the busiest (idle ones add exact zeros)
+            n_passes = par.max_over_processes(accelerator, len(groups)) if ds or fsdp else len(groups)
             for k in range(n_passes):
                 g = groups[min(k, len(groups) - 1)]
+                idle = k >= len(groups)
                 batch = _to(raw_module.collate([local[i] for i in g], packing=packing, pad_id=tok.pad_token_id),
                             device)
                 # gradients are all-reduced once per step, on the last micro-batch
                 sync = k == n_passes - 1
                 if ds:  # the engine reduces into each process's partition; no division by its accumulation steps
                     loss_sum, _ = loss_module(**batch)
-                    idle = k >= len(groups)
                     par.deepspeed_backward(loss_module, loss_sum * (0.0 if idle else scale), boundary=sync)
-                    if idle:
-                        continue
                 else:
                     with nullcontext() if sync or fsdp else accelerator.no_sync(loss_module):
                         loss_sum, _ = loss_module(**batch)
-                        accelerator.backward(loss_sum * scale)
-                local_loss += loss_sum.detach().double()
+                        accelerator.backward(loss_sum * (0.0 if idle else scale))
+                if not idle:
+                    local_loss += loss_sum.detach().double()
             if ds:  # the norm over all partitions, before the step; the engine's step clips by it
                 grad_norm = par.deepspeed_grad_norm(loss_module)
             else:
