@@ -5,7 +5,8 @@ so one process and N processes produce the same episodes and their training can 
 number for number. Usage: python dist_worker.py SEED COMMANDS.json (a list of sumrl argument
 lists, run one after the other in the same process group: one launch for several runs; a list
 starting with "@real" samples with the real engine; "@stop=K" stops an sft run after step K, as a kill would). SUMRL_TEST_FSDP2=1: Accelerate's FSDP2 path is
-forced (:func:`force_fsdp2`)."""
+forced (:func:`force_fsdp2`). SUMRL_TEST_PASSES=DIR: each process writes the micro-batch counts its RL
+passes planned (:func:`record_passes`)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,24 @@ def force_fsdp2() -> None:
     accelerate.Accelerator.__init__ = init
 
 
+def record_passes(folder: str) -> dict:
+    """Record how many micro-batches each call of ``RLTrainer.micro_batches`` planned on this process
+    (the no-grad passes and the update's mini-batches, in call order); :func:`main` writes them to
+    ``DIR/<run folder name>-rank<R>.json`` after each command. Returns the live record."""
+    import sumrl.rl.trainer as T
+
+    rec = {"counts": []}
+    orig = T.RLTrainer.micro_batches
+
+    def micro_batches(self, batch):
+        out = orig(self, batch)
+        rec["counts"].append(len(out))
+        return out
+
+    T.RLTrainer.micro_batches = micro_batches
+    return rec
+
+
 def main() -> int:
     import json
     import os
@@ -82,6 +101,8 @@ def main() -> int:
     fixed = E.HFEngine.generate
     if os.environ.get("SUMRL_TEST_FSDP2") == "1":
         force_fsdp2()
+    passes = os.environ.get("SUMRL_TEST_PASSES")
+    rec = record_passes(passes) if passes else None
     from sumrl.cli import main as cli
 
     for args in json.loads(Path(sys.argv[2]).read_text()):
@@ -91,6 +112,11 @@ def main() -> int:
         stop = int(args[0].split("=")[1]) if args[0].startswith("@stop=") else None
         with stopped_after(stop):
             rc = cli(args[1:] if args[0].startswith("@") else args)
+        if rec is not None:
+            rank = os.environ.get("RANK", "0")
+            name = Path(args[args.index("--out") + 1]).name
+            (Path(passes) / f"{name}-rank{rank}.json").write_text(json.dumps(rec["counts"]))
+            rec["counts"] = []
         if rc and not (stop is not None and rc == 130):  # 130: the interruption asked for
             return rc
     return 0

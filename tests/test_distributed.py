@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +48,18 @@ RL_CASES = {
 }
 
 
+# RL on prompts of very different lengths (uneven_rl_file: short and 96-token prompts) with a small token budget
+# per pass: a process whose prompts are long plans 2 micro-batches where one with short prompts plans 1 -- in the
+# no-grad passes (policy, values, reference) and in the update (checked by the test). Under FSDP2 every forward and
+# backward is a collective, so the processes must still make the same number of calls.
+RL_UNEVEN = {
+    "grpo-uneven": ["--algo", "grpo", "--samples-per-prompt", "2", "--batch-size", "4", "--kl-coef", "0.05",
+                    "--micro-batch-tokens", "150"],
+    "ppo-uneven": ["--algo", "ppo", "--batch-size", "4", "--kl-coef", "0.05", "--micro-batch-tokens", "150",
+                   "--max-grad-norm", "0.5"],
+}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,8 +81,16 @@ def torchrun(nproc: int, commands: list[list[str]], workdir: Path, *, seed: int 
     cmd_file.write_text(json.dumps(commands))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), str(HERE / "dist_worker.py"), str(seed), str(cmd_file)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**_env(), **(env or {})},
-                       cwd=str(ROOT))
+    # its own session, so that a hang (processes waiting on each other's collectives) is ended whole
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**_env(), **(env or {})}, cwd=str(ROOT), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the {nproc} processes did not finish within {timeout} s (a hang?)\n{out[-3000:]}{err[-5000:]}")
+    p = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return p
 
@@ -115,7 +136,7 @@ def _rl(policy, data, out, case):
     return ["rl", "--policy", str(policy), "--data", str(data), "--out", str(out), "--reward", CHEAP,
             "--max-new-tokens", "6", "--max-prompt-tokens", "96", "--no-progress", "--no-tensorboard",
             "--steps", "2", "--eval-every", "0", "--no-bf16", "--lr", "0.01", "--seed", "3", "--sample-every", "1",
-            *RL_CASES[case]]
+            *{**RL_CASES, **RL_UNEVEN}[case]]
 
 
 def _rm(kind, source, model, out):
@@ -180,6 +201,19 @@ def uneven_counts(data: Path, model: Path) -> list[list[int]]:
     sampler = StepSampler(len(seqs), cfg.batch_size, cfg.seed)
     return [[len(plan_micro_batches([len(x) for x in [seqs[i] for i in sampler.indices(step)][r::2]],
                                     cfg.tokens_per_micro_batch, packing=True)) for r in range(2)] for step in range(2)]
+
+
+def uneven_rl_file(files: Path) -> Path:
+    """Training prompts of a title alone (51 prompt tokens) or cut at --max-prompt-tokens 96 (94), placed so that
+    with --seed 3 the processes' prompts are short/short and long/long in step 1's no-grad passes (1 and 2
+    micro-batches under --micro-batch-tokens 150), and in step 2's update (the mini-batch shuffle: 2 and 1)."""
+    from conftest import CORPUS
+
+    rows = [{"id": f"r{i}", "document": f"Paper {i}." + (" " + " ".join(CORPUS[i:i + 8]) if i in (0, 1, 3, 5) else ""),
+             "summary": CORPUS[i].split(".")[0] + ".", "split": "train"} for i in range(8)]
+    f = files / "uneven_rl.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f
 
 
 def _with(args: list[str], flag: str, value: str) -> list[str]:
@@ -574,3 +608,45 @@ def test_sft_with_idle_passes_under_fsdp2_equals_one_process(two_fsdp, files, ti
     # Adam turns rounding noise in near-zero LoRA gradients into steps of up to lr (see test_deepspeed.py)
     _same_run(one, two_fsdp["sft-uneven"], drop=("time/", "train/tokens_per_s", "perf/", "train/micro_batches"),
               tol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def two_fsdp_uneven(files, tiny_model_dir):
+    """GRPO (LoRA, the reference = adapters off) and PPO (the head critic) on prompts of uneven length under
+    FSDP2, in a launch of their own with a short timeout: a hang fails within 2 minutes. Also returns each
+    process's planned micro-batch counts (tests/dist_worker.py, SUMRL_TEST_PASSES)."""
+    data = uneven_rl_file(files)
+    outs = {k: files / f"fsdp-{k}" for k in RL_UNEVEN}
+    passes = files / "passes"
+    passes.mkdir(exist_ok=True)
+    p = torchrun(2, [_rl(tiny_model_dir, data, outs[k], k) for k in RL_UNEVEN], files, timeout=120,
+                 env={"SUMRL_TEST_FSDP2": "1", "SUMRL_TEST_PASSES": str(passes)})
+    assert p.stdout.count("prompts each; FSDP2 (3 shard units;") == len(RL_UNEVEN), p.stdout + p.stderr
+    counts = {k: [json.loads((passes / f"{outs[k].name}-rank{r}.json").read_text()) for r in range(2)]
+              for k in RL_UNEVEN}
+    return outs, counts
+
+
+@pytest.mark.parametrize("case", list(RL_UNEVEN))
+def test_rl_with_uneven_micro_batches_under_fsdp2_equals_one_process(case, two_fsdp_uneven, files, tiny_model_dir,
+                                                                     tmp_path, engine):
+    """The token budget gives the processes different numbers of micro-batches in the no-grad passes and in the
+    update; under FSDP2 each of those forwards and backwards is a collective, so the process with fewer runs
+    idle passes (results dropped, 0 x the loss): without them the run hangs. The result equals one process."""
+    outs, counts = two_fsdp_uneven
+    a, b = counts[case]
+    # per call of micro_batches, in order, for each of the 2 steps: the no-grad passes (PPO: policy with values,
+    # then reference; GRPO: the reference only, its policy pass is the update's own), then the update's one
+    # mini-batch
+    per_step = {"grpo-uneven": 2, "ppo-uneven": 3}[case]
+    assert len(a) == len(b) == 2 * per_step, (a, b)
+    update = {per_step - 1, 2 * per_step - 1}
+    assert any(a[k] != b[k] for k in range(2 * per_step) if k not in update), (a, b)  # uneven no-grad passes ...
+    assert any(a[k] != b[k] for k in update), (a, b)  # ... and an uneven update
+    one = tmp_path / "one"
+    assert main(_rl(tiny_model_dir, files / "uneven_rl.jsonl", one, case)) == 0
+    samples = lambda out: (out / "samples.jsonl").read_text()
+    assert samples(one) == samples(outs[case])
+    _same_run(one, outs[case])
+    if case == "ppo-uneven":
+        assert "value/loss" in _metrics(outs[case])[-1]

@@ -390,18 +390,24 @@ class RLTrainer:
                              shared=self.cfg.share_prompt)
 
     def _rows_forward(self, module: Any, rollout: Any, **kw) -> dict:
-        """Run ``module`` over the rollout in micro-batches (full width, no grad)."""
+        """Run ``module`` over the rollout in micro-batches (full width, no grad). Under FSDP2 each
+        forward all-gathers the shard units' parameters, so every process makes as many as the
+        busiest; the idle ones' outputs are dropped (:func:`sumrl.training.parallel.lockstep`)."""
         import torch
+
+        from sumrl.training.parallel import lockstep
 
         outs: dict[str, list] = {}
         dev = self.device
         with torch.no_grad():
-            for rows in self.micro_batches(rollout):
+            for rows, idle in lockstep(self.accelerator, self.micro_batches(rollout), collective=self.fsdp):
                 s, e = rows[0], rows[-1] + 1  # consecutive rows
                 pl = rollout.prefix_len[s:e].to(dev) if rollout.prefix_len is not None else None
                 o = module(rollout.query_ids[s:e].to(dev), rollout.query_mask[s:e].to(dev),
                            rollout.response_ids[s:e].to(dev), rollout.response_mask[s:e].to(dev),
                            temperature=self.temperature, prefix_len=pl, **kw)
+                if idle:
+                    continue
                 for k, v in o.items():
                     outs.setdefault(k, []).append(v.float().cpu())
         return {k: torch.cat(v, dim=0) for k, v in outs.items()}
@@ -511,8 +517,7 @@ class RLTrainer:
         from sumrl.rl import functional as F
         from sumrl.rl.distributed import shard
         from sumrl.training.parallel import (deepspeed_backward, deepspeed_grad_norm, deepspeed_step,
-                                             deepspeed_zero_grad, max_over_processes, reduce_sums,
-                                             reduce_tensor_sum)
+                                             deepspeed_zero_grad, lockstep, reduce_sums, reduce_tensor_sum)
 
         cfg, acc = self.cfg, self.accelerator
         N = len(batch)
@@ -554,10 +559,12 @@ class RLTrainer:
                 norm = normaliser(mini, n_act)
                 vnorm = normaliser(mini, n_val)
                 mine = shard(range(len(mini)), self.rank, self.world)  # this process's rows of the mini-batch
-                parts = list(self.micro_batches(mini.select(mine)))
-                # ZeRO-2 reduces on every backward: each process makes as many as the busiest (idle ones add 0)
-                n_passes = max_over_processes(acc, len(parts)) if self.ds else len(parts)
-                for k_part, part in enumerate(parts):
+                # FSDP2 gathers / reduces on every forward and backward, ZeRO-2 reduces on every backward,
+                # while the token budget gives each process its own number of micro-batches: each makes as
+                # many passes as the busiest; an idle one runs like the others, logs nothing, adds 0 x its loss
+                passes = lockstep(acc, self.micro_batches(mini.select(mine)), collective=self.ds or self.fsdp)
+                n_passes = len(passes)
+                for k_part, (part, idle) in enumerate(passes):
                     sub = [mine[k] for k in part]
                     mt = mini.select(sub).to(self.device)
                     amask = mt.action_mask
@@ -566,33 +573,34 @@ class RLTrainer:
                                       temperature=self.temperature, with_values=cfg.uses_critic,
                                       with_entropy=deferred and epoch == 0, entropy_grad=cfg.entropy_coef > 0,
                                       critic=mt.critic, prefix_len=mt.prefix_len)
-                    if epoch == 0:
+                    if epoch == 0 and not idle:
                         width = out["logprobs"].shape[1]
                         idx = torch.tensor([rows[j] for j in sub])
                         fresh_lp[idx, :width] = out["logprobs"].detach().float().cpu()
                         if "entropy" in out:
                             fresh_ent[idx, :width] = out["entropy"].detach().float().cpu()
                     old = out["logprobs"].detach() if deferred else mt.old_logprobs
+                    record = (lambda *a: None) if idle else add  # an idle pass's statistics are not the batch's
                     loss = out["logprobs"].new_zeros(())
                     if n_act:
                         pg, st = F.ppo_policy_loss(out["logprobs"], old, mt.advantages, amask, cfg.clip_eps,
                                                    cfg.loss_agg, norm)
                         loss = loss + pg
-                        add("policy/loss", float(pg.detach()), 1.0)
+                        record("policy/loss", float(pg.detach()), 1.0)
                         for k in ("clipfrac", "approx_kl", "ratio_mean"):
-                            add(f"policy/{k}", float(st[k]), w)
+                            record(f"policy/{k}", float(st[k]), w)
                     if cfg.uses_critic and n_val:
                         vmask = mt.value_mask
                         vl, vst = F.value_loss(out["values"], mt.old_values, mt.returns, vmask,
                                                cfg.value_clip if cfg.value_clip > 0 else None, cfg.loss_agg, vnorm)
                         loss = loss + cfg.vf_coef * vl
-                        add("value/loss", float(vl.detach()), 1.0)
-                        add("value/clipfrac", float(vst["vf_clipfrac"]), float(vmask.sum()))
+                        record("value/loss", float(vl.detach()), 1.0)
+                        record("value/clipfrac", float(vst["vf_clipfrac"]), float(vmask.sum()))
                     if cfg.kl_in_loss and cfg.kl_coef > 0 and n_act:
                         klm = F.kl_estimate(out["logprobs"], mt.ref_logprobs, "k3")
                         kl_loss = F.aggregate(klm, amask, cfg.loss_agg, norm)
                         loss = loss + cfg.kl_coef * kl_loss
-                        add("policy/kl_loss", float(kl_loss.detach()), 1.0)
+                        record("policy/kl_loss", float(kl_loss.detach()), 1.0)
                     if cfg.entropy_coef > 0 and n_act:
                         ent = F.aggregate(out["entropy"], amask, cfg.loss_agg, norm)
                         loss = loss - cfg.entropy_coef * ent
@@ -600,16 +608,11 @@ class RLTrainer:
                     if not math.isfinite(lv):
                         raise TrainingDiverged(self._diverged_msg(f"the loss is {lv}", step))
                     # the processes' gradients are averaged: times world, their sum is the mini-batch's
+                    scaled = loss * 0.0 if idle else loss * self.world if self.world > 1 else loss
                     if self.ds:  # DeepSpeed averages too; the last micro-batch is the accumulation boundary
-                        deepspeed_backward(self.module, loss * self.world if self.world > 1 else loss,
-                                           boundary=k_part == n_passes - 1)
+                        deepspeed_backward(self.module, scaled, boundary=k_part == n_passes - 1)
                     else:
-                        acc.backward(loss * self.world if self.world > 1 else loss)
-                for k_idle in range(len(parts), n_passes):  # DeepSpeed: idle passes, exact zeros
-                    mt = mini.select([mine[k] for k in parts[0]]).to(self.device)
-                    out = self.module(mt.query_ids, mt.query_mask, mt.response_ids, mt.response_mask,
-                                      temperature=self.temperature, critic=mt.critic, prefix_len=mt.prefix_len)
-                    deepspeed_backward(self.module, out["logprobs"].sum() * 0.0, boundary=k_idle == n_passes - 1)
+                        acc.backward(scaled)
                 if cfg.target_coef > 0 and examples is not None:
                     # TRIL: the references of the mini-batch's rows (one per row, as in its buffer)
                     ex_rows = [int(i) for i in mini.example_index.tolist()]

@@ -230,6 +230,22 @@ def max_over_processes(accelerator: Any, n: int) -> int:
     return max(gather_parts(accelerator, int(n)))
 
 
+def lockstep(accelerator: Any, parts: list, *, collective: bool) -> list[tuple[Any, bool]]:
+    """The passes of one step's micro-batches ``parts`` as ``(part, idle)`` pairs. When every forward or
+    backward is a ``collective`` (FSDP2: each shard unit all-gathers its parameters in forward and
+    reduce-scatters its gradients in backward, no-grad passes included; ZeRO-2: each backward reduces
+    gradients), every process makes as many passes as the busiest (:func:`max_over_processes`), while
+    packing and token budgets give each process its own count. The extra passes repeat the last part
+    and are marked ``idle``: the caller runs them exactly like the others (the same modules and
+    outputs, so the same parameters take part in every collective) and drops their results, or
+    back-propagates ``0 x`` their loss (exact zeros added to the gradients). Otherwise ``(part, False)``
+    for each part, without a collective."""
+    if not parts:
+        raise ValueError("lockstep needs at least one micro-batch per process (an idle pass repeats one)")
+    n = max_over_processes(accelerator, len(parts)) if collective else len(parts)
+    return [(parts[min(k, len(parts) - 1)], k >= len(parts)) for k in range(n)]
+
+
 def deepspeed_backward(engine: Any, loss: Any, *, boundary: bool) -> None:
     """Back-propagate one micro-batch's ``loss`` through the engine, unscaled (``scale_wrt_gas=False``:
     sumrl's losses already carry the step's exact normaliser). ``boundary``: the last micro-batch

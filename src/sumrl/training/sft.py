@@ -411,10 +411,9 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
             local_tokens = sum(len(s) for s in local)
             # ZeRO-2 and FSDP2 make collectives on every forward/backward, while packing gives each process its
             # own number of micro-batches: each makes as many passes as the busiest (idle ones add exact zeros)
-            n_passes = par.max_over_processes(accelerator, len(groups)) if ds or fsdp else len(groups)
-            for k in range(n_passes):
-                g = groups[min(k, len(groups) - 1)]
-                idle = k >= len(groups)
+            passes = par.lockstep(accelerator, groups, collective=ds or fsdp)
+            n_passes = len(passes)
+            for k, (g, idle) in enumerate(passes):
                 batch = _to(raw_module.collate([local[i] for i in g], packing=packing, pad_id=tok.pad_token_id),
                             device)
                 # gradients are all-reduced once per step, on the last micro-batch
