@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -81,13 +80,18 @@ def torchrun(nproc: int, commands: list[list[str]], workdir: Path, *, seed: int 
     cmd_file.write_text(json.dumps(commands))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
            "127.0.0.1", "--master_port", str(_free_port()), str(HERE / "dist_worker.py"), str(seed), str(cmd_file)]
-    # its own session, so that a hang (processes waiting on each other's collectives) is ended whole
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**_env(), **(env or {})}, cwd=str(ROOT), start_new_session=True)
+                            env={**_env(), **(env or {})}, cwd=str(ROOT))
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        # a hang (processes waiting on each other's collectives): end the workers too -- torchrun starts them
+        # in sessions of their own, so killing the launcher alone would leave them waiting
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
         out, err = proc.communicate()
         pytest.fail(f"the {nproc} processes did not finish within {timeout} s (a hang?)\n{out[-3000:]}{err[-5000:]}")
     p = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -650,3 +654,14 @@ def test_rl_with_uneven_micro_batches_under_fsdp2_equals_one_process(case, two_f
     _same_run(one, outs[case])
     if case == "ppo-uneven":
         assert "value/loss" in _metrics(outs[case])[-1]
+
+
+def test_lockstep_pads_to_the_busiest_process(monkeypatch):
+    """Every process makes as many passes as the busiest; the extra ones repeat the last part, marked idle."""
+    import sumrl.training.parallel as par
+
+    monkeypatch.setattr(par, "gather_parts", lambda acc, n: [n, 3])  # the other process plans 3 micro-batches
+    assert par.lockstep(None, ["a", "b"], collective=True) == [("a", False), ("b", False), ("b", True)]
+    assert par.lockstep(None, ["a", "b", "c", "d"], collective=True) == [(x, False) for x in "abcd"]
+    monkeypatch.setattr(par, "gather_parts", lambda acc, n: pytest.fail("no collective without sharding"))
+    assert par.lockstep(None, ["a", "b"], collective=False) == [("a", False), ("b", False)]
