@@ -30,16 +30,20 @@ pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (not a sumrl
                                         "'DeepSpeed install')")
 
 from sumrl.cli import main  # noqa: E402
-from test_distributed import (RL_FULL, SFT_FSDP, UNEVEN, _close, _metrics, _rl, _rm, _same_run,  # noqa: E402,F401
-                              _sft, _weights, _with, assert_same_weights, engine, files, torchrun, uneven_counts,
-                              uneven_file)
+from test_distributed import (RL_FULL, RL_UNEVEN, SFT_FSDP, UNEVEN, _close, _metrics, _rl, _rm,  # noqa: E402,F401
+                              _same_run, _sft, _weights, _with, assert_same_weights,
+                              assert_uneven_rl_equals_one_process, engine, files, torchrun, uneven_counts, uneven_file,
+                              uneven_rl_file)
 
 # what `accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml` puts in the environment
 ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_MIXED_PRECISION": "no",
          "ACCELERATE_GRADIENT_CLIPPING": "1.0", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1",
          "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"}
 SFT_CASES = {"sft": (), "sft-full": SFT_FSDP["sft-full"]}
-RL_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL)}
+# GRPO and RLOO (group baselines, KL in the reward, held-out evaluation), LoRA and full weights (the frozen
+# reference copy); PPO with the head critic (GAE, whitened advantages, 2 epochs x 2 mini-batches, KL to the reference
+# in the reward, --max-grad-norm 0.5: policy and critic clipped separately, each by its own norm), LoRA and full
+RL_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL), "rloo": ("--algo", "rloo"), "ppo": (), "ppo-full": tuple(RL_FULL)}
 RM_CASES = ("synthetic", "preference")
 DS_LINE = "DeepSpeed ZeRO-2 (gradients and optimizer state partitioned)"
 
@@ -47,6 +51,15 @@ DS_LINE = "DeepSpeed ZeRO-2 (gradients and optimizer state partitioned)"
 # interrupted after step 1 and resumed under ZeRO-2 (two AdamW groups: with and without weight decay)
 RL_RESUME = [*RL_FULL, "--eval-every", "0"]
 SFT_RESUME = ("--full", "--lr", "1e-3", "--save-every", "1")
+
+
+def rl_case(model, data, out, case):
+    """The ``sumrl rl`` arguments of RL_CASES[case]: tests/test_distributed.py's GRPO or PPO case, changed."""
+    args = _rl(model, data, out, "ppo" if case.startswith("ppo") else "grpo")
+    extra = list(RL_CASES[case])
+    if extra[:1] == ["--algo"]:
+        return _with(args, "--algo", extra[1]) + extra[2:]
+    return args + extra
 
 
 def resume_commands(files, model, outs):
@@ -61,7 +74,7 @@ def two_ds(files, tiny_model_dir):
                                            "sft-resumed")}
     cmds = [_sft(tiny_model_dir, files / "rl.jsonl", outs[k], *a) for k, a in SFT_CASES.items()]
     cmds += [_sft(tiny_model_dir, uneven_file(files), outs["sft-uneven"], *UNEVEN)]
-    cmds += [_rl(tiny_model_dir, files / "rl.jsonl", outs[k], "grpo") + list(a) for k, a in RL_CASES.items()]
+    cmds += [rl_case(tiny_model_dir, files / "rl.jsonl", outs[k], k) for k in RL_CASES]
     cmds += [_rm(k, files / ("rm.jsonl" if k == "synthetic" else "pairs.jsonl"), tiny_model_dir, outs[k])
              for k in RM_CASES]
     cmds += resume_commands(files, tiny_model_dir, outs)
@@ -102,11 +115,18 @@ def test_sft_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir,
 
 
 @pytest.mark.parametrize("case", list(RL_CASES))
-def test_grpo_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir, tmp_path, engine):
+def test_rl_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir, tmp_path, engine):
     one = tmp_path / "one"
-    assert main(_rl(tiny_model_dir, files / "rl.jsonl", one, "grpo") + list(RL_CASES[case])) == 0
+    assert main(rl_case(tiny_model_dir, files / "rl.jsonl", one, case)) == 0
     ma, mb = _metrics(one), _metrics(two_ds[case])
-    assert [r["step"] for r in mb] == [0, 1, 2] and "eval/reward" in mb[-1] and "objective/kl" in mb[1]
+    ppo = case.startswith("ppo")
+    assert [r["step"] for r in mb] == ([1, 2] if ppo else [0, 1, 2]) and "objective/kl" in mb[-1]
+    if ppo:
+        # both groups clipped (norms above --max-grad-norm 0.5), each by its own norm: one global clip differs
+        assert all("value/loss" in r and r["value/grad_norm"] > 0.5 and r["train/grad_norm"] > 0.5 for r in ma)
+        assert all(abs(r["value/grad_norm"] - r["train/grad_norm"]) > 0.1 * r["train/grad_norm"] for r in ma)
+    else:
+        assert "eval/reward" in mb[-1]
     samples = lambda out: [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
     assert samples(one) == samples(two_ds[case])  # training and held-out sample tables
     for ra, rb in zip(ma, mb):
@@ -114,9 +134,35 @@ def test_grpo_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir
                {k: v for k, v in rb.items() if not k.startswith("time/")}, where=f"step {ra['step']}")
     assert_same_weights(one, two_ds[case])
     _same_optimizer_state(one, two_ds[case])
-    full = case == "grpo-full"
+    full = case.endswith("-full")
     assert (two_ds[case] / "model.safetensors").exists() == full
     assert (two_ds[case] / "adapter_model.safetensors").exists() == (not full)
+
+
+@pytest.fixture(scope="module")
+def two_ds_uneven(files, tiny_model_dir):
+    """GRPO and PPO on prompts of uneven length under ZeRO-2 (tests/test_distributed.py, RL_UNEVEN), in a launch of
+    their own with a short timeout (a hang fails the test), with each process's planned micro-batch counts."""
+    data = uneven_rl_file(files)
+    outs = {k: files / f"ds-{k}" for k in RL_UNEVEN}
+    passes = files / "ds-passes"
+    passes.mkdir(exist_ok=True)
+    p = torchrun(2, [_rl(tiny_model_dir, data, outs[k], k) for k in RL_UNEVEN], files, timeout=240,
+                 env={**ZERO2, "SUMRL_TEST_PASSES": str(passes)})
+    assert (p.stdout + p.stderr).count(DS_LINE) == len(RL_UNEVEN), p.stdout + p.stderr
+    counts = {k: [json.loads((passes / f"{outs[k].name}-rank{r}.json").read_text()) for r in range(2)]
+              for k in RL_UNEVEN}
+    return outs, counts
+
+
+@pytest.mark.parametrize("case", list(RL_UNEVEN))
+def test_rl_with_uneven_micro_batches_under_zero2_equals_one_process(case, two_ds_uneven, files, tiny_model_dir,
+                                                                     tmp_path, engine):
+    """The token budget gives the processes different numbers of micro-batches (checked); ZeRO-2 reduces
+    gradients on every backward of the update, so the process with fewer runs idle passes (0 x the loss; the
+    no-grad passes need none: whole parameters, no collective in forward). The result equals one process."""
+    outs, counts = two_ds_uneven
+    assert_uneven_rl_equals_one_process(case, outs[case], counts[case], files, tiny_model_dir, tmp_path)
 
 
 @pytest.mark.parametrize("kind", RM_CASES)

@@ -576,15 +576,17 @@ def test_what_does_not_run_under_deepspeed_is_one_line(acc, match):
         check_deepspeed(acc, "sft")
 
 
-def test_rl_with_a_critic_under_deepspeed_is_one_line(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
-    """DeepSpeed clips one global norm; PPO clips policy and critic separately: refused, not changed."""
+@pytest.mark.parametrize("extra", [("--value-model", "adapter"), ("--algo", "aggrevated", "--guide", "x")])
+def test_rl_not_tested_under_deepspeed_is_one_line(extra, tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    """PPO with the head critic, GRPO and RLOO run under ZeRO-2 (tests/test_deepspeed.py); the value adapter and
+    the guided algorithms stop with one line before any work."""
     import sumrl.training.parallel as par
 
     monkeypatch.setattr(par, "is_deepspeed", lambda acc: True)
     monkeypatch.setattr(par, "check_deepspeed", lambda *a, **k: None)
-    assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "ppo")) == 2
+    assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "ppo") + list(extra)) == 2
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
-    assert len(err) == 1 and "--algo ppo does not run under DeepSpeed" in err[0] and "clips one global" in err[0]
+    assert len(err) == 1 and "under DeepSpeed runs --algo ppo (with --value-model head), grpo and rloo" in err[0], err
 
 
 def test_accelerate_recipes_are_valid_configs():
@@ -638,7 +640,15 @@ def test_rl_with_uneven_micro_batches_under_fsdp2_equals_one_process(case, two_f
     update; under FSDP2 each of those forwards and backwards is a collective, so the process with fewer runs
     idle passes (results dropped, 0 x the loss): without them the run hangs. The result equals one process."""
     outs, counts = two_fsdp_uneven
-    a, b = counts[case]
+    assert_uneven_rl_equals_one_process(case, outs[case], counts[case], files, tiny_model_dir, tmp_path)
+
+
+def assert_uneven_rl_equals_one_process(case: str, two: Path, counts: list, files: Path, model: Path,
+                                        tmp_path: Path) -> None:
+    """The 2-process run ``two`` of an RL_UNEVEN case planned different micro-batch counts on its processes
+    (``counts``: per process, per call of micro_batches) in the no-grad passes and in the update, and equals
+    one process (metrics, sample tables, weights). Also used by tests/test_deepspeed.py (ZeRO-2)."""
+    a, b = counts
     # per call of micro_batches, in order, for each of the 2 steps: the no-grad passes (PPO: policy with values,
     # then reference; GRPO: the reference only, its policy pass is the update's own), then the update's one
     # mini-batch
@@ -648,12 +658,12 @@ def test_rl_with_uneven_micro_batches_under_fsdp2_equals_one_process(case, two_f
     assert any(a[k] != b[k] for k in range(2 * per_step) if k not in update), (a, b)  # uneven no-grad passes ...
     assert any(a[k] != b[k] for k in update), (a, b)  # ... and an uneven update
     one = tmp_path / "one"
-    assert main(_rl(tiny_model_dir, files / "uneven_rl.jsonl", one, case)) == 0
+    assert main(_rl(model, files / "uneven_rl.jsonl", one, case)) == 0
     samples = lambda out: (out / "samples.jsonl").read_text()
-    assert samples(one) == samples(outs[case])
-    _same_run(one, outs[case])
+    assert samples(one) == samples(two)
+    _same_run(one, two)
     if case == "ppo-uneven":
-        assert "value/loss" in _metrics(outs[case])[-1]
+        assert "value/loss" in _metrics(two)[-1]
 
 
 def test_lockstep_pads_to_the_busiest_process(monkeypatch):

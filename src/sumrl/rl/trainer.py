@@ -208,15 +208,15 @@ class RLTrainer:
             raise ConfigError("sumrl rl under FSDP needs --value-model head and an unguided algorithm (ppo, grpo, "
                               "rloo): the guide and the value adapter are not sharded; see docs/scale.md")
         # DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml): the engine driven step by step
-        # (sumrl.training.parallel, "DeepSpeed"); LoRA or full weights, critic-free algorithms
+        # (sumrl.training.parallel, "DeepSpeed"); LoRA or full weights, PPO with the head critic, GRPO, RLOO;
+        # policy and critic clipped separately by sumrl on the partitioned gradients (the engine's clipping off)
         self.ds = is_deepspeed(self.accelerator)
         if self.ds:
             check_deepspeed(self.accelerator, "rl")
-            if cfg.uses_critic or cfg.algo in GUIDED_ALGOS or cfg.target_coef > 0:
-                raise ConfigError(f"sumrl rl --algo {cfg.algo} does not run under DeepSpeed: DeepSpeed clips one global "
-                                  f"gradient norm, sumrl clips the policy's and the critic's separately (and the guided "
-                                  f"algorithms and --target-coef are untested there); use --algo grpo or rloo, or "
-                                  f"recipes/accelerate/fsdp2.yaml -- see docs/scale.md")
+            if cfg.algo in GUIDED_ALGOS or cfg.target_coef > 0 or (cfg.uses_critic and cfg.value_model == "adapter"):
+                raise ConfigError(f"sumrl rl under DeepSpeed runs --algo ppo (with --value-model head), grpo and rloo "
+                                  f"only: the guided algorithms, --target-coef and the value adapter are not tested "
+                                  f"there; use recipes/accelerate/ddp.yaml for them -- see docs/scale.md")
         from sumrl.models.precision import precision_line, resolve_bf16
 
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
@@ -516,7 +516,7 @@ class RLTrainer:
 
         from sumrl.rl import functional as F
         from sumrl.rl.distributed import shard
-        from sumrl.training.parallel import (deepspeed_backward, deepspeed_grad_norm, deepspeed_step,
+        from sumrl.training.parallel import (deepspeed_backward, deepspeed_clip_grad_norms, deepspeed_step,
                                              deepspeed_zero_grad, lockstep, reduce_sums, reduce_tensor_sum)
 
         cfg, acc = self.cfg, self.accelerator
@@ -629,18 +629,16 @@ class RLTrainer:
                 # policy and critic clipped separately: returns in the hundreds give value gradients
                 # whose norm would otherwise shrink the policy's update to nothing under one global clip
                 limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                if self.ds:  # no critic here: the engine's one global clip is the policy's (before the step: checked)
-                    gn = deepspeed_grad_norm(self.module)
-                    if not math.isfinite(gn):
-                        deepspeed_zero_grad(self.module)
-                        raise TrainingDiverged(self._diverged_msg(f"the policy gradient norm is {gn}", step))
-                    add("train/grad_norm", gn, 1.0)
-                for group, key in () if self.ds else (("policy", "train/grad_norm"), ("critic", "value/grad_norm")):
+                # DeepSpeed: each group's norm from the partitioned gradients (one all-reduce), each group's
+                # slices scaled in place before the engine's step (its own one-norm clipping is off)
+                ds_norms = (deepspeed_clip_grad_norms(self.module, {g: params[g] for g in ("policy", "critic")
+                                                                    if params.get(g)}, limit) if self.ds else {})
+                for group, key in (("policy", "train/grad_norm"), ("critic", "value/grad_norm")):
                     if not params.get(group):
                         continue
-                    gn = float(acc.clip_grad_norm_(params[group], limit))
+                    gn = ds_norms[group] if self.ds else float(acc.clip_grad_norm_(params[group], limit))
                     if not math.isfinite(gn):
-                        optimizer.zero_grad(set_to_none=True)
+                        deepspeed_zero_grad(self.module) if self.ds else optimizer.zero_grad(set_to_none=True)
                         raise TrainingDiverged(self._diverged_msg(f"the {group} gradient norm is {gn}", step))
                     add(key, gn, 1.0)
                 deepspeed_step(self.module) if self.ds else optimizer.step()
@@ -756,8 +754,9 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         tr.module, optimizer = tr.accelerator.prepare(tr.module, optimizer)
         params = trainable(tr.raw)
         sched_optimizer = optimizer
-    elif tr.ds:  # the engine wraps tr.raw; the LR schedule stays on the torch optimizer DeepSpeed steps
-        tr.module, optimizer = prepare_deepspeed(tr.accelerator, tr.module, optimizer, max_grad_norm=cfg.max_grad_norm)
+    elif tr.ds:  # the engine wraps tr.raw; the LR schedule stays on the torch optimizer DeepSpeed steps; the
+        # engine does not clip (one global norm): the update clips policy and critic separately itself
+        tr.module, optimizer = prepare_deepspeed(tr.accelerator, tr.module, optimizer, max_grad_norm=0.0)
     policy_trained = {n for n, p in tr.raw.model.named_parameters() if p.requires_grad}  # what _publish saves
     param_groups = critic_split(params)
     N = cfg.batch_size * cfg.group_size  # episodes per outer step

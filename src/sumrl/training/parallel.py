@@ -270,6 +270,53 @@ def deepspeed_grad_norm(engine: Any) -> float:
     return norm if norm >= 0 and math.isfinite(norm) else math.inf
 
 
+def deepspeed_clip_grad_norms(engine: Any, groups: dict[str, list[Any]], max_norm: float) -> dict[str, float]:
+    """Clip each group of parameters (``{"policy": [...], "critic": [...]}``) by its own gradient norm,
+    as ``torch.nn.utils.clip_grad_norm_`` on each group does in one process, on a ZeRO-1/2 engine whose
+    own clipping is off (``prepare_deepspeed(max_grad_norm=0)``); call after the boundary backward,
+    before :func:`deepspeed_step`. Returns each group's norm before clipping (``inf`` when not finite:
+    nothing is then scaled, the caller stops the run). A collective: every process calls it.
+
+    DeepSpeed clips one global norm. Here, each process holds the averaged gradients of its own
+    partition (the ZeRO optimizer's ``averaged_gradients[i]``: one tensor per parameter of
+    ``params_in_partition[i]`` -- the whole gradient or the slice that falls in the partition -- plus
+    zero padding, the pairing DeepSpeed's own ``get_grad_norm_direct`` uses); every element belongs to
+    exactly one parameter, so the per-group sums of squares over the partitions, summed over the
+    processes (one all-reduce), are the groups' squared norms. Each slice is then multiplied in place by
+    its group's factor ``min(1, max_norm / (norm + 1e-6))`` (torch's formula); the engine's step copies
+    these slices into its flat fp32 gradient and steps AdamW on them (with clipping off and no loss
+    scale it does not rescale them)."""
+    import math
+
+    zero = engine.optimizer
+    if not all(hasattr(zero, a) for a in ("averaged_gradients", "params_in_partition", "dp_process_group")):
+        raise ConfigError("this DeepSpeed version's ZeRO optimizer does not expose its partitioned gradients "
+                          "(averaged_gradients, params_in_partition): see docs/scale.md for the DeepSpeed version "
+                          "sumrl was tested with")
+    names = list(groups)
+    owner = {id(p): k for k, name in enumerate(names) for p in groups[name]}
+    slices: list[list[Tensor]] = [[] for _ in names]
+    for i, params in enumerate(zero.params_in_partition):
+        grads = zero.averaged_gradients.get(i) if isinstance(zero.averaged_gradients, dict) else zero.averaged_gradients[i]
+        if grads is None:
+            continue
+        for g, p in zip((g for g in grads if not getattr(g, "_zero_padding", False)), params):
+            if id(p) not in owner:
+                raise ValueError("a parameter the engine trains is in none of the clipping groups")
+            slices[owner[id(p)]].append(g)
+    sq = torch.tensor([sum(float(torch.linalg.vector_norm(g.detach().float())) ** 2 for g in s) for s in slices],
+                      dtype=torch.float64)
+    torch.distributed.all_reduce(sq, group=zero.dp_process_group)
+    norms = {name: math.sqrt(float(v)) if math.isfinite(float(v)) else math.inf for name, v in zip(names, sq)}
+    if all(math.isfinite(n) for n in norms.values()) and math.isfinite(max_norm):
+        for name, s in zip(names, slices):
+            coef = min(1.0, max_norm / (norms[name] + 1e-6))
+            if coef < 1.0:
+                for g in s:
+                    g.mul_(coef)
+    return norms
+
+
 def deepspeed_step(engine: Any) -> None:
     """The engine's optimizer step at the boundary marked by the last :func:`deepspeed_backward`:
     clipping to ``--max-grad-norm`` (DeepSpeed divides by ``max(1, (norm + 1e-6) / max_norm)``, the
