@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO-2 through Accelerate on 2 CPU (gloo) processes equals 1 process with the same global
-batch and seed: ``sumrl sft`` (LoRA; full fine-tuning with validation), ``sumrl rl --algo grpo``
-(LoRA, the reference = adapters off; full weights, the reference = a frozen copy) and ``sumrl rm``
+batch and seed: ``sumrl sft`` (LoRA; full fine-tuning with validation), ``sumrl rl`` -- GRPO, RLOO and
+PPO with the head critic (policy and critic clipped separately), LoRA (the reference = adapters off) and
+full weights (the reference = a frozen copy), and on prompts of uneven length (idle passes) -- and ``sumrl rm``
 (synthetic and preference, policy backbone) -- the same logged
 metrics (gradient norms taken before the step included), sample tables, published weights and
 AdamW state (gathered from the partitions into the one-process ``optimizer.pt``).

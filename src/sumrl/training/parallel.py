@@ -130,7 +130,8 @@ def load_whole_state(model: Any, optimizer: Any | None, weights: dict[str, Tenso
 # backward, while sumrl checks the loss and the gradient norm *before* the step, normalises by the
 # exact token count of the step over a varying number of micro-batches, and steps its own LR
 # scheduler. What is kept from DeepSpeed: its gradient reduction and partitioning (ZeRO-2), its
-# clipping (same formula as torch's, one global norm) and its optimizer step on the partitions.
+# clipping for SFT and RM (same formula as torch's, one global norm; RL clips policy and critic
+# separately itself, :func:`deepspeed_clip_grad_norms`) and its optimizer step on the partitions.
 
 
 def make_accelerator(**kwargs: Any) -> Any:
