@@ -1,8 +1,8 @@
 """DeepSpeed ZeRO-2 through Accelerate on 2 CPU (gloo) processes equals 1 process with the same global
 batch and seed: ``sumrl sft`` (LoRA; full fine-tuning with validation), ``sumrl rl`` -- GRPO, RLOO and
-PPO with the head critic (policy and critic clipped separately), LoRA (the reference = adapters off) and
-full weights (the reference = a frozen copy), and on prompts of uneven length (idle passes) -- and ``sumrl rm``
-(synthetic and preference, policy backbone) -- the same logged
+PPO with the head critic or the value adapter (policy and critic clipped separately), LoRA (the
+reference = adapters off) and full weights (the reference = a frozen copy), and on prompts of uneven
+length (idle passes) -- and ``sumrl rm`` (synthetic and preference, policy backbone) -- the same logged
 metrics (gradient norms taken before the step included), sample tables, published weights and
 AdamW state (gathered from the partitions into the one-process ``optimizer.pt``).
 
@@ -43,8 +43,10 @@ ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": 
 SFT_CASES = {"sft": (), "sft-full": SFT_FSDP["sft-full"]}
 # GRPO and RLOO (group baselines, KL in the reward, held-out evaluation), LoRA and full weights (the frozen
 # reference copy); PPO with the head critic (GAE, whitened advantages, 2 epochs x 2 mini-batches, KL to the reference
-# in the reward, --max-grad-norm 0.5: policy and critic clipped separately, each by its own norm), LoRA and full
-RL_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL), "rloo": ("--algo", "rloo"), "ppo": (), "ppo-full": tuple(RL_FULL)}
+# in the reward, --max-grad-norm 0.5: policy and critic clipped separately, each by its own norm), LoRA and full;
+# PPO with the value adapter (a second peft adapter and its head in the same engine)
+RL_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL), "rloo": ("--algo", "rloo"), "ppo": (), "ppo-full": tuple(RL_FULL),
+            "ppo-adapter": ("--value-model", "adapter")}
 RM_CASES = ("synthetic", "preference")
 DS_LINE = "DeepSpeed ZeRO-2 (gradients and optimizer state partitioned)"
 

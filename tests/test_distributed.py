@@ -576,17 +576,17 @@ def test_what_does_not_run_under_deepspeed_is_one_line(acc, match):
         check_deepspeed(acc, "sft")
 
 
-@pytest.mark.parametrize("extra", [("--value-model", "adapter"), ("--algo", "aggrevated", "--guide", "x")])
+@pytest.mark.parametrize("extra", [("--algo", "aggrevated", "--guide", "x"), ("--target-coef", "0.1")])
 def test_rl_not_tested_under_deepspeed_is_one_line(extra, tiny_model_dir, files, tmp_path, monkeypatch, capsys):
-    """PPO with the head critic, GRPO and RLOO run under ZeRO-2 (tests/test_deepspeed.py); the value adapter and
-    the guided algorithms stop with one line before any work."""
+    """PPO (value head or adapter), GRPO and RLOO run under ZeRO-2 (tests/test_deepspeed.py); the guided
+    algorithms and --target-coef stop with one line before any work."""
     import sumrl.training.parallel as par
 
     monkeypatch.setattr(par, "is_deepspeed", lambda acc: True)
     monkeypatch.setattr(par, "check_deepspeed", lambda *a, **k: None)
     assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "ppo") + list(extra)) == 2
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
-    assert len(err) == 1 and "under DeepSpeed runs --algo ppo (with --value-model head), grpo and rloo" in err[0], err
+    assert len(err) == 1 and "under DeepSpeed runs --algo ppo, grpo and rloo only" in err[0], err
 
 
 def test_accelerate_recipes_are_valid_configs():

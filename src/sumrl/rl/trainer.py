@@ -208,15 +208,15 @@ class RLTrainer:
             raise ConfigError("sumrl rl under FSDP needs --value-model head and an unguided algorithm (ppo, grpo, "
                               "rloo): the guide and the value adapter are not sharded; see docs/scale.md")
         # DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml): the engine driven step by step
-        # (sumrl.training.parallel, "DeepSpeed"); LoRA or full weights, PPO with the head critic, GRPO, RLOO;
+        # (sumrl.training.parallel, "DeepSpeed"); LoRA or full weights, PPO (value head or adapter), GRPO, RLOO;
         # policy and critic clipped separately by sumrl on the partitioned gradients (the engine's clipping off)
         self.ds = is_deepspeed(self.accelerator)
         if self.ds:
             check_deepspeed(self.accelerator, "rl")
-            if cfg.algo in GUIDED_ALGOS or cfg.target_coef > 0 or (cfg.uses_critic and cfg.value_model == "adapter"):
-                raise ConfigError(f"sumrl rl under DeepSpeed runs --algo ppo (with --value-model head), grpo and rloo "
-                                  f"only: the guided algorithms, --target-coef and the value adapter are not tested "
-                                  f"there; use recipes/accelerate/ddp.yaml for them -- see docs/scale.md")
+            if cfg.algo in GUIDED_ALGOS or cfg.target_coef > 0:
+                raise ConfigError("sumrl rl under DeepSpeed runs --algo ppo, grpo and rloo only: the guided algorithms "
+                                  "and --target-coef are not tested there; use recipes/accelerate/ddp.yaml for them -- "
+                                  "see docs/scale.md")
         from sumrl.models.precision import precision_line, resolve_bf16
 
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
