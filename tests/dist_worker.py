@@ -44,7 +44,8 @@ def install(seed: int) -> None:
     import sumrl.generation.engine as E
 
     def generate(self, prompts, limits, sampling):
-        vocab = self.model.get_input_embeddings().weight.shape[0]
+        w = self.model.get_input_embeddings().weight
+        vocab = getattr(w, "ds_shape", w.shape)[0]  # a ZeRO-3 placeholder's own shape is (0,)
         return FixedEngine(seed, min(vocab, 300)).generate(prompts, limits, sampling)
 
     E.HFEngine.generate = generate

@@ -572,6 +572,7 @@ def test_what_does_not_run_under_deepspeed_is_one_line(acc, match):
     from sumrl.training.parallel import check_deepspeed
 
     check_deepspeed(_ds_accelerator(), "sft")  # ZeRO-2 as shipped: accepted
+    check_deepspeed(_ds_accelerator(3), "sft", zero3=True)  # ZeRO-3 where the command runs it (tests/test_deepspeed.py)
     with pytest.raises(ConfigError, match=match):
         check_deepspeed(acc, "sft")
 

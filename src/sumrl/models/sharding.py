@@ -1,6 +1,6 @@
-"""Models sharded with FSDP2 (``accelerate launch`` with recipes/accelerate/fsdp2.yaml): whole
-parameters gathered around a call or for saving, and LoRA switched off for the reference pass
-without touching ``requires_grad``. Used by the trainers and the rollout engine; apart from
+"""Models sharded with FSDP2 (``accelerate launch`` with recipes/accelerate/fsdp2.yaml) or DeepSpeed ZeRO-3
+(recipes/accelerate/deepspeed_zero3.yaml): whole parameters gathered around a call or for saving, and LoRA
+switched off for the reference pass without touching ``requires_grad``. Used by the trainers and the rollout engine; apart from
 :func:`no_split_modules` (read by every module that wraps a model), nothing here runs without a
 sharded model."""
 
@@ -94,3 +94,34 @@ class lora_bypassed:
         for m, s in zip(self.layers, self.saved):
             m._disable_adapters = s
         return False
+
+
+class zero3_gathered:
+    """``with zero3_gathered(params, on):`` the DeepSpeed ZeRO-3 partitioned ``params`` gathered whole on every
+    process (``deepspeed.zero.GatheredParameters``, a collective: every process enters it at the same point), for
+    code that reads weights outside a forward -- checkpoints, the published model, finiteness checks.
+    ``modify``: what is written into them inside is kept (rank 0's copy is partitioned again on exit; every
+    process writes the same values). Off, or no ZeRO-3 parameter among them: nothing happens."""
+
+    def __init__(self, params: Any, on: bool = True, *, modify: bool = False):
+        params = [p for p in params if hasattr(p, "ds_id")] if on else []
+        self.ctx = None
+        if params:
+            import deepspeed
+
+            self.ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            return self.ctx.__exit__(*exc)
+        return False
+
+
+def whole_numel(p: Any) -> int:
+    """A parameter's whole number of elements (a ZeRO-3 placeholder's own ``numel()`` is 0)."""
+    return int(getattr(p, "ds_numel", None) or p.numel())

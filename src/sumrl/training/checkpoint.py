@@ -140,14 +140,17 @@ def save_checkpoint(root: str | Path, step: int, *, model: Any, optimizer: Any |
 
 
 def load_checkpoint(path: str | Path, *, model: Any, optimizer: Any | None = None, scheduler: Any | None = None,
-                    restore_rng: bool = True, sharded: bool = False) -> dict:
+                    restore_rng: bool = True, sharded: bool = False, zero3: bool = False) -> dict:
     """Load a checkpoint into already-built objects; returns its ``state.json``.
 
     The trainable parameter names must match exactly (a LoRA checkpoint cannot be loaded into a
     fully trainable model, or one with another rank / other target modules). ``sharded``: ``model``
     and ``optimizer`` are sharded by FSDP2 and every process calls this (a collective): each keeps
     its shard of the whole tensors the checkpoint holds (:func:`sumrl.training.parallel.load_whole_state`),
-    so a checkpoint resumes with any number of processes, sharded or not.
+    so a checkpoint resumes with any number of processes, sharded or not. ``zero3``: ``model``'s parameters are
+    partitioned by DeepSpeed ZeRO-3 and every process calls this (a collective): the whole weights are written
+    into the gathered parameters and partitioned again; the engine's fp32 master copy and AdamW state are
+    :func:`sumrl.training.parallel.deepspeed_load_state`'s (``optimizer`` must be None).
     """
     import torch
 
@@ -160,12 +163,21 @@ def load_checkpoint(path: str | Path, *, model: Any, optimizer: Any | None = Non
         missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
         raise SumrlError(f"{path}: checkpoint does not match the model's trainable parameters "
                          f"({len(missing)} missing, e.g. {missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})")
-    for n, p in params.items():  # a sharded parameter's shape is its whole shape
-        if saved[n].shape != p.shape:
-            raise SumrlError(f"{path}: parameter {n} has shape {tuple(saved[n].shape)}, model has {tuple(p.shape)}")
+    for n, p in params.items():  # a sharded parameter's shape is its whole shape (ZeRO-3: ds_shape)
+        shape = getattr(p, "ds_shape", p.shape)
+        if saved[n].shape != shape:
+            raise SumrlError(f"{path}: parameter {n} has shape {tuple(saved[n].shape)}, model has {tuple(shape)}")
     opt_state = (torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
                  if optimizer is not None else None)
-    if sharded:
+    if zero3:
+        if optimizer is not None:
+            raise ValueError("under ZeRO-3 the optimizer state is loaded by parallel.deepspeed_load_state")
+        from sumrl.models.sharding import zero3_gathered
+
+        with zero3_gathered(params.values(), modify=True), torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n].to(p.device, p.dtype))
+    elif sharded:
         from sumrl.training.parallel import load_whole_state
 
         load_whole_state(model, optimizer, {n: saved[n].to(params[n].dtype) for n in params}, opt_state)

@@ -180,17 +180,33 @@ def is_deepspeed(accelerator: Any) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def check_deepspeed(accelerator: Any, command: str) -> None:
-    """One line for what sumrl does not run under DeepSpeed: ZeRO-3, DeepSpeed's own mixed precision,
-    optimizer/scheduler sections and CPU offload. Call only when :func:`is_deepspeed`."""
+def zero_stage(accelerator: Any) -> int:
+    """The ZeRO stage of a DeepSpeed run (0 when not under DeepSpeed)."""
+    if not is_deepspeed(accelerator):
+        return 0
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+def is_zero3(accelerator: Any) -> bool:
+    """Whether the run is under DeepSpeed ZeRO-3 (recipes/accelerate/deepspeed_zero3.yaml): parameters partitioned,
+    every forward and backward gathers them layer by layer (collectives), whole weights only inside
+    :func:`sumrl.models.sharding.zero3_gathered`."""
+    return zero_stage(accelerator) == 3
+
+
+def check_deepspeed(accelerator: Any, command: str, *, zero3: bool = False) -> None:
+    """One line for what sumrl does not run under DeepSpeed: ZeRO-3 where the command does not support it
+    (``zero3=False``), DeepSpeed's own mixed precision, optimizer/scheduler sections and CPU offload. Call only
+    when :func:`is_deepspeed`."""
     plugin = accelerator.state.deepspeed_plugin
     ds = plugin.deepspeed_config
     stage = int(plugin.zero_stage)
-    where = "recipes/accelerate/deepspeed_zero2.yaml; see docs/scale.md"
-    if stage not in (1, 2):
-        raise ConfigError(f"sumrl {command} runs under DeepSpeed ZeRO-1/2 only, not ZeRO-{stage} (its parameters "
-                          f"are partitioned, which sumrl's generation, checkpoints and no-grad passes do not gather "
-                          f"yet): use {where}, or recipes/accelerate/fsdp2.yaml to shard parameters")
+    where = "recipes/accelerate/deepspeed_zero2.yaml or deepspeed_zero3.yaml; see docs/scale.md"
+    if stage not in (1, 2, 3) or (stage == 3 and not zero3):
+        raise ConfigError(f"sumrl {command} runs under DeepSpeed ZeRO-1/2" + ("/3" if zero3 else "") + f" only, not "
+                          f"ZeRO-{stage} here (see docs/scale.md, \"DeepSpeed\"): use "
+                          f"recipes/accelerate/deepspeed_zero2.yaml, or recipes/accelerate/fsdp2.yaml to shard "
+                          f"parameters")
     for key in ("fp16", "bf16"):
         if str(ds.get(key, {}).get("enabled", False)).lower() == "true":
             raise ConfigError(f"sumrl {command} under DeepSpeed needs mixed_precision: 'no' in the Accelerate config "
@@ -264,10 +280,16 @@ def deepspeed_grad_norm(engine: Any) -> float:
     import math
 
     opt = engine.optimizer
-    if not hasattr(opt, "scaled_global_norm"):
-        raise ConfigError("this DeepSpeed version's ZeRO optimizer has no scaled_global_norm(): see docs/scale.md "
-                          "for the DeepSpeed version sumrl was tested with")
-    norm = float(opt.scaled_global_norm()) / float(getattr(opt, "loss_scale", 1.0) or 1.0)
+    if hasattr(opt, "scaled_global_norm"):  # ZeRO-1/2
+        norm = float(opt.scaled_global_norm())
+    elif hasattr(opt, "_get_norm_groups"):  # ZeRO-3: what its step() computes, in the same two calls
+        from deepspeed.runtime.utils import combine_grad_norm_groups
+
+        norm = float(combine_grad_norm_groups(opt._get_norm_groups()))
+    else:
+        raise ConfigError("this DeepSpeed version's ZeRO optimizer has neither scaled_global_norm() (ZeRO-1/2) nor "
+                          "_get_norm_groups() (ZeRO-3): see docs/scale.md for the DeepSpeed version sumrl was tested with")
+    norm = norm / float(getattr(opt, "loss_scale", 1.0) or 1.0)
     return norm if norm >= 0 and math.isfinite(norm) else math.inf
 
 
@@ -348,6 +370,8 @@ def deepspeed_optimizer_state(engine: Any, groups: list[list[Any]], torch_optimi
     from deepspeed.utils.mixed_precision_linkage import lazy_init_hp_params_optimizer_state
 
     zero = engine.optimizer
+    if _is_zero3_optimizer(zero):
+        return _zero3_optimizer_state(zero, groups, torch_optimizer)
     for i, flat in enumerate(zero.single_partition_of_fp32_groups):
         if flat in zero.optimizer.state:
             lazy_init_hp_params_optimizer_state(zero.bit16_groups[i], flat, zero.optimizer.state)
@@ -393,6 +417,9 @@ def deepspeed_load_state(engine: Any, groups: list[list[Any]], model: Any, path:
     for p in order:
         safe_set_full_fp32_param(p, weights[names[id(p)]].to(torch.float32))
     zero = engine.optimizer
+    if _is_zero3_optimizer(zero):
+        _zero3_load_optimizer_state(zero, groups, opt_state)
+        return
     # the groups' hyperparameters (lr as the scheduler left it, ...), as torch's load_state_dict restores them:
     # the scheduler's own state does not touch the optimizer's lr
     for group, saved in zip(zero.optimizer.param_groups, opt_state["param_groups"]):
@@ -405,6 +432,102 @@ def deepspeed_load_state(engine: Any, groups: list[list[Any]], model: Any, path:
                                               v.clone() if torch.is_tensor(v) else v) for k, v in saved.items()}
             lazy_init_hp_params_optimizer_state(zero.bit16_groups[i], flat, zero.optimizer.state)
         first += len(params)
+    for idx, p in enumerate(order):
+        for k, v in opt_state["state"].get(idx, {}).items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                safe_set_full_optimizer_state(p, v.to(torch.float32), k)
+
+
+# ------------------------------------------------------------------------------------ ZeRO-3
+# Under ZeRO-3 each parameter is a placeholder (``p.data`` empty) plus this process's partition (``p.ds_tensor``);
+# the engine's hooks gather a module's parameters around its forward and backward (collectives: every process
+# makes the same calls in the same order, hence :func:`lockstep` for no-grad passes too), and
+# ``deepspeed.zero.GatheredParameters`` gathers them whole for code that reads weights outside a forward
+# (checkpoints, the published model: :func:`sumrl.models.sharding.zero3_gathered`). The optimizer keeps an fp32
+# master partition per param group (``fp32_partitioned_groups_flat``, a copy of the module's partitions: with
+# ``mixed_precision: 'no'`` both are fp32, so gathered weights are exactly the master's).
+
+
+class whole_model_construction:
+    """``with whole_model_construction(accelerator):`` models built inside are built whole on every process, as in
+    one process, also under ZeRO-3. Accelerate's DeepSpeed plugin registers its config with transformers, which then
+    builds every ``from_pretrained`` model inside ``deepspeed.zero.Init`` under ZeRO-3 (partitioned at
+    construction); that path runs transformers' weight initialisation, which draws from torch's generator, so
+    the LoRA adapters created next (from the same seed) came out different from one process's (found by the
+    2-process test: equal first loss, LoRA A off by 0.17 after 2 steps). Built whole, the model is partitioned by
+    ``deepspeed.initialize`` (rank 0's values broadcast); the cost is one whole fp32 copy per process until then
+    (docs/scale.md, "DeepSpeed ZeRO-3"). Outside ZeRO-3 nothing changes."""
+
+    def __init__(self, accelerator: Any):
+        self.plugin = accelerator.state.deepspeed_plugin if is_zero3(accelerator) else None
+
+    def __enter__(self):
+        if self.plugin is not None:
+            from transformers.integrations import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+        return self
+
+    def __exit__(self, *exc):
+        if self.plugin is not None:  # registered again: transformers' generate keeps ZeRO-3 processes in step
+            self.plugin.set_deepspeed_weakref()
+        return False
+
+
+def _is_zero3_optimizer(zero: Any) -> bool:
+    return hasattr(zero, "fp32_partitioned_groups_flat") and hasattr(zero, "sub_group_to_group_id")
+
+
+def _zero3_sub_groups(zero: Any, group: int) -> list[int]:
+    """The ZeRO-3 sub-groups (each with its own flat fp32 partition and AdamW state) of torch param group ``group``."""
+    return [sg for sg in range(len(zero.fp32_partitioned_groups_flat)) if zero.sub_group_to_group_id[sg] == group]
+
+
+def _zero3_optimizer_state(zero: Any, groups: list[list[Any]], torch_optimizer: Any) -> dict:
+    """:func:`deepspeed_optimizer_state` under ZeRO-3: each parameter's moments gathered with
+    ``safe_get_full_optimizer_state`` (a collective), the step count from its sub-group's partition state (ZeRO-3
+    empties the torch groups' ``params`` between steps, so the partitions are found through the optimizer's own
+    sub-group table)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    state: dict[int, dict] = {}
+    out_groups = []
+    i = 0
+    for g, (params, group) in enumerate(zip(groups, torch_optimizer.param_groups)):
+        subs = _zero3_sub_groups(zero, g)
+        part = zero.optimizer.state.get(zero.fp32_partitioned_groups_flat[subs[0]], {}) if subs else {}
+        ids = []
+        for p in params:
+            if part:
+                state[i] = {k: (safe_get_full_optimizer_state(p, k).detach().cpu().clone()
+                                if torch.is_tensor(v) and v.dim() > 0 else
+                                (v.detach().cpu().clone() if torch.is_tensor(v) else v))
+                            for k, v in part.items()}
+            ids.append(i)
+            i += 1
+        out_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+    return {"state": state, "param_groups": out_groups}
+
+
+def _zero3_load_optimizer_state(zero: Any, groups: list[list[Any]], opt_state: dict) -> None:
+    """The AdamW half of :func:`deepspeed_load_state` under ZeRO-3 (the fp32 master partitions are already set):
+    the groups' hyperparameters, then each sub-group's partition state created as torch's AdamW makes it at a first
+    step (zeros, the saved step count) and each parameter's slice of the moments set with
+    ``safe_set_full_optimizer_state``."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    for group, saved in zip(zero.optimizer.param_groups, opt_state["param_groups"]):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+    first = 0
+    for g, params in enumerate(groups):
+        saved = opt_state["state"].get(first)
+        if saved is not None:
+            for sg in _zero3_sub_groups(zero, g):
+                flat = zero.fp32_partitioned_groups_flat[sg]
+                zero.optimizer.state[flat] = {k: (torch.zeros_like(flat) if torch.is_tensor(v) and v.dim() > 0 else
+                                                  v.clone() if torch.is_tensor(v) else v) for k, v in saved.items()}
+        first += len(params)
+    order = [p for g in groups for p in g]
     for idx, p in enumerate(order):
         for k, v in opt_state["state"].get(idx, {}).items():
             if torch.is_tensor(v) and v.dim() > 0:

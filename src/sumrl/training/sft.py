@@ -211,7 +211,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
 
     # On a machine without a GPU, Accelerate only forms a multi-process (gloo) group when told it
     # is a CPU run; without this, `torchrun --nproc_per_node N` would start N independent runs.
-    from sumrl.models.sharding import full_weights, shard_units, whole_tensor
+    from sumrl.models.sharding import full_weights, shard_units, whole_numel, whole_tensor, zero3_gathered
     from sumrl.training import parallel as par
     from sumrl.training.parallel import full_optimizer_state, is_fsdp
 
@@ -219,11 +219,14 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     # FSDP2 (recipes/accelerate/fsdp2.yaml): parameters, gradients and optimizer state sharded
     fsdp = is_fsdp(accelerator)
-    # DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml): gradients and optimizer state partitioned,
-    # the engine driven step by step (sumrl.training.parallel, "DeepSpeed")
+    # DeepSpeed ZeRO-2/3 (recipes/accelerate/deepspeed_zero2.yaml, deepspeed_zero3.yaml): gradients and optimizer
+    # state partitioned (ZeRO-3: parameters too), the engine driven step by step (sumrl.training.parallel, "DeepSpeed")
     ds = par.is_deepspeed(accelerator)
     if ds:
-        par.check_deepspeed(accelerator, "sft")
+        par.check_deepspeed(accelerator, "sft", zero3=True)
+    # ZeRO-3: every forward gathers the parameters (a collective: every process validates, as under FSDP), and
+    # weights read outside a forward (checkpoints, the published model) are gathered whole first
+    z3 = par.is_zero3(accelerator)
     from sumrl.models.precision import precision_line, resolve_bf16
 
     use_bf16, why = resolve_bf16(cfg.bf16, accelerator.device)
@@ -252,7 +255,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     # data
     examples = load_data(cfg.data, cfg.split, fields=_fields(cfg), skip_invalid=cfg.skip_invalid,
                          require_summary=True, limit=cfg.limit, seed=cfg.seed)
-    model, tok, base_spec = build_model(cfg)
+    with par.whole_model_construction(accelerator):  # ZeRO-3: built as in one process, partitioned by prepare
+        model, tok, base_spec = build_model(cfg)
     from sumrl.models.seq2seq import check_lengths
 
     check_lengths(model, cfg.model, n_input=cfg.max_seq_len, input_flag="--max-seq-len",
@@ -261,8 +265,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     n_steps = total_steps(cfg, len(seqs))
     sampler = StepSampler(len(seqs), cfg.batch_size, cfg.seed)
     validator = None
-    # under FSDP every process validates (each forward is a collective over the shards); the main one logs
-    if (main or fsdp) and cfg.eval_every > 0 and (cfg.val_examples or cfg.val_generate):
+    # under FSDP / ZeRO-3 every process validates (each forward is a collective over the shards); the main one logs
+    if (main or fsdp or z3) and cfg.eval_every > 0 and (cfg.val_examples or cfg.val_generate):
         n_val = max(cfg.val_examples, cfg.val_generate)
         from sumrl.data import load_heldout
 
@@ -304,22 +308,22 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     run_tokens, run_seconds = 0, 0.0  # this invocation's training steps only (no validation, no resume)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model=raw_module.model, optimizer=None if ds else optimizer,
-                                scheduler=scheduler, sharded=fsdp)
+                                scheduler=scheduler, sharded=fsdp, zero3=z3)
         if ds:  # the engine's fp32 master copy and AdamW partitions
             par.deepspeed_load_state(loss_module, opt_groups, raw_module.model, resume_from)
         start = int(state["step"])
         counters.update(state.get("counters", {}))
     logger = MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None) if main else None
     device = accelerator.device
-    n_train, n_all = sum(p.numel() for _, p in params), sum(p.numel() for p in raw_module.model.parameters())
+    n_train, n_all = sum(whole_numel(p) for _, p in params), sum(whole_numel(p) for p in raw_module.model.parameters())
     if main:
         log.info(f"sft: {len(examples)} examples -> {len(seqs)} sequences, {n_steps} steps of {cfg.batch_size}; "
               f"trainable {n_train:,} / {n_all:,} parameters ({'LoRA' if cfg.lora else 'full'}); "
               f"{world} process(es)"
               + (f"; FSDP2 ({shard_units(loss_module)} shard units; parameters, gradients and optimizer state sharded)"
                  if fsdp else "")
-              + (f"; DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage} (gradients and optimizer state "
-                 f"partitioned)" if ds else "")
+              + (f"; DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage} ("
+                 + ("parameters, " if z3 else "") + "gradients and optimizer state partitioned)" if ds else "")
               + f"; output {out}" + (f"; resuming at step {start}" if start else ""))
 
     last_val: dict = {}
@@ -329,7 +333,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         """Validate on the main process; True when early stopping says to stop (same on every process)."""
         nonlocal last_val
         stop = False
-        if validator is not None:  # only the main process has one, except under FSDP
+        if validator is not None:  # only the main process has one, except under FSDP / ZeRO-3
             metrics: dict[str, float] = {}
             if cfg.val_examples:
                 vl, vn = validator.loss(raw_module, device)
@@ -338,13 +342,14 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
                     best, bad, improved = early_stopping_update(counters.get("best_val_loss"), counters.get("bad_evals", 0),
                                                                 vl, cfg.early_stopping_min_delta)
                     counters.update(best_val_loss=best, bad_evals=bad)
-                    if fsdp:  # every process validated; the main one's decision for all (the gathering is a collective)
+                    if fsdp or z3:  # every process validated; the main one's decision for all (gathering is a collective)
                         from accelerate.utils import broadcast_object_list
 
                         improved = broadcast_object_list([improved])[0]
                     if improved:  # the weights published at the end, unless a later validation beats them
                         counters["best_step"] = step
-                        with full_weights(loss_module, fsdp):  # FSDP: whole weights, the main process saves
+                        # FSDP / ZeRO-3: whole weights, the main process saves
+                        with full_weights(loss_module, fsdp), zero3_gathered((p for _, p in params), z3):
                             if main:
                                 save_checkpoint(out / BEST_DIR, step, model=raw_module.model, optimizer=None,
                                                 state={"val_loss": vl}, keep=1)  # weights only: never resumed from
@@ -371,14 +376,16 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     def checkpoint(step: int) -> None:
         # Adam normalises the step size, so a huge finite --lr can put inf/NaN in the weights with a
         # finite loss and gradient: never save (or later publish) such weights.
-        if not parameters_finite(p for _, p in params):
+        with zero3_gathered((p for _, p in params), z3):  # ZeRO-3: the same whole weights on every process
+            finite = parameters_finite(p for _, p in params)
+        if not finite:
             raise TrainingDiverged(f"sft diverged at step {step}: the weights are no longer finite; the last good "
                                    f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
         # FSDP: every process gathers the whole weights and optimizer state (collectives), the main one
         # writes them in the one-process format
         opt_state = (full_optimizer_state(raw_module.model, optimizer) if fsdp else
                      par.deepspeed_optimizer_state(loss_module, opt_groups, sched_optimizer) if ds else None)
-        with full_weights(loss_module, fsdp):
+        with full_weights(loss_module, fsdp), zero3_gathered((p for _, p in params), z3):
             if main:
                 save_checkpoint(out / CHECKPOINT_DIR, step, model=raw_module.model,
                                 optimizer=optimizer if opt_state is None else _StateOf(opt_state),
@@ -473,13 +480,15 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
         if logger is not None:
             logger.close()
 
-    if not parameters_finite(p for _, p in params):
+    with zero3_gathered((p for _, p in params), z3):
+        finite = parameters_finite(p for _, p in params)
+    if not finite:
         raise TrainingDiverged(f"sft diverged: the weights are no longer finite; nothing published; the last good "
                                f"checkpoint is kept in {out / CHECKPOINT_DIR}; lower --lr")
     extra = {"trained_by": "sumrl sft", "lora": cfg.lora, "steps": n_steps, "load_in_4bit": cfg.load_in_4bit}
     best_dir = last_checkpoint(out / BEST_DIR) if patience else None
     if best_dir is not None:  # every process loads it, so that they all return the same weights
-        best_state = load_checkpoint(best_dir, model=raw_module.model, restore_rng=False, sharded=fsdp)
+        best_state = load_checkpoint(best_dir, model=raw_module.model, restore_rng=False, sharded=fsdp, zero3=z3)
         extra.update(best_step=int(best_state["step"]), best_val_loss=float(best_state["val_loss"]),
                      stopped_at=counters.get("stopped_at"))
         if main:
@@ -488,7 +497,8 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     # FSDP: the trained weights gathered whole on every process (a collective), the main one saves; the
     # root unit's own weights whole too (peft reads the embedding's shape to decide what to save)
     whole = {n: whole_tensor(p) for n, p in raw_module.model.named_parameters() if p.requires_grad} if fsdp else None
-    with full_weights(loss_module, fsdp, root_only=True):
+    # ZeRO-3: every parameter gathered whole (peft reads the frozen embedding's shape; a full model saves them all)
+    with full_weights(loss_module, fsdp, root_only=True), zero3_gathered(raw_module.model.parameters(), z3):
         if main:
             publish_model(raw_module.model, tok, out, base_spec=base_spec, extra=extra, state_dict=whole)
     if main:
