@@ -68,13 +68,15 @@ def rl_case(model, data, out, case):
 def resume_commands(files, model, outs):
     rl = _rl(model, files / "rl.jsonl", outs["grpo-resumed"], "grpo") + RL_RESUME
     sft = _sft(model, files / "rl.jsonl", outs["sft-resumed"], *SFT_RESUME)
-    return [_with(rl, "--steps", "1"), [*rl, "--resume"], ["@stop=1", *sft], [*sft, "--resume"]]
+    ppo = rl_case(model, files / "rl.jsonl", outs["ppo-resumed"], "ppo-full")  # + the value head, 4 updates a step
+    return [_with(rl, "--steps", "1"), [*rl, "--resume"], ["@stop=1", *sft], [*sft, "--resume"],
+            _with(ppo, "--steps", "1"), [*ppo, "--resume"]]
 
 
 @pytest.fixture(scope="module")
 def two_ds(files, tiny_model_dir):
     outs = {k: files / f"ds-{k}" for k in (*SFT_CASES, *RL_CASES, *RM_CASES, "sft-uneven", "grpo-resumed",
-                                           "sft-resumed")}
+                                           "sft-resumed", "ppo-resumed")}
     cmds = [_sft(tiny_model_dir, files / "rl.jsonl", outs[k], *a) for k, a in SFT_CASES.items()]
     cmds += [_sft(tiny_model_dir, uneven_file(files), outs["sft-uneven"], *UNEVEN)]
     cmds += [rl_case(tiny_model_dir, files / "rl.jsonl", outs[k], k) for k in RL_CASES]
@@ -83,8 +85,8 @@ def two_ds(files, tiny_model_dir):
     cmds += resume_commands(files, tiny_model_dir, outs)
     p = torchrun(2, cmds, files, env=ZERO2)
     text = p.stdout + p.stderr
-    assert text.count(DS_LINE) == len(SFT_CASES) + 1 + len(RL_CASES) + 4, text[-3000:]
-    assert text.count("resuming at step 1; 2 processes") == 1  # rl; sft says it in its own words
+    assert text.count(DS_LINE) == len(SFT_CASES) + 1 + len(RL_CASES) + 6, text[-3000:]
+    assert text.count("resuming at step 1; 2 processes") == 2  # grpo, ppo; sft says it in its own words
     assert text.count("rm: 2 processes (DeepSpeed ZeRO-2, gradients and optimizer state partitioned)") == 2
     return outs
 
@@ -218,7 +220,7 @@ def test_a_zero2_checkpoint_resumes_in_one_process(two_ds, files, tiny_model_dir
     assert [r["step"] for r in _metrics(run)] == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("case", ["rl", "sft"])
+@pytest.mark.parametrize("case", ["rl", "ppo", "sft"])
 def test_a_zero2_run_resumed_equals_the_uninterrupted_run(case, two_ds, files, tiny_model_dir, tmp_path, engine):
     """Stopped after step 1 and resumed under ZeRO-2: the checkpoint's whole weights go into the module and the
     engine's fp32 master copy, its AdamW state into each process's partition; the result equals one process
@@ -227,6 +229,9 @@ def test_a_zero2_run_resumed_equals_the_uninterrupted_run(case, two_ds, files, t
     if case == "rl":
         assert main(_rl(tiny_model_dir, files / "rl.jsonl", one, "grpo") + RL_RESUME) == 0
         two = two_ds["grpo-resumed"]
+    elif case == "ppo":
+        assert main(rl_case(tiny_model_dir, files / "rl.jsonl", one, "ppo-full")) == 0
+        two = two_ds["ppo-resumed"]
     else:
         assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *SFT_RESUME)) == 0
         two = two_ds["sft-resumed"]
