@@ -312,6 +312,9 @@ def deepspeed_clip_grad_norms(engine: Any, groups: dict[str, list[Any]], max_nor
     import math
 
     zero = engine.optimizer
+    if _is_zero3_optimizer(zero):  # its gradients live per sub-group (fp32_partitioned_groups_flat): not written
+        raise ConfigError("sumrl rl clips policy and critic separately on ZeRO-1/2's partitioned gradients only, "
+                          "not under ZeRO-3: use recipes/accelerate/deepspeed_zero2.yaml (see docs/scale.md)")
     if not all(hasattr(zero, a) for a in ("averaged_gradients", "params_in_partition", "dp_process_group")):
         raise ConfigError("this DeepSpeed version's ZeRO optimizer does not expose its partitioned gradients "
                           "(averaged_gradients, params_in_partition): see docs/scale.md for the DeepSpeed version "
