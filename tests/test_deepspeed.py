@@ -247,19 +247,44 @@ DS3_LINE = "DeepSpeed ZeRO-3 (parameters, gradients and optimizer state partitio
 SFT3_CASES = {"sft": (), "sft-full": SFT_FSDP["sft-full"], "sft-uneven": UNEVEN}
 
 
+# GRPO and RLOO, LoRA (the reference = adapters off on the same engine) and full weights (the reference = a frozen
+# copy in a ZeRO-3 inference engine of its own); GRPO on prompts of uneven length (idle passes in the no-grad passes
+# too: under ZeRO-3 every forward gathers)
+RL3_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL), "rloo": ("--algo", "rloo")}
+
+
 @pytest.fixture(scope="module")
 def two_ds3(files, tiny_model_dir):
-    """The 2-process ZeRO-3 runs, in one launch: {name: output folder}."""
-    outs = {k: files / f"ds3-{k}" for k in (*SFT3_CASES, "sft-stopped", "sft-resumed")}
+    """The 2-process ZeRO-3 runs, in one launch: ({name: output folder}, {uneven RL case: micro-batch counts})."""
+    outs = {k: files / f"ds3-{k}" for k in (*SFT3_CASES, "sft-stopped", "sft-resumed", *RL3_CASES, "grpo-uneven",
+                                           "grpo-resumed", "grpo-real")}
     data = lambda k: uneven_file(files) if k == "sft-uneven" else files / "rl.jsonl"
     cmds = [_sft(tiny_model_dir, data(k), outs[k], *a) for k, a in SFT3_CASES.items()]
     cmds += [["@stop=1", *_sft(tiny_model_dir, files / "rl.jsonl", outs["sft-stopped"], *SFT_RESUME)]]
     sft = _sft(tiny_model_dir, files / "rl.jsonl", outs["sft-resumed"], *SFT_RESUME)
     cmds += [["@stop=1", *sft], [*sft, "--resume"]]
-    p = torchrun(2, cmds, files, env=ZERO3)
+    cmds += [rl3_case(tiny_model_dir, files / "rl.jsonl", outs[k], k) for k in RL3_CASES]
+    cmds += [_rl(tiny_model_dir, uneven_rl_file(files), outs["grpo-uneven"], "grpo-uneven")]
+    rl = _rl(tiny_model_dir, files / "rl.jsonl", outs["grpo-resumed"], "grpo") + RL_RESUME
+    cmds += [_with(rl, "--steps", "1"), [*rl, "--resume"]]
+    # the real sampler: generate(synced_gpus=True) on the partitioned policy, every layer gathered by its hooks
+    cmds += [["@real", *_rl(tiny_model_dir, files / "rl.jsonl", outs["grpo-real"], "grpo")]]
+    passes = files / "ds3-passes"
+    passes.mkdir(exist_ok=True)
+    p = torchrun(2, cmds, files, env={**ZERO3, "SUMRL_TEST_PASSES": str(passes)})
     text = p.stdout + p.stderr
-    assert text.count(DS3_LINE) == len(SFT3_CASES) + 3, text[-3000:]
-    return outs
+    assert text.count(DS3_LINE) == len(SFT3_CASES) + 3 + len(RL3_CASES) + 4, text[-3000:]
+    counts = {"grpo-uneven": [json.loads((passes / f"{outs['grpo-uneven'].name}-rank{r}.json").read_text())
+                              for r in range(2)]}
+    return outs, counts
+
+
+def rl3_case(model, data, out, case):
+    args = _rl(model, data, out, "grpo")
+    extra = list(RL3_CASES[case])
+    if extra[:1] == ["--algo"]:
+        return _with(args, "--algo", extra[1]) + extra[2:]
+    return args + extra
 
 
 SFT_DROP = ("time/", "train/tokens_per_s", "perf/", "train/micro_batches")  # per-process counts and speeds
@@ -277,6 +302,7 @@ def test_sft_under_zero3_equals_one_process(case, two_ds3, files, tiny_model_dir
         counts = uneven_counts(data, tiny_model_dir)
         assert any(a != b for a, b in counts), counts  # the case does exercise idle passes
     assert main(_sft(tiny_model_dir, data, one, *SFT3_CASES[case])) == 0
+    two_ds3 = two_ds3[0]
     ma, mb = _metrics(one), _metrics(two_ds3[case])
     assert [r["step"] for r in mb] == [r["step"] for r in ma] and ma
     if case == "sft-full":
@@ -297,8 +323,8 @@ def test_a_zero3_run_resumed_equals_the_uninterrupted_run(two_ds3, files, tiny_m
     one process that was never stopped (metrics, weights, optimizer.pt)."""
     one = tmp_path / "one"
     assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *SFT_RESUME)) == 0
-    _same_run(one, two_ds3["sft-resumed"], drop=SFT_DROP)
-    _same_optimizer_state(one, two_ds3["sft-resumed"])
+    _same_run(one, two_ds3[0]["sft-resumed"], drop=SFT_DROP)
+    _same_optimizer_state(one, two_ds3[0]["sft-resumed"])
 
 
 def test_a_zero3_checkpoint_resumes_in_one_process(two_ds3, files, tiny_model_dir, tmp_path):
@@ -307,9 +333,68 @@ def test_a_zero3_checkpoint_resumes_in_one_process(two_ds3, files, tiny_model_di
     import shutil
 
     run, one = tmp_path / "run", tmp_path / "one"
-    shutil.copytree(two_ds3["sft-stopped"], run)
+    shutil.copytree(two_ds3[0]["sft-stopped"], run)
     assert [r["step"] for r in _metrics(run)] == [1]
     assert main([*_sft(tiny_model_dir, files / "rl.jsonl", run, *SFT_RESUME), "--resume"]) == 0
     assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *SFT_RESUME)) == 0
     _same_run(one, run, drop=SFT_DROP)
     _same_optimizer_state(one, run)
+
+
+@pytest.mark.parametrize("case", list(RL3_CASES))
+def test_rl_under_zero3_equals_one_process(case, two_ds3, files, tiny_model_dir, tmp_path, engine):
+    """GRPO / RLOO with the policy partitioned: the no-grad passes (reference log-probs) in lockstep through the
+    gathering hooks, the update through the engine, the norm before the step, the held-out evaluation on every
+    process; LoRA's reference = adapters off on the same engine, full weights' = a frozen copy in its own ZeRO-3
+    inference engine. The same metrics, sample tables, published weights and optimizer.pt as one process."""
+    two = two_ds3[0][case]
+    one = tmp_path / "one"
+    assert main(rl3_case(tiny_model_dir, files / "rl.jsonl", one, case)) == 0
+    ma, mb = _metrics(one), _metrics(two)
+    assert [r["step"] for r in mb] == [0, 1, 2] and "objective/kl" in mb[-1] and "eval/reward" in mb[-1]
+    samples = lambda out: [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples(one) == samples(two)  # training and held-out sample tables
+    for ra, rb in zip(ma, mb):
+        _close({k: v for k, v in ra.items() if not k.startswith("time/")},
+               {k: v for k, v in rb.items() if not k.startswith("time/")}, where=f"step {ra['step']}")
+    assert_same_weights(one, two)
+    _same_optimizer_state(one, two)
+    full = case.endswith("-full")
+    assert (two / "model.safetensors").exists() == full
+    assert (two / "adapter_model.safetensors").exists() == (not full)
+
+
+def test_rl_with_uneven_micro_batches_under_zero3_equals_one_process(two_ds3, files, tiny_model_dir, tmp_path, engine):
+    """The token budget gives the processes different numbers of micro-batches (checked) in the no-grad passes and
+    the update; under ZeRO-3 every forward gathers, so both make idle passes there. The result equals one process."""
+    outs, counts = two_ds3
+    assert_uneven_rl_equals_one_process("grpo-uneven", outs["grpo-uneven"], counts["grpo-uneven"], files,
+                                        tiny_model_dir, tmp_path)
+
+
+def test_a_zero3_rl_run_resumed_equals_the_uninterrupted_run(two_ds3, files, tiny_model_dir, tmp_path, engine):
+    """Full-weight GRPO stopped after step 1 and resumed under ZeRO-3 equals one process never stopped."""
+    one = tmp_path / "one"
+    assert main(_rl(tiny_model_dir, files / "rl.jsonl", one, "grpo") + RL_RESUME) == 0
+    _same_run(one, two_ds3[0]["grpo-resumed"])
+    _same_optimizer_state(one, two_ds3[0]["grpo-resumed"])
+
+
+def test_grpo_with_the_real_sampler_under_zero3(two_ds3, tiny_model_dir):
+    """The HF sampler on the partitioned policy (generate with synced_gpus: every process keeps stepping until all
+    have finished, each layer gathered by its hooks): training rollouts and the greedy held-out curve; the adapter
+    and the checkpoint come out whole, in the one-process format. Samples differ from one process (each process
+    draws from its own seed), so this is not an equivalence test."""
+    from sumrl.models.loading import load_model
+
+    outs = two_ds3[0]
+    out = outs["grpo-real"]
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2] and "eval/reward" in rows[0] and "objective/kl" in rows[1]
+    model, _ = load_model(str(out))
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(p.dim() == 2 and p.shape[0] * p.shape[1] > 0 for p in lora.values())
+    state = torch.load(out / "checkpoints" / "step-00000002" / "trainable.pt")
+    other = torch.load(outs["grpo"] / "checkpoints" / "step-00000002" / "trainable.pt")
+    assert all(type(v) is torch.Tensor for v in state.values())
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in other.items()}

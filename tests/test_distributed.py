@@ -590,6 +590,19 @@ def test_rl_not_tested_under_deepspeed_is_one_line(extra, tiny_model_dir, files,
     assert len(err) == 1 and "under DeepSpeed runs --algo ppo, grpo and rloo only" in err[0], err
 
 
+def test_rl_with_a_critic_under_zero3_is_one_line(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    """GRPO and RLOO run under ZeRO-3 (tests/test_deepspeed.py); PPO (a critic) stops with one line: sumrl clips the
+    policy's and the critic's gradients separately, which it does on ZeRO-1/2's partitions only."""
+    import sumrl.training.parallel as par
+
+    monkeypatch.setattr(par, "is_deepspeed", lambda acc: True)
+    monkeypatch.setattr(par, "is_zero3", lambda acc: True)
+    monkeypatch.setattr(par, "check_deepspeed", lambda *a, **k: None)
+    assert main(_rl(tiny_model_dir, files / "rl.jsonl", tmp_path / "rl", "ppo")) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "(a critic) does not run under DeepSpeed ZeRO-3" in err[0], err
+
+
 def test_accelerate_recipes_are_valid_configs():
     import yaml
     from accelerate.commands.config.config_args import ClusterConfig

@@ -63,14 +63,16 @@ class HFEngine:
     attention) take ``model.generate``."""
 
     def __init__(self, model: Any, *, share_prompt: bool = False, merge_lora: bool = False, prefill_chunk: int = 2048,
-                 fsdp_root: Any = None):
+                 fsdp_root: Any = None, synced: bool = False):
         self.model = model
-        self.share_prompt = share_prompt and fsdp_root is None
-        self.merge_lora = merge_lora and fsdp_root is None
-        self.prefill_chunk = prefill_chunk
         # FSDP: the model is sharded; ``model`` sits inside the root unit ``fsdp_root``, whose own
         # parameters (embeddings, head) are gathered around the call, and processes take the same
-        # number of decoding steps (``generate(synced_gpus=True)``)
+        # number of decoding steps (``generate(synced_gpus=True)``). ``synced`` (DeepSpeed ZeRO-3): the
+        # engine's hooks gather each layer around its call (a collective), so the same synced_gpus rule
+        self.synced = synced or fsdp_root is not None
+        self.share_prompt = share_prompt and not self.synced
+        self.merge_lora = merge_lora and not self.synced
+        self.prefill_chunk = prefill_chunk
         self.fsdp_root = fsdp_root
 
     def sync_weights(self, model: Any) -> None:
@@ -80,10 +82,10 @@ class HFEngine:
                  prefix_lens: Sequence[int] | None = None) -> list[list[int]]:
         from sumrl.models.seq2seq import is_encoder_decoder
 
-        if self.fsdp_root is not None:
+        if self.synced:
             from sumrl.models.sharding import full_weights
 
-            with full_weights(self.fsdp_root, root_only=True):
+            with full_weights(self.fsdp_root, self.fsdp_root is not None, root_only=True):
                 return sample(self.model, prompts, max_new_tokens=list(limits), temperature=sampling.temperature,
                               top_p=sampling.top_p, stop_ids=list(sampling.stop_ids), pad_id=sampling.pad_id,
                               prefix_lens=prefix_lens, synced_gpus=True)

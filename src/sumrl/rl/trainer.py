@@ -193,8 +193,8 @@ class RLTrainer:
         from sumrl.rl.value import (PolicyValueModule, ValueHead, hidden_size, init_value_adapter_from_rm,
                                     init_value_head_from_rm)
 
-        from sumrl.training.parallel import (accelerator_kwargs, check_deepspeed, is_deepspeed, is_fsdp,
-                                             make_accelerator)
+        from sumrl.training.parallel import (accelerator_kwargs, check_deepspeed, is_deepspeed, is_fsdp, is_zero3,
+                                             make_accelerator, whole_model_construction)
 
         self.cfg = cfg
         # data-parallel under accelerate launch / torchrun (sumrl.rl.distributed); on CPU, Accelerate
@@ -211,12 +211,23 @@ class RLTrainer:
         # (sumrl.training.parallel, "DeepSpeed"); LoRA or full weights, PPO (value head or adapter), GRPO, RLOO;
         # policy and critic clipped separately by sumrl on the partitioned gradients (the engine's clipping off)
         self.ds = is_deepspeed(self.accelerator)
+        # ZeRO-3 (recipes/accelerate/deepspeed_zero3.yaml): parameters partitioned too; every forward gathers them
+        # layer by layer (a collective), so every process makes the same calls: the no-grad passes in lockstep, the
+        # shared-prompt passes and the group sampler off, generation with synced_gpus, as under FSDP2
+        self.z3 = is_zero3(self.accelerator)
         if self.ds:
-            check_deepspeed(self.accelerator, "rl")
+            check_deepspeed(self.accelerator, "rl", zero3=True)
             if cfg.algo in GUIDED_ALGOS or cfg.target_coef > 0:
                 raise ConfigError("sumrl rl under DeepSpeed runs --algo ppo, grpo and rloo only: the guided algorithms "
                                   "and --target-coef are not tested there; use recipes/accelerate/ddp.yaml for them -- "
                                   "see docs/scale.md")
+            if self.z3 and cfg.uses_critic:
+                raise ConfigError(f"sumrl rl --algo {cfg.algo} (a critic) does not run under DeepSpeed ZeRO-3: sumrl "
+                                  f"clips the policy's and the critic's gradients separately, which it does on ZeRO-1/2's "
+                                  f"partitions only; use --algo grpo or rloo, recipes/accelerate/deepspeed_zero2.yaml or "
+                                  f"fsdp2.yaml -- see docs/scale.md")
+        # FSDP2 / ZeRO-3: every call of a layer is a collective (see above)
+        self.sharded = self.fsdp or self.z3
         from sumrl.models.precision import precision_line, resolve_bf16
 
         self.use_bf16, why = resolve_bf16(cfg.bf16, self.accelerator.device)
@@ -226,7 +237,8 @@ class RLTrainer:
 
         cap_heap_retention()  # long prompts' freed activations go back to the system (utils/memory.py)
         self.reward = build_reward(cfg.reward)
-        self.policy = build_policy(cfg)
+        with whole_model_construction(self.accelerator):  # ZeRO-3: built as in one process, partitioned by prepare
+            self.policy = build_policy(cfg)
         from sumrl.models.seq2seq import check_lengths
 
         check_lengths(self.policy.model, cfg.policy, n_input=cfg.max_prompt_tokens, input_flag="--max-prompt-tokens",
@@ -259,7 +271,7 @@ class RLTrainer:
         # shard unit is an all-gather all processes must make in the same order (docs/scale.md)
         module = PolicyValueModule(self.policy.model, value_head, value_adapter=cfg.value_model == "adapter",
                                    chunk_size=cfg.logprob_chunk_size, bf16=self.use_bf16, guide_value_head=guide_head,
-                                   share_prompt=cfg.share_prompt and not self.fsdp,
+                                   share_prompt=cfg.share_prompt and not self.sharded,
                                    checkpointing=cfg.gradient_checkpointing,
                                    checkpoint_tokens=cfg.checkpoint_tokens, prefill_chunk=cfg.prefill_chunk)
         # under FSDP / DeepSpeed the module is prepared in train(), together with its optimizer (DeepSpeed:
@@ -270,9 +282,15 @@ class RLTrainer:
         self.ref_module = None
         if self.policy.ref_model is not None:
             self.ref_module = PolicyValueModule(self.policy.ref_model, chunk_size=cfg.logprob_chunk_size,
-                                                bf16=self.use_bf16, share_prompt=cfg.share_prompt and not self.fsdp,
+                                                bf16=self.use_bf16, share_prompt=cfg.share_prompt and not self.sharded,
                                                 prefill_chunk=cfg.prefill_chunk).to(self.device)
-            if self.fsdp:
+            if self.z3:
+                # ZeRO-3: the frozen reference partitioned like the policy, in an inference engine of its own (no
+                # optimizer; TRL's prepare_deepspeed): each process holds 1/N of it, every forward gathers
+                from sumrl.training.parallel import deepspeed_inference_engine
+
+                self.ref_module = deepspeed_inference_engine(self.accelerator, self.ref_module)
+            elif self.fsdp:
                 # the frozen reference copy sharded like the policy (Accelerate's own FSDP2 preparation, the
                 # same plugin settings; no optimizer): each process holds 1/N of it, every forward gathers
                 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
@@ -293,8 +311,9 @@ class RLTrainer:
         self.engine = HFEngine(self.raw.model, share_prompt=cfg.share_prompt,
                                merge_lora=cfg.share_prompt and cfg.merge_lora_for_generation and cfg.lora
                                and not cfg.load_in_4bit
-                               and cfg.value_model == "head", prefill_chunk=cfg.prefill_chunk, fsdp_root=root)
-        self.eval_engine = HFEngine(self.raw.model, fsdp_root=root)
+                               and cfg.value_model == "head", prefill_chunk=cfg.prefill_chunk, fsdp_root=root,
+                               synced=self.z3)
+        self.eval_engine = HFEngine(self.raw.model, fsdp_root=root, synced=self.z3)
         self.max_new_tokens = cfg.max_new_tokens  # replaced by set_summary_cap()
         self._prompt_cache: dict[int, list[int]] = {}
         self._ref_cache: dict[int, list[int] | None] = {}  # reference actions at the current cap
@@ -348,7 +367,7 @@ class RLTrainer:
             self._eval_prompts = [self._encode(ex) for ex in examples]
         # every document with one process; under FSDP every process takes the same decoding steps:
         # all write every document (greedy: the same summaries), the first one's results are kept
-        mine = list(range(len(examples))) if self.fsdp else list(range(self.rank, len(examples), self.world))
+        mine = list(range(len(examples))) if self.sharded else list(range(self.rank, len(examples), self.world))
         episodes = []
         for s in range(0, len(mine), cfg.val_batch_size):
             idx = mine[s:s + cfg.val_batch_size]
@@ -361,7 +380,7 @@ class RLTrainer:
                 episodes.append(make_episode(tok, example_index=i, group=i, source="eval (greedy)",
                                              prompt_ids=self._eval_prompts[i], actions=acts, finished=fin))
         part: list = []
-        if episodes and not (self.fsdp and self.rank > 0):
+        if episodes and not (self.sharded and self.rank > 0):
             scored = score_rollout(self.reward, collate(episodes, self.pad_id), examples, tok,
                                    no_eos_penalty=cfg.no_eos_penalty, no_eos_mode=cfg.no_eos_mode)
             part = [(e, scored.totals[k], {n: v[k] for n, v in scored.components.items()})
@@ -400,7 +419,7 @@ class RLTrainer:
         outs: dict[str, list] = {}
         dev = self.device
         with torch.no_grad():
-            for rows, idle in lockstep(self.accelerator, self.micro_batches(rollout), collective=self.fsdp):
+            for rows, idle in lockstep(self.accelerator, self.micro_batches(rollout), collective=self.sharded):
                 s, e = rows[0], rows[-1] + 1  # consecutive rows
                 pl = rollout.prefix_len[s:e].to(dev) if rollout.prefix_len is not None else None
                 o = module(rollout.query_ids[s:e].to(dev), rollout.query_mask[s:e].to(dev),
@@ -516,8 +535,9 @@ class RLTrainer:
 
         from sumrl.rl import functional as F
         from sumrl.rl.distributed import shard
-        from sumrl.training.parallel import (deepspeed_backward, deepspeed_clip_grad_norms, deepspeed_step,
-                                             deepspeed_zero_grad, lockstep, reduce_sums, reduce_tensor_sum)
+        from sumrl.training.parallel import (deepspeed_backward, deepspeed_clip_grad_norms, deepspeed_grad_norm,
+                                             deepspeed_step, deepspeed_zero_grad, lockstep, reduce_sums,
+                                             reduce_tensor_sum)
 
         cfg, acc = self.cfg, self.accelerator
         N = len(batch)
@@ -631,7 +651,9 @@ class RLTrainer:
                 limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                 # DeepSpeed: each group's norm from the partitioned gradients (one all-reduce), each group's
                 # slices scaled in place before the engine's step (its own one-norm clipping is off)
-                ds_norms = (deepspeed_clip_grad_norms(self.module, {g: params[g] for g in ("policy", "critic")
+                # ZeRO-3 (no critic there): the engine clips the policy's one norm, taken here before the step
+                ds_norms = ({"policy": deepspeed_grad_norm(self.module)} if self.z3 else
+                            deepspeed_clip_grad_norms(self.module, {g: params[g] for g in ("policy", "critic")
                                                                     if params.get(g)}, limit) if self.ds else {})
                 for group, key in (("policy", "train/grad_norm"), ("critic", "value/grad_norm")):
                     if not params.get(group):
@@ -683,7 +705,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
 
     from sumrl.data import load_data, load_heldout
     from sumrl.rl import functional as F
-    from sumrl.models.sharding import full_weights, shard_units, whole_tensor
+    from sumrl.models.sharding import full_weights, shard_units, whole_numel, whole_tensor, zero3_gathered
     from sumrl.rl.distributed import check_divisible, gather_step, shard, step_seed
     from sumrl.training.parallel import (deepspeed_load_state, deepspeed_optimizer_state, full_optimizer_state,
                                          prepare_deepspeed, process_state)
@@ -756,7 +778,9 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         sched_optimizer = optimizer
     elif tr.ds:  # the engine wraps tr.raw; the LR schedule stays on the torch optimizer DeepSpeed steps; the
         # engine does not clip (one global norm): the update clips policy and critic separately itself
-        tr.module, optimizer = prepare_deepspeed(tr.accelerator, tr.module, optimizer, max_grad_norm=0.0)
+        # (ZeRO-3, critic-free: the engine clips the policy's one norm, as torch's clip_grad_norm_ would)
+        tr.module, optimizer = prepare_deepspeed(tr.accelerator, tr.module, optimizer,
+                                                 max_grad_norm=cfg.max_grad_norm if tr.z3 else 0.0)
     policy_trained = {n for n, p in tr.raw.model.named_parameters() if p.requires_grad}  # what _publish saves
     param_groups = critic_split(params)
     N = cfg.batch_size * cfg.group_size  # episodes per outer step
@@ -767,7 +791,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     advantage_scale: float | None = None  # advantage std of the last sampled batch (reference batches use it)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model=tr.raw, optimizer=None if tr.ds else optimizer, scheduler=scheduler,
-                                sharded=tr.fsdp)
+                                sharded=tr.fsdp, zero3=tr.z3)
         if tr.ds:  # the engine's fp32 master copy and AdamW partitions
             deepspeed_load_state(tr.module, opt_groups, tr.raw, resume_from)
         start = int(state["step"])
@@ -777,16 +801,16 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     plan = tr.plan
     logger = (MetricLogger(out, tensorboard=cfg.tensorboard, resume_step=start if resume_from else None) if is_main
               else _NoLogger())
-    n_train = sum(p.numel() for _, p in params)
-    n_all = sum(p.numel() for p in tr.raw.parameters())
+    n_train = sum(whole_numel(p) for _, p in params)
+    n_all = sum(whole_numel(p) for p in tr.raw.parameters())
     say(f"rl: {cfg.algo} on {len(examples)} prompts, {cfg.steps} steps of {cfg.batch_size} prompts x "
           f"{cfg.group_size} samples; trainable {n_train:,} / {n_all:,} parameters "
           f"({'LoRA' if cfg.lora else 'full'}); output {out}" + (f"; resuming at step {start}" if start else "")
           + (f"; {world} processes, {cfg.batch_size // world} prompts each" if world > 1 else "")
           + (f"; FSDP2 ({shard_units(tr.raw)} shard units; parameters, gradients and optimizer state sharded)"
              if _sharded(tr.raw) else "")
-          + (f"; DeepSpeed ZeRO-{tr.accelerator.state.deepspeed_plugin.zero_stage} (gradients and optimizer state "
-             f"partitioned)" if tr.ds else ""))
+          + (f"; DeepSpeed ZeRO-{tr.accelerator.state.deepspeed_plugin.zero_stage} ("
+             + ("parameters, " if tr.z3 else "") + "gradients and optimizer state partitioned)" if tr.ds else ""))
     if tr.rm_note:
         say(f"rl: {tr.rm_note}")
     adv_settings = AdvantageSettings(kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, kl_in_reward=not cfg.kl_in_loss,
@@ -803,7 +827,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         # writes them in the one-process format
         opt_state = (full_optimizer_state(tr.raw, optimizer) if tr.fsdp else
                      deepspeed_optimizer_state(tr.module, opt_groups, sched_optimizer) if tr.ds else None)
-        with full_weights(tr.raw, tr.fsdp):
+        # ZeRO-3: the trainable weights gathered whole on every process (a collective)
+        with full_weights(tr.raw, tr.fsdp), zero3_gathered((p for _, p in params), tr.z3):
             if not is_main:
                 return
             if rng is not None:
@@ -988,7 +1013,8 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
     whole = ({n: whole_tensor(p) for n, p in tr.raw.model.named_parameters() if n in policy_trained}
              if tr.fsdp else None)
     # the root unit's own weights whole too: peft reads the embedding's shape to decide what to save
-    with full_weights(tr.raw, tr.fsdp, root_only=True):
+    # ZeRO-3: every parameter gathered whole (peft reads the frozen embedding's shape; a full model saves them all)
+    with full_weights(tr.raw, tr.fsdp, root_only=True), zero3_gathered(tr.raw.parameters(), tr.z3):
         if is_main:
             _publish(tr, out, cfg, state_dict=whole)
     tr.accelerator.wait_for_everyone()

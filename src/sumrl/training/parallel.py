@@ -182,9 +182,8 @@ def is_deepspeed(accelerator: Any) -> bool:
 
 def zero_stage(accelerator: Any) -> int:
     """The ZeRO stage of a DeepSpeed run (0 when not under DeepSpeed)."""
-    if not is_deepspeed(accelerator):
-        return 0
-    return int(accelerator.state.deepspeed_plugin.zero_stage)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None) if is_deepspeed(accelerator) else None
+    return int(plugin.zero_stage) if plugin is not None else 0
 
 
 def is_zero3(accelerator: Any) -> bool:
@@ -475,6 +474,26 @@ class whole_model_construction:
         if self.plugin is not None:  # registered again: transformers' generate keeps ZeRO-3 processes in step
             self.plugin.set_deepspeed_weakref()
         return False
+
+
+def deepspeed_inference_engine(accelerator: Any, module: Any) -> Any:
+    """A frozen ``module`` (RL's full-weight reference) partitioned like the policy under ZeRO-3: a DeepSpeed engine of
+    its own without optimizer, from a copy of the run's DeepSpeed config (TRL's ``prepare_deepspeed`` does the same;
+    its bucket-size tuning is left out: it changes speed, not results). Each process keeps 1/N of the parameters;
+    every forward gathers them layer by layer (a collective). Built whole first, on every process
+    (:class:`whole_model_construction`)."""
+    import copy
+
+    import deepspeed
+
+    cfg = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        cfg.pop(key, None)
+    cfg.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
+               train_batch_size=accelerator.num_processes, gradient_clipping=0.0)
+    engine, *_ = deepspeed.initialize(model=module, config=cfg)
+    engine.eval()
+    return engine
 
 
 def _is_zero3_optimizer(zero: Any) -> bool:
