@@ -257,7 +257,7 @@ RL3_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL), "rloo": ("--algo", "rloo")
 def two_ds3(files, tiny_model_dir):
     """The 2-process ZeRO-3 runs, in one launch: ({name: output folder}, {uneven RL case: micro-batch counts})."""
     outs = {k: files / f"ds3-{k}" for k in (*SFT3_CASES, "sft-stopped", "sft-resumed", *RL3_CASES, "grpo-uneven",
-                                           "grpo-resumed", "grpo-real")}
+                                           "grpo-resumed", "grpo-real", *RM_CASES)}
     data = lambda k: uneven_file(files) if k == "sft-uneven" else files / "rl.jsonl"
     cmds = [_sft(tiny_model_dir, data(k), outs[k], *a) for k, a in SFT3_CASES.items()]
     cmds += [["@stop=1", *_sft(tiny_model_dir, files / "rl.jsonl", outs["sft-stopped"], *SFT_RESUME)]]
@@ -269,11 +269,14 @@ def two_ds3(files, tiny_model_dir):
     cmds += [_with(rl, "--steps", "1"), [*rl, "--resume"]]
     # the real sampler: generate(synced_gpus=True) on the partitioned policy, every layer gathered by its hooks
     cmds += [["@real", *_rl(tiny_model_dir, files / "rl.jsonl", outs["grpo-real"], "grpo")]]
+    cmds += [_rm(k, files / ("rm.jsonl" if k == "synthetic" else "pairs.jsonl"), tiny_model_dir, outs[k])
+             for k in RM_CASES]
     passes = files / "ds3-passes"
     passes.mkdir(exist_ok=True)
     p = torchrun(2, cmds, files, env={**ZERO3, "SUMRL_TEST_PASSES": str(passes)})
     text = p.stdout + p.stderr
     assert text.count(DS3_LINE) == len(SFT3_CASES) + 3 + len(RL3_CASES) + 4, text[-3000:]
+    assert text.count("rm: 2 processes (DeepSpeed ZeRO-3, parameters, gradients and optimizer state partitioned)") == 2
     counts = {"grpo-uneven": [json.loads((passes / f"{outs['grpo-uneven'].name}-rank{r}.json").read_text())
                               for r in range(2)]}
     return outs, counts
@@ -398,3 +401,25 @@ def test_grpo_with_the_real_sampler_under_zero3(two_ds3, tiny_model_dir):
     other = torch.load(outs["grpo"] / "checkpoints" / "step-00000002" / "trainable.pt")
     assert all(type(v) is torch.Tensor for v in state.values())
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in other.items()}
+
+
+@pytest.mark.parametrize("kind", RM_CASES)
+def test_rm_under_zero3_equals_one_process(kind, two_ds3, files, tiny_model_dir, tmp_path):
+    """The reward model (policy backbone, LoRA) partitioned: training through the engine, the held-out scoring and
+    the normalisation statistics through the gathering hooks on every process, the weights gathered whole to save:
+    the same metrics and weights as one process."""
+    two = two_ds3[0][kind]
+    one = tmp_path / "one"
+    assert main(_rm(kind, files / ("rm.jsonl" if kind == "synthetic" else "pairs.jsonl"), tiny_model_dir, one)) == 0
+    ma = json.loads((one / "metrics.json").read_text())
+    mb = json.loads((two / "metrics.json").read_text())
+    ma.pop("seconds"), mb.pop("seconds")
+    skip = ()
+    if kind == "preference":  # the head bias's true gradient is 0: see tests/test_distributed.py
+        db = float(_weights(two)["head.bias"] - _weights(one)["head.bias"])
+        assert abs(db) <= 1e-2 * 2
+        for k in ("normalization", "token_normalization"):
+            ma[k]["mean"] += db
+        skip = ("head.bias",)
+    _close(ma, mb, where=kind)
+    assert_same_weights(one, two, skip=skip)

@@ -236,8 +236,10 @@ class RLTrainer:
         from sumrl.utils.memory import cap_heap_retention
 
         cap_heap_retention()  # long prompts' freed activations go back to the system (utils/memory.py)
-        self.reward = build_reward(cfg.reward)
-        with whole_model_construction(self.accelerator):  # ZeRO-3: built as in one process, partitioned by prepare
+        # ZeRO-3: built whole as in one process -- the policy is partitioned by prepare; the reward models stay whole
+        # on every process (never inside deepspeed.zero.Init, which would partition them with no engine to gather)
+        with whole_model_construction(self.accelerator):
+            self.reward = build_reward(cfg.reward)
             self.policy = build_policy(cfg)
         from sumrl.models.seq2seq import check_lengths
 

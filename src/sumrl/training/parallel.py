@@ -496,6 +496,19 @@ def deepspeed_inference_engine(accelerator: Any, module: Any) -> Any:
     return engine
 
 
+def forget_deepspeed_config() -> None:
+    """Drop the DeepSpeed config an earlier run in this process registered with transformers (Accelerate's plugin
+    does so; transformers then builds every model inside ``deepspeed.zero.Init`` under ZeRO-3), for a model built
+    before this run's Accelerator: the reward model. Found by the 2-process test: an RM trained after a ZeRO-3 SFT
+    run in the same launch scored its held-out data differently from one process (normalisation mean 0.144 vs
+    0.245), alone in its launch it did not. The run's own Accelerator registers its config again."""
+    try:
+        from transformers.integrations import unset_hf_deepspeed_config
+    except ImportError:  # pragma: no cover - transformers without its DeepSpeed integration
+        return
+    unset_hf_deepspeed_config()
+
+
 def _is_zero3_optimizer(zero: Any) -> bool:
     return hasattr(zero, "fp32_partitioned_groups_flat") and hasattr(zero, "sub_group_to_group_id")
 

@@ -38,6 +38,11 @@ def _arch_from(cfg: Any) -> dict[str, Any]:
 
 
 def _init_model(cfg: Any) -> RewardModel:
+    from sumrl.training.parallel import forget_deepspeed_config
+
+    # built before this run's Accelerator exists: as in one process, never inside a DeepSpeed ZeRO-3 construction
+    # context left registered by an earlier run in the same process (the 2-process tests run several commands)
+    forget_deepspeed_config()
     if cfg.init:
         # continue from a trained RM (e.g. synthetic first, then human pairs); its architecture wins
         return load_reward_model(cfg.init).model
@@ -95,8 +100,11 @@ class _Parallel:
         # DeepSpeed ZeRO-2: the engine driven step by step (sumrl.training.parallel, "DeepSpeed"); clipping 1.0
         self.ds = par.is_deepspeed(self.acc)
         self.opt = opt
+        # ZeRO-3: parameters partitioned too; every forward (training, held-out scoring, normalisation statistics)
+        # gathers them layer by layer, a collective: every process runs the same ones, as it already does
+        self.z3 = par.is_zero3(self.acc)
         if self.ds:
-            par.check_deepspeed(self.acc, "rm")
+            par.check_deepspeed(self.acc, "rm", zero3=True)
         if self.fsdp:  # FSDP2: the optimizer is prepared with the model (its parameters become shards)
             self.module, self.opt = self.acc.prepare(model, opt)
         elif self.ds:
@@ -109,8 +117,9 @@ class _Parallel:
             from torch.distributed.fsdp import FSDPModule
 
             how = ("FSDP2, parameters, gradients and optimizer state sharded" if isinstance(self.module, FSDPModule)
-                   else f"DeepSpeed ZeRO-{self.acc.state.deepspeed_plugin.zero_stage}, gradients and optimizer state "
-                        f"partitioned" if self.ds else "data-parallel")
+                   else f"DeepSpeed ZeRO-{self.acc.state.deepspeed_plugin.zero_stage}, "
+                        + ("parameters, " if self.z3 else "") + "gradients and optimizer state partitioned"
+                   if self.ds else "data-parallel")
             _log(f"rm: {self.world} processes ({how})")
 
     def backward(self, loss: torch.Tensor, *, last: bool = True) -> None:
@@ -157,10 +166,14 @@ class _Parallel:
         """Save the trained reward model (the main process; under FSDP the weights are gathered on
         every process first), wait for every process, and return ``metrics`` (with ``is_main``
         when several processes run)."""
+        from sumrl.models.sharding import zero3_gathered
+
         full = self.state()  # FSDP: a collective, every process calls it
-        if self.is_main:
-            model.save(cfg.out, {"kind": kind, "training": asdict(cfg), "normalization": normalization,
-                                 "token_normalization": token_normalization}, metrics, state=full)
+        # ZeRO-3: every parameter gathered whole on every process (a collective), the main one saves
+        with zero3_gathered(model.parameters(), self.z3):
+            if self.is_main:
+                model.save(cfg.out, {"kind": kind, "training": asdict(cfg), "normalization": normalization,
+                                     "token_normalization": token_normalization}, metrics, state=full)
         self.acc.wait_for_everyone()
         return {**metrics, "is_main": self.is_main} if self.world > 1 else metrics
 
