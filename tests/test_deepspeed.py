@@ -123,6 +123,14 @@ def test_sft_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir,
 def test_rl_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir, tmp_path, engine):
     one = tmp_path / "one"
     assert main(rl_case(tiny_model_dir, files / "rl.jsonl", one, case)) == 0
+    assert_rl_equals_one_process(case, one, two_ds[case])
+
+
+def assert_rl_equals_one_process(case, one, two, rel_later=1e-4, opt_tol=1e-5):
+    """An RL_CASES run on 2 processes (``two``) equals its 1-process twin (``one``): metrics (rel 1e-4 up to step 1,
+    ``rel_later`` after), sample tables, published weights, optimizer.pt; PPO: both groups clipped, each by its own
+    norm."""
+    two_ds = {case: two}
     ma, mb = _metrics(one), _metrics(two_ds[case])
     ppo = case.startswith("ppo")
     assert [r["step"] for r in mb] == ([1, 2] if ppo else [0, 1, 2]) and "objective/kl" in mb[-1]
@@ -136,9 +144,10 @@ def test_rl_under_zero2_equals_one_process(case, two_ds, files, tiny_model_dir, 
     assert samples(one) == samples(two_ds[case])  # training and held-out sample tables
     for ra, rb in zip(ma, mb):
         _close({k: v for k, v in ra.items() if not k.startswith("time/")},
-               {k: v for k, v in rb.items() if not k.startswith("time/")}, where=f"step {ra['step']}")
+               {k: v for k, v in rb.items() if not k.startswith("time/")}, rel=1e-4 if ra["step"] <= 1 else rel_later,
+               where=f"step {ra['step']}")
     assert_same_weights(one, two_ds[case])
-    _same_optimizer_state(one, two_ds[case])
+    _same_optimizer_state(one, two_ds[case], tol=opt_tol)
     full = case.endswith("-full")
     assert (two_ds[case] / "model.safetensors").exists() == full
     assert (two_ds[case] / "adapter_model.safetensors").exists() == (not full)
@@ -247,16 +256,16 @@ DS3_LINE = "DeepSpeed ZeRO-3 (parameters, gradients and optimizer state partitio
 SFT3_CASES = {"sft": (), "sft-full": SFT_FSDP["sft-full"], "sft-uneven": UNEVEN}
 
 
-# GRPO and RLOO, LoRA (the reference = adapters off on the same engine) and full weights (the reference = a frozen
-# copy in a ZeRO-3 inference engine of its own); GRPO on prompts of uneven length (idle passes in the no-grad passes
-# too: under ZeRO-3 every forward gathers)
-RL3_CASES = {"grpo": (), "grpo-full": tuple(RL_FULL), "rloo": ("--algo", "rloo")}
+# the ZeRO-2 RL cases (GRPO, RLOO, PPO with the head critic or the value adapter), LoRA (the reference = adapters off
+# on the same engine) and full weights (the reference = a frozen copy in a ZeRO-3 inference engine of its own); GRPO
+# and PPO on prompts of uneven length (idle passes in the no-grad passes too: under ZeRO-3 every forward gathers)
+RL3_CASES = RL_CASES
 
 
 @pytest.fixture(scope="module")
 def two_ds3(files, tiny_model_dir):
     """The 2-process ZeRO-3 runs, in one launch: ({name: output folder}, {uneven RL case: micro-batch counts})."""
-    outs = {k: files / f"ds3-{k}" for k in (*SFT3_CASES, "sft-stopped", "sft-resumed", *RL3_CASES, "grpo-uneven",
+    outs = {k: files / f"ds3-{k}" for k in (*SFT3_CASES, "sft-stopped", "sft-resumed", *RL3_CASES, *RL_UNEVEN,
                                            "grpo-resumed", "grpo-real", *RM_CASES)}
     data = lambda k: uneven_file(files) if k == "sft-uneven" else files / "rl.jsonl"
     cmds = [_sft(tiny_model_dir, data(k), outs[k], *a) for k, a in SFT3_CASES.items()]
@@ -264,7 +273,7 @@ def two_ds3(files, tiny_model_dir):
     sft = _sft(tiny_model_dir, files / "rl.jsonl", outs["sft-resumed"], *SFT_RESUME)
     cmds += [["@stop=1", *sft], [*sft, "--resume"]]
     cmds += [rl3_case(tiny_model_dir, files / "rl.jsonl", outs[k], k) for k in RL3_CASES]
-    cmds += [_rl(tiny_model_dir, uneven_rl_file(files), outs["grpo-uneven"], "grpo-uneven")]
+    cmds += [_rl(tiny_model_dir, uneven_rl_file(files), outs[k], k) for k in RL_UNEVEN]
     rl = _rl(tiny_model_dir, files / "rl.jsonl", outs["grpo-resumed"], "grpo") + RL_RESUME
     cmds += [_with(rl, "--steps", "1"), [*rl, "--resume"]]
     # the real sampler: generate(synced_gpus=True) on the partitioned policy, every layer gathered by its hooks
@@ -275,19 +284,14 @@ def two_ds3(files, tiny_model_dir):
     passes.mkdir(exist_ok=True)
     p = torchrun(2, cmds, files, env={**ZERO3, "SUMRL_TEST_PASSES": str(passes)})
     text = p.stdout + p.stderr
-    assert text.count(DS3_LINE) == len(SFT3_CASES) + 3 + len(RL3_CASES) + 4, text[-3000:]
+    assert text.count(DS3_LINE) == len(SFT3_CASES) + 3 + len(RL3_CASES) + len(RL_UNEVEN) + 3, text[-3000:]
     assert text.count("rm: 2 processes (DeepSpeed ZeRO-3, parameters, gradients and optimizer state partitioned)") == 2
-    counts = {"grpo-uneven": [json.loads((passes / f"{outs['grpo-uneven'].name}-rank{r}.json").read_text())
-                              for r in range(2)]}
+    counts = {k: [json.loads((passes / f"{outs[k].name}-rank{r}.json").read_text()) for r in range(2)]
+              for k in RL_UNEVEN}
     return outs, counts
 
 
-def rl3_case(model, data, out, case):
-    args = _rl(model, data, out, "grpo")
-    extra = list(RL3_CASES[case])
-    if extra[:1] == ["--algo"]:
-        return _with(args, "--algo", extra[1]) + extra[2:]
-    return args + extra
+rl3_case = rl_case
 
 
 SFT_DROP = ("time/", "train/tokens_per_s", "perf/", "train/micro_batches")  # per-process counts and speeds
@@ -346,33 +350,30 @@ def test_a_zero3_checkpoint_resumes_in_one_process(two_ds3, files, tiny_model_di
 
 @pytest.mark.parametrize("case", list(RL3_CASES))
 def test_rl_under_zero3_equals_one_process(case, two_ds3, files, tiny_model_dir, tmp_path, engine):
-    """GRPO / RLOO with the policy partitioned: the no-grad passes (reference log-probs) in lockstep through the
-    gathering hooks, the update through the engine, the norm before the step, the held-out evaluation on every
-    process; LoRA's reference = adapters off on the same engine, full weights' = a frozen copy in its own ZeRO-3
-    inference engine. The same metrics, sample tables, published weights and optimizer.pt as one process."""
-    two = two_ds3[0][case]
+    """The policy partitioned: the no-grad passes (old log-probs, values, reference log-probs) in lockstep through the
+    gathering hooks, the update through the engine, policy and critic clipped separately on the partitioned
+    gradients, the held-out evaluation on every process; LoRA's reference = adapters off on the same engine, full
+    weights' = a frozen copy in its own ZeRO-3 inference engine. The same metrics, sample tables, published weights
+    and optimizer.pt as one process."""
     one = tmp_path / "one"
     assert main(rl3_case(tiny_model_dir, files / "rl.jsonl", one, case)) == 0
-    ma, mb = _metrics(one), _metrics(two)
-    assert [r["step"] for r in mb] == [0, 1, 2] and "objective/kl" in mb[-1] and "eval/reward" in mb[-1]
-    samples = lambda out: [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
-    assert samples(one) == samples(two)  # training and held-out sample tables
-    for ra, rb in zip(ma, mb):
-        _close({k: v for k, v in ra.items() if not k.startswith("time/")},
-               {k: v for k, v in rb.items() if not k.startswith("time/")}, where=f"step {ra['step']}")
-    assert_same_weights(one, two)
-    _same_optimizer_state(one, two)
-    full = case.endswith("-full")
-    assert (two / "model.safetensors").exists() == full
-    assert (two / "adapter_model.safetensors").exists() == (not full)
+    # LoRA PPO: 4 AdamW steps per outer step at lr 1e-2 on LoRA gradients near 0 (B starts at 0), where Adam turns the
+    # rounding of ZeRO-3's bucketed reduce-scatter into steps of up to lr: step 1's metrics agree within 2e-7
+    # (both clipped norms included; held to 1e-4), step 2's within 2e-5 except value/mean, 1.07e-4 off (weights within
+    # 1.9e-6, the AdamW first moments within ~1e-5 of their scale). One global clip instead of two fails step 1
+    # (value/loss 6.5e-4 off; checked by hand)
+    lora_ppo = case == "ppo"
+    assert_rl_equals_one_process(case, one, two_ds3[0][case], rel_later=5e-4 if lora_ppo else 1e-4,
+                                 opt_tol=1e-4 if lora_ppo else 1e-5)
 
 
-def test_rl_with_uneven_micro_batches_under_zero3_equals_one_process(two_ds3, files, tiny_model_dir, tmp_path, engine):
+@pytest.mark.parametrize("case", list(RL_UNEVEN))
+def test_rl_with_uneven_micro_batches_under_zero3_equals_one_process(case, two_ds3, files, tiny_model_dir, tmp_path,
+                                                                     engine):
     """The token budget gives the processes different numbers of micro-batches (checked) in the no-grad passes and
     the update; under ZeRO-3 every forward gathers, so both make idle passes there. The result equals one process."""
     outs, counts = two_ds3
-    assert_uneven_rl_equals_one_process("grpo-uneven", outs["grpo-uneven"], counts["grpo-uneven"], files,
-                                        tiny_model_dir, tmp_path)
+    assert_uneven_rl_equals_one_process(case, outs[case], counts[case], files, tiny_model_dir, tmp_path)
 
 
 def test_a_zero3_rl_run_resumed_equals_the_uninterrupted_run(two_ds3, files, tiny_model_dir, tmp_path, engine):

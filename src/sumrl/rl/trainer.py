@@ -207,7 +207,7 @@ class RLTrainer:
         if self.fsdp and (cfg.algo in GUIDED_ALGOS or cfg.value_model == "adapter"):
             raise ConfigError("sumrl rl under FSDP needs --value-model head and an unguided algorithm (ppo, grpo, "
                               "rloo): the guide and the value adapter are not sharded; see docs/scale.md")
-        # DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml): the engine driven step by step
+        # DeepSpeed ZeRO-2/3 (recipes/accelerate/deepspeed_zero2.yaml, deepspeed_zero3.yaml): the engine driven step by step
         # (sumrl.training.parallel, "DeepSpeed"); LoRA or full weights, PPO (value head or adapter), GRPO, RLOO;
         # policy and critic clipped separately by sumrl on the partitioned gradients (the engine's clipping off)
         self.ds = is_deepspeed(self.accelerator)
@@ -216,16 +216,11 @@ class RLTrainer:
         # shared-prompt passes and the group sampler off, generation with synced_gpus, as under FSDP2
         self.z3 = is_zero3(self.accelerator)
         if self.ds:
-            check_deepspeed(self.accelerator, "rl", zero3=True)
+            check_deepspeed(self.accelerator, "rl")
             if cfg.algo in GUIDED_ALGOS or cfg.target_coef > 0:
                 raise ConfigError("sumrl rl under DeepSpeed runs --algo ppo, grpo and rloo only: the guided algorithms "
                                   "and --target-coef are not tested there; use recipes/accelerate/ddp.yaml for them -- "
                                   "see docs/scale.md")
-            if self.z3 and cfg.uses_critic:
-                raise ConfigError(f"sumrl rl --algo {cfg.algo} (a critic) does not run under DeepSpeed ZeRO-3: sumrl "
-                                  f"clips the policy's and the critic's gradients separately, which it does on ZeRO-1/2's "
-                                  f"partitions only; use --algo grpo or rloo, recipes/accelerate/deepspeed_zero2.yaml or "
-                                  f"fsdp2.yaml -- see docs/scale.md")
         # FSDP2 / ZeRO-3: every call of a layer is a collective (see above)
         self.sharded = self.fsdp or self.z3
         from sumrl.models.precision import precision_line, resolve_bf16
@@ -537,9 +532,8 @@ class RLTrainer:
 
         from sumrl.rl import functional as F
         from sumrl.rl.distributed import shard
-        from sumrl.training.parallel import (deepspeed_backward, deepspeed_clip_grad_norms, deepspeed_grad_norm,
-                                             deepspeed_step, deepspeed_zero_grad, lockstep, reduce_sums,
-                                             reduce_tensor_sum)
+        from sumrl.training.parallel import (deepspeed_backward, deepspeed_clip_grad_norms, deepspeed_step,
+                                             deepspeed_zero_grad, lockstep, reduce_sums, reduce_tensor_sum)
 
         cfg, acc = self.cfg, self.accelerator
         N = len(batch)
@@ -653,9 +647,7 @@ class RLTrainer:
                 limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                 # DeepSpeed: each group's norm from the partitioned gradients (one all-reduce), each group's
                 # slices scaled in place before the engine's step (its own one-norm clipping is off)
-                # ZeRO-3 (no critic there): the engine clips the policy's one norm, taken here before the step
-                ds_norms = ({"policy": deepspeed_grad_norm(self.module)} if self.z3 else
-                            deepspeed_clip_grad_norms(self.module, {g: params[g] for g in ("policy", "critic")
+                ds_norms = (deepspeed_clip_grad_norms(self.module, {g: params[g] for g in ("policy", "critic")
                                                                     if params.get(g)}, limit) if self.ds else {})
                 for group, key in (("policy", "train/grad_norm"), ("critic", "value/grad_norm")):
                     if not params.get(group):
@@ -780,9 +772,7 @@ def train(cfg: RLConfig, *, callbacks: list[StepCallback] | None = None) -> dict
         sched_optimizer = optimizer
     elif tr.ds:  # the engine wraps tr.raw; the LR schedule stays on the torch optimizer DeepSpeed steps; the
         # engine does not clip (one global norm): the update clips policy and critic separately itself
-        # (ZeRO-3, critic-free: the engine clips the policy's one norm, as torch's clip_grad_norm_ would)
-        tr.module, optimizer = prepare_deepspeed(tr.accelerator, tr.module, optimizer,
-                                                 max_grad_norm=cfg.max_grad_norm if tr.z3 else 0.0)
+        tr.module, optimizer = prepare_deepspeed(tr.accelerator, tr.module, optimizer, max_grad_norm=0.0)
     policy_trained = {n for n, p in tr.raw.model.named_parameters() if p.requires_grad}  # what _publish saves
     param_groups = critic_split(params)
     N = cfg.batch_size * cfg.group_size  # episodes per outer step

@@ -193,19 +193,15 @@ def is_zero3(accelerator: Any) -> bool:
     return zero_stage(accelerator) == 3
 
 
-def check_deepspeed(accelerator: Any, command: str, *, zero3: bool = False) -> None:
-    """One line for what sumrl does not run under DeepSpeed: ZeRO-3 where the command does not support it
-    (``zero3=False``), DeepSpeed's own mixed precision, optimizer/scheduler sections and CPU offload. Call only
-    when :func:`is_deepspeed`."""
+def check_deepspeed(accelerator: Any, command: str) -> None:
+    """One line for what sumrl does not run under DeepSpeed: a ZeRO stage other than 1-3, DeepSpeed's own mixed
+    precision, optimizer/scheduler sections and CPU offload. Call only when :func:`is_deepspeed`."""
     plugin = accelerator.state.deepspeed_plugin
     ds = plugin.deepspeed_config
     stage = int(plugin.zero_stage)
     where = "recipes/accelerate/deepspeed_zero2.yaml or deepspeed_zero3.yaml; see docs/scale.md"
-    if stage not in (1, 2, 3) or (stage == 3 and not zero3):
-        raise ConfigError(f"sumrl {command} runs under DeepSpeed ZeRO-1/2" + ("/3" if zero3 else "") + f" only, not "
-                          f"ZeRO-{stage} here (see docs/scale.md, \"DeepSpeed\"): use "
-                          f"recipes/accelerate/deepspeed_zero2.yaml, or recipes/accelerate/fsdp2.yaml to shard "
-                          f"parameters")
+    if stage not in (1, 2, 3):
+        raise ConfigError(f"sumrl {command} runs under DeepSpeed ZeRO-1/2/3 only, not ZeRO-{stage}: use {where}")
     for key in ("fp16", "bf16"):
         if str(ds.get(key, {}).get("enabled", False)).lower() == "true":
             raise ConfigError(f"sumrl {command} under DeepSpeed needs mixed_precision: 'no' in the Accelerate config "
@@ -294,7 +290,7 @@ def deepspeed_grad_norm(engine: Any) -> float:
 
 def deepspeed_clip_grad_norms(engine: Any, groups: dict[str, list[Any]], max_norm: float) -> dict[str, float]:
     """Clip each group of parameters (``{"policy": [...], "critic": [...]}``) by its own gradient norm,
-    as ``torch.nn.utils.clip_grad_norm_`` on each group does in one process, on a ZeRO-1/2 engine whose
+    as ``torch.nn.utils.clip_grad_norm_`` on each group does in one process, on a ZeRO engine whose
     own clipping is off (``prepare_deepspeed(max_grad_norm=0)``); call after the boundary backward,
     before :func:`deepspeed_step`. Returns each group's norm before clipping (``inf`` when not finite:
     nothing is then scaled, the caller stops the run). A collective: every process calls it.
@@ -311,18 +307,23 @@ def deepspeed_clip_grad_norms(engine: Any, groups: dict[str, list[Any]], max_nor
     import math
 
     zero = engine.optimizer
-    if _is_zero3_optimizer(zero):  # its gradients live per sub-group (fp32_partitioned_groups_flat): not written
-        raise ConfigError("sumrl rl clips policy and critic separately on ZeRO-1/2's partitioned gradients only, "
-                          "not under ZeRO-3: use recipes/accelerate/deepspeed_zero2.yaml (see docs/scale.md)")
-    if not all(hasattr(zero, a) for a in ("averaged_gradients", "params_in_partition", "dp_process_group")):
+    if _is_zero3_optimizer(zero):
+        # ZeRO-3: averaged_gradients[i] holds this process's partition of the gradient of each parameter of sub-group
+        # i (fp16_groups[i]; zeros past a parameter's end), the pairing its own get_grad_norm_direct uses; the step
+        # flattens them into the sub-group's fp32 gradient, so scaling them in place before the step is clipping
+        pairs = [(zero.fp16_groups[i], grads) for i, grads in enumerate(
+            zero.averaged_gradients.get(i) for i in range(len(zero.fp16_groups)))]
+    elif not all(hasattr(zero, a) for a in ("averaged_gradients", "params_in_partition", "dp_process_group")):
         raise ConfigError("this DeepSpeed version's ZeRO optimizer does not expose its partitioned gradients "
                           "(averaged_gradients, params_in_partition): see docs/scale.md for the DeepSpeed version "
                           "sumrl was tested with")
+    else:
+        pairs = [(params, zero.averaged_gradients.get(i) if isinstance(zero.averaged_gradients, dict)
+                  else zero.averaged_gradients[i]) for i, params in enumerate(zero.params_in_partition)]
     names = list(groups)
     owner = {id(p): k for k, name in enumerate(names) for p in groups[name]}
     slices: list[list[Tensor]] = [[] for _ in names]
-    for i, params in enumerate(zero.params_in_partition):
-        grads = zero.averaged_gradients.get(i) if isinstance(zero.averaged_gradients, dict) else zero.averaged_gradients[i]
+    for params, grads in pairs:
         if grads is None:
             continue
         for g, p in zip((g for g in grads if not getattr(g, "_zero_padding", False)), params):

@@ -104,7 +104,7 @@ class _Parallel:
         # gathers them layer by layer, a collective: every process runs the same ones, as it already does
         self.z3 = par.is_zero3(self.acc)
         if self.ds:
-            par.check_deepspeed(self.acc, "rm", zero3=True)
+            par.check_deepspeed(self.acc, "rm")
         if self.fsdp:  # FSDP2: the optimizer is prepared with the model (its parameters become shards)
             self.module, self.opt = self.acc.prepare(model, opt)
         elif self.ds:

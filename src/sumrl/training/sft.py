@@ -223,7 +223,7 @@ def train(cfg: SFTConfig, *, callbacks: list[StepCallback] | None = None) -> dic
     # state partitioned (ZeRO-3: parameters too), the engine driven step by step (sumrl.training.parallel, "DeepSpeed")
     ds = par.is_deepspeed(accelerator)
     if ds:
-        par.check_deepspeed(accelerator, "sft", zero3=True)
+        par.check_deepspeed(accelerator, "sft")
     # ZeRO-3: every forward gathers the parameters (a collective: every process validates, as under FSDP), and
     # weights read outside a forward (checkpoints, the published model) are gathered whole first
     z3 = par.is_zero3(accelerator)
