@@ -473,6 +473,55 @@ def test_shared_prompt_forward_equals_the_plain_one_in_the_policy_value_module(t
             assert torch.allclose(g0[n], g1[n], atol=1e-5), n
 
 
+@pytest.mark.parametrize("value_rank", [4, 2])
+def test_value_adapter_under_activation_checkpointing_equals_no_checkpointing(tiny_model_dir, value_rank):
+    """Backward replays each checkpointed layer after both passes, when the policy adapter is active
+    again: the critic's layers must replay under the value adapter. Found by the RL-vs-SFT experiment
+    (an RM-initialised rank-8 critic adapter under a rank-16 policy: "Recomputed values ... different
+    metadata"); with equal ranks the same fault trains silently wrong. Outputs and every gradient with
+    checkpointing equal the pass without it."""
+    import dataclasses
+
+    from sumrl.models.loading import load_model
+    from sumrl.models.lora import add_lora
+    from sumrl.rl.value import VALUE_ADAPTER, PolicyValueModule, ValueHead
+
+    model, _ = load_model(str(tiny_model_dir))
+    model = add_lora(model, r=4, alpha=8)
+    model.add_adapter(VALUE_ADAPTER, dataclasses.replace(model.peft_config["default"], r=value_rank,
+                                                         lora_alpha=2 * value_rank))
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(True)
+            with torch.no_grad():
+                p.normal_(std=0.05)
+    head = ValueHead(64)
+    model.train()  # checkpointing acts in training mode only (the tiny model has no dropout)
+    q = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13]])
+    qm = (q != 0).long()
+    r = torch.tensor([[20, 21, 22, 23], [24, 25, 26, 0]])
+    rm = (r != 0).long()
+    outs, grads = [], []
+    for ckpt in (False, True):
+        m = PolicyValueModule(model, head, value_adapter=True, checkpointing=ckpt)
+        o = m(q, qm, r, rm, with_values=True)
+        loss = (o["logprobs"] * rm).sum() + (o["values"] * rm).sum()
+        model.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+        loss.backward()
+        outs.append({k: v.detach() for k, v in o.items()})
+        grads.append({n: p.grad.clone() for n, p in [*model.named_parameters(), *head.named_parameters()]
+                      if p.grad is not None})
+    assert model.active_adapter == "default"
+    for k in ("logprobs", "values"):
+        assert torch.allclose(outs[0][k], outs[1][k], atol=1e-6), k
+    assert grads[0].keys() == grads[1].keys()
+    assert any(f".{VALUE_ADAPTER}." in n for n in grads[0]) and any(".default." in n for n in grads[0])
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5), n
+
+
 def test_policy_and_critic_gradients_are_clipped_separately(tiny_model_dir, rl_data, tmp_path):
     from sumrl.rl.trainer import RLTrainer, critic_split
     from sumrl.training.optim import trainable

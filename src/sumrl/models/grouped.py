@@ -211,13 +211,18 @@ def _keep_cache_under_checkpointing(decoder) -> Iterator[None]:
 
 
 @contextmanager
-def activation_checkpointing(model: Any, enabled: bool) -> Iterator[None]:
+def activation_checkpointing(model: Any, enabled: bool, *, context_fn: Any = None) -> Iterator[None]:
     """Turn transformers' per-layer activation checkpointing on or off for the block (restored
     afterwards), so the choice can follow each micro-batch's size (see
     :func:`checkpointing_wanted`). Non-reentrant ``torch.utils.checkpoint`` is installed where no
     checkpointing function was set. Checkpointing only acts on layers in training mode with
     gradient enabled (transformers' rule); the arithmetic is the same either way (a replay
-    recomputes the same values; tests/test_grouped.py)."""
+    recomputes the same values; tests/test_grouped.py).
+
+    ``context_fn`` (torch's, non-reentrant only): called at each layer's forward, it returns the
+    contexts of that forward and of its replay in backward. Given, it replaces any checkpointing
+    function for the block: state that changes between the forward and the backward (which peft
+    adapter is active) must be put back for the replay, or backward differentiates another function."""
     from functools import partial
 
     from torch.utils.checkpoint import checkpoint
@@ -227,7 +232,9 @@ def activation_checkpointing(model: Any, enabled: bool) -> Iterator[None]:
     saved = [(m.__dict__.get("gradient_checkpointing"), m.__dict__.get("_gradient_checkpointing_func"))
              for m in layers]
     for m in layers:
-        if enabled and getattr(m, "_gradient_checkpointing_func", None) is None:
+        if enabled and context_fn is not None:
+            m._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False, context_fn=context_fn)
+        elif enabled and getattr(m, "_gradient_checkpointing_func", None) is None:
             m._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
         m.gradient_checkpointing = bool(enabled)
     try:

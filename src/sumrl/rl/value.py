@@ -252,9 +252,18 @@ class PolicyValueModule(torch.nn.Module):
         from sumrl.models.grouped import activation_checkpointing, checkpointing_wanted, grad_tokens
 
         tokens = grad_tokens(query_ids, query_mask, response_mask, shared=self.share_prompt)
+        # with a value adapter the critic's pass runs under the other adapter, but backward (after both
+        # passes) replays every checkpointed layer: each replay must run under the adapter its forward had
+        replay = self._replay_under_forward_adapter if self.value_adapter else None
         with activation_checkpointing(self.model, checkpointing_wanted(self.checkpointing, tokens,
-                                                                       self.checkpoint_tokens)):
+                                                                       self.checkpoint_tokens), context_fn=replay):
             return self._response_hidden(query_ids, query_mask, response_ids, response_mask, prefix_len)
+
+    def _replay_under_forward_adapter(self) -> tuple[Any, Any]:
+        """torch.utils.checkpoint ``context_fn``: called at a layer's forward; its replay in backward
+        runs under the adapter active now (found by the experiment: a rank-8 critic adapter replayed
+        under the rank-16 policy adapter crashed; with equal ranks it would train silently wrong)."""
+        return nullcontext(), active_adapter(self.model, self.model.active_adapter, self._adapter_params)
 
     def _response_hidden(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor,
                          response_mask: Tensor, prefix_len: Tensor | None = None) -> Tensor:
