@@ -31,7 +31,7 @@ pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (not a sumrl
                                         "'DeepSpeed install')")
 
 from sumrl.cli import main  # noqa: E402
-from test_distributed import (RL_FULL, RL_UNEVEN, SFT_FSDP, UNEVEN, _close, _metrics, _rl, _rm,  # noqa: E402,F401
+from test_distributed import (RL_FULL, RL_UNEVEN, SFT_ES, SFT_FSDP, UNEVEN, _close, _metrics, _rl, _rm,  # noqa: E402,F401
                               _same_run, _sft, _weights, _with, assert_same_weights,
                               assert_uneven_rl_equals_one_process, engine, files, torchrun, uneven_counts, uneven_file,
                               uneven_rl_file)
@@ -265,13 +265,14 @@ RL3_CASES = RL_CASES
 @pytest.fixture(scope="module")
 def two_ds3(files, tiny_model_dir):
     """The 2-process ZeRO-3 runs, in one launch: ({name: output folder}, {uneven RL case: micro-batch counts})."""
-    outs = {k: files / f"ds3-{k}" for k in (*SFT3_CASES, "sft-stopped", "sft-resumed", *RL3_CASES, *RL_UNEVEN,
+    outs = {k: files / f"ds3-{k}" for k in (*SFT3_CASES, "sft-stopped", "sft-resumed", "sft-es", *RL3_CASES, *RL_UNEVEN,
                                            "grpo-resumed", "grpo-real", *RM_CASES)}
     data = lambda k: uneven_file(files) if k == "sft-uneven" else files / "rl.jsonl"
     cmds = [_sft(tiny_model_dir, data(k), outs[k], *a) for k, a in SFT3_CASES.items()]
     cmds += [["@stop=1", *_sft(tiny_model_dir, files / "rl.jsonl", outs["sft-stopped"], *SFT_RESUME)]]
     sft = _sft(tiny_model_dir, files / "rl.jsonl", outs["sft-resumed"], *SFT_RESUME)
     cmds += [["@stop=1", *sft], [*sft, "--resume"]]
+    cmds += [_sft(tiny_model_dir, files / "rl.jsonl", outs["sft-es"], *SFT_ES)]
     cmds += [rl3_case(tiny_model_dir, files / "rl.jsonl", outs[k], k) for k in RL3_CASES]
     cmds += [_rl(tiny_model_dir, uneven_rl_file(files), outs[k], k) for k in RL_UNEVEN]
     rl = _rl(tiny_model_dir, files / "rl.jsonl", outs["grpo-resumed"], "grpo") + RL_RESUME
@@ -282,9 +283,10 @@ def two_ds3(files, tiny_model_dir):
              for k in RM_CASES]
     passes = files / "ds3-passes"
     passes.mkdir(exist_ok=True)
-    p = torchrun(2, cmds, files, env={**ZERO3, "SUMRL_TEST_PASSES": str(passes)})
+    # 20 commands in one launch: 75-100 s with the 2 cores to spare, 560 s once beside the lead's experiment
+    p = torchrun(2, cmds, files, env={**ZERO3, "SUMRL_TEST_PASSES": str(passes)}, timeout=1500)
     text = p.stdout + p.stderr
-    assert text.count(DS3_LINE) == len(SFT3_CASES) + 3 + len(RL3_CASES) + len(RL_UNEVEN) + 3, text[-3000:]
+    assert text.count(DS3_LINE) == len(SFT3_CASES) + 4 + len(RL3_CASES) + len(RL_UNEVEN) + 3, text[-3000:]
     assert text.count("rm: 2 processes (DeepSpeed ZeRO-3, parameters, gradients and optimizer state partitioned)") == 2
     counts = {k: [json.loads((passes / f"{outs[k].name}-rank{r}.json").read_text()) for r in range(2)]
               for k in RL_UNEVEN}
@@ -322,6 +324,31 @@ def test_sft_under_zero3_equals_one_process(case, two_ds3, files, tiny_model_dir
     uneven = case == "sft-uneven"
     assert_same_weights(one, two_ds3[case], tol=1e-4 if uneven else 1e-5)
     _same_optimizer_state(one, two_ds3[case], tol=1e-3 if uneven else 1e-5)
+
+
+def test_sft_early_stopping_under_zero3_equals_one_process(two_ds3, files, tiny_model_dir, tmp_path):
+    """Early stopping: the best validation's whole weights gathered from the partitions and saved, then written back
+    into the partitioned parameters at the end and published: the same run and published weights as one process
+    (tolerance as for FSDP2's early-stopping test: lr 0.1 and Adam on near-zero embedding gradients)."""
+    from sumrl.models.loading import read_model_meta
+
+    one = tmp_path / "one"
+    assert main(_sft(tiny_model_dir, files / "rl.jsonl", one, *SFT_ES)) == 0
+    two = two_ds3[0]["sft-es"]
+    meta = read_model_meta(one)
+    # the published weights are not the last ones, and the run stopped early
+    assert meta["best_step"] < max(r["step"] for r in _metrics(one)) and meta["stopped_at"] < 4
+    assert read_model_meta(two)["best_step"] == meta["best_step"]
+    # lr 0.1 drives the loss up on purpose (val/loss 5.52 -> 9.32 -> 6.32): rounding grows with it, from 2.5e-6 of
+    # val/loss at step 1 to 1.2e-4 at step 3 (train/grad_norm 5e-9, 1.5e-5, 3.6e-5 at steps 1-3), so step 3 is held to
+    # 5e-4; the published (step-1) weights to 1e-4, as under FSDP2
+    ma, mb = _metrics(one), _metrics(two)
+    assert [r["step"] for r in mb] == [r["step"] for r in ma]
+    for ra, rb in zip(ma, mb):
+        _close({k: v for k, v in ra.items() if not k.startswith(SFT_DROP)},
+               {k: v for k, v in rb.items() if not k.startswith(SFT_DROP)}, rel=1e-4 if ra["step"] <= 2 else 5e-4,
+               where=f"step {ra['step']}")
+    assert_same_weights(one, two, tol=1e-4)
 
 
 def test_a_zero3_run_resumed_equals_the_uninterrupted_run(two_ds3, files, tiny_model_dir, tmp_path):
