@@ -311,8 +311,7 @@ def deepspeed_clip_grad_norms(engine: Any, groups: dict[str, list[Any]], max_nor
         # ZeRO-3: averaged_gradients[i] holds this process's partition of the gradient of each parameter of sub-group
         # i (fp16_groups[i]; zeros past a parameter's end), the pairing its own get_grad_norm_direct uses; the step
         # flattens them into the sub-group's fp32 gradient, so scaling them in place before the step is clipping
-        pairs = [(zero.fp16_groups[i], grads) for i, grads in enumerate(
-            zero.averaged_gradients.get(i) for i in range(len(zero.fp16_groups)))]
+        pairs = [(params, zero.averaged_gradients.get(i)) for i, params in enumerate(zero.fp16_groups)]
     elif not all(hasattr(zero, a) for a in ("averaged_gradients", "params_in_partition", "dp_process_group")):
         raise ConfigError("this DeepSpeed version's ZeRO optimizer does not expose its partitioned gradients "
                           "(averaged_gradients, params_in_partition): see docs/scale.md for the DeepSpeed version "
@@ -466,9 +465,7 @@ class whole_model_construction:
 
     def __enter__(self):
         if self.plugin is not None:
-            from transformers.integrations import unset_hf_deepspeed_config
-
-            unset_hf_deepspeed_config()
+            forget_deepspeed_config()
         return self
 
     def __exit__(self, *exc):
